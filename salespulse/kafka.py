@@ -1,0 +1,150 @@
+"""Kafka client helpers shared by every service (confluent-kafka).
+
+Everything here works unchanged against Apache Kafka; the embedded broker's
+defects (see DESIGN.md, "Broker notes") are handled as faults:
+
+* topics are created explicitly with their partition counts before any client
+  starts (an unknown topic would auto-create with the wrong count);
+* consumers use short session timeouts (fast joins) and ``earliest`` reset;
+* lag comes from the consumer's cached watermarks, never a fresh
+  ``get_watermark_offsets`` query (which can be wrong);
+* a stuck group can be recovered: save offsets, delete it, restore them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import ConsumerGroupTopicPartitions
+
+from salespulse.contracts import all_topic_partitions
+
+log = logging.getLogger(__name__)
+
+RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def producer_config(bootstrap: str, **overrides) -> dict:
+    config = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,  # no duplicates from internal retries
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30_000,
+        "retry.backoff.ms": 100,
+        "retry.backoff.max.ms": 2_000,
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(bootstrap: str, group: str, **overrides) -> dict:
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,  # commit only after the database commit
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "statistics.interval.ms": 5000,
+        "fetch.max.bytes": 52_428_800,
+        "queued.max.messages.kbytes": 65_536,
+    }
+    config.update(overrides)
+    return config
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def existing_topics(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+    """Topic → partition count, from a metadata request that names no topic
+    (naming an unknown topic would auto-create it)."""
+    metadata = admin.list_topics(timeout=timeout)
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int] | None = None, timeout: float = 30.0) -> dict[str, int]:
+    """Create every missing topic with its partition count; verify the rest.
+
+    Raises if a topic exists with a different partition count.
+    """
+    topics = topics if topics is not None else all_topic_partitions()
+    admin = admin_client(bootstrap)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            present = existing_topics(admin)
+            break
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    missing = [
+        NewTopic(name, num_partitions=parts, replication_factor=-1, config={"retention.ms": str(RETENTION_MS)})
+        for name, parts in topics.items()
+        if name not in present
+    ]
+    if missing:
+        for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                future.result()
+                log.info("created topic %s", name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    present = existing_topics(admin)
+    wrong = {n: present.get(n) for n, p in topics.items() if present.get(n) != p}
+    if wrong:
+        raise RuntimeError(f"topics with unexpected partition counts: {wrong} (expected {topics})")
+    return {n: present[n] for n in topics}
+
+
+def cached_lag(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    """Lag per assigned partition from the consumer's *cached* high watermark.
+
+    ``position`` is the next offset the consumer will read; lag = high - position.
+    Partitions whose watermark is not known yet are left out.
+    """
+    lag = {}
+    for tp in consumer.position(partitions):
+        try:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            continue
+        if high is None or high < 0:
+            continue
+        position = tp.offset if tp.offset >= 0 else 0
+        lag[(tp.topic, tp.partition)] = max(high - position, 0)
+    return lag
+
+
+def committed_offsets(bootstrap: str, group: str, topics: dict[str, int] | None = None) -> list[TopicPartition]:
+    """The group's committed offsets for every partition of ``topics``."""
+    topics = topics if topics is not None else all_topic_partitions()
+    admin = admin_client(bootstrap)
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+    )
+    result = admin.list_consumer_group_offsets([request])[group].result()
+    return list(result.topic_partitions)
+
+
+def recover_group(bootstrap: str, group: str) -> list[TopicPartition]:
+    """Recovery path for a stuck group: save its offsets, delete it, restore them.
+
+    Run it with every consumer of the group stopped.
+    """
+    saved = [tp for tp in committed_offsets(bootstrap, group) if tp.offset >= 0]
+    admin = admin_client(bootstrap)
+    admin.delete_consumer_groups([group])[group].result()
+    if saved:
+        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, saved)])[group].result()
+    return saved

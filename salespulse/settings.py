@@ -1,0 +1,108 @@
+"""Settings for every SalesPulse service: one place, read from the environment.
+
+Every service (producer, consumer, Dagster code, dashboard, stack runner, tests)
+reads its configuration through :func:`get_settings`. Defaults are the local
+embedded stack's; production sets the same variables (see ``.env.example``).
+
+Database roles (least privilege): the admin URL (``DATABASE_URL``) is only used
+for migrations and operations. Each service connects as its own role; when the
+role URL is not given explicitly it is derived from ``DATABASE_URL`` by
+swapping in the role's user name and password.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_DATABASE_URL = "postgresql://salespulse:salespulse@127.0.0.1:55432/salespulse"
+DEFAULT_STATE_DIR = Path("/var/tmp/salespulse")
+
+#: Database roles per service: role name and the variable holding its password.
+ROLE_INGEST = "salespulse_ingest"
+ROLE_ANALYTICS = "salespulse_analytics"
+ROLE_DASHBOARD = "salespulse_dashboard"
+
+
+class Settings(BaseSettings):
+    """All environment-driven configuration. Field name == env var (upper-cased)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- connections -------------------------------------------------------
+    database_url: str = LOCAL_DATABASE_URL
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    spark_remote: str = "sc://127.0.0.1:15002"
+    dagster_home: str | None = None
+
+    # --- per-role database credentials (least privilege) -------------------
+    ingest_db_password: str = "ingest-local"
+    analytics_db_password: str = "analytics-local"
+    dashboard_db_password: str = "dashboard-local"
+    ingest_database_url: str | None = None
+    analytics_database_url: str | None = None
+    dashboard_database_url: str | None = None
+
+    # --- local embedded stack ---------------------------------------------
+    salespulse_state_dir: Path = DEFAULT_STATE_DIR
+    embedded_pg_port: int = 55432
+    spark_connect_port: int = 15002
+    spark_master: str = "local[2]"
+    jdbc_jar: str = "/usr/share/java/postgresql.jar"
+    java_home: str = "/usr/lib/jvm/java-17-openjdk-amd64"
+
+    # --- stream services ---------------------------------------------------
+    consumer_group: str = "salespulse-ingest"
+    consumer_batch_size: int = Field(100, ge=1)
+    consumer_batch_max_wait_ms: int = Field(500, ge=1)
+    metrics_port: int | None = None  # per process; None = service default
+
+    # --- dashboard ---------------------------------------------------------
+    dashboard_port: int = 5000
+    dashboard_token: str | None = None
+    dashboard_rate_limit: str = "600/minute"
+    cors_origins: str = ""  # comma-separated allow-list
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+
+    # --- derived -----------------------------------------------------------
+    def role_url(self, role: str) -> str:
+        """Connection URL for one of the service roles (explicit URL wins)."""
+        explicit = {
+            ROLE_INGEST: self.ingest_database_url,
+            ROLE_ANALYTICS: self.analytics_database_url,
+            ROLE_DASHBOARD: self.dashboard_database_url,
+        }[role]
+        if explicit:
+            return explicit
+        return with_credentials(self.database_url, role, self.role_password(role))
+
+    def role_password(self, role: str) -> str:
+        return {
+            ROLE_INGEST: self.ingest_db_password,
+            ROLE_ANALYTICS: self.analytics_db_password,
+            ROLE_DASHBOARD: self.dashboard_db_password,
+        }[role]
+
+    @property
+    def dagster_home_path(self) -> Path:
+        return Path(self.dagster_home) if self.dagster_home else self.salespulse_state_dir / "dagster"
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """Return ``url`` with its user and password replaced."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,157 @@
+"""Embedded PostgreSQL 15 (Debian's binaries) in a state folder.
+
+As root, PostgreSQL must run as the ``postgres`` user, and its folders must be
+reachable by that user (a checkout under a mode-700 home is not), so the
+cluster lives under the state dir (default ``/var/tmp/salespulse``), never in
+the checkout. ``run_foreground`` is what the stack runner supervises; tests use
+:class:`EmbeddedPostgres` ``start()``/``stop()`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_USER = "postgres"
+ADMIN_USER = ADMIN_PASSWORD = "salespulse"
+
+
+class EmbeddedPostgres:
+    def __init__(self, state_dir: Path, port: int, database: str = "salespulse"):
+        self.root = Path(state_dir) / "postgres"
+        self.data_dir = self.root / "data"
+        self.socket_dir = self.root / "run"
+        self.log_file = self.root / "postgres.log"
+        self.port = port
+        self.database = database
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{self.port}/{self.database}"
+
+    # -- set-up -------------------------------------------------------------
+    def _as_postgres(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--"]
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(PG_USER)
+            shutil.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def init(self) -> None:
+        """Create the cluster if missing (idempotent)."""
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        for path in (self.root.parent, self.root, self.socket_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.root.parent.chmod(0o755)
+        for path in (self.root, self.socket_dir):
+            self._chown(path)
+        subprocess.run(
+            [*self._as_postgres(), str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", PG_USER,
+             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+
+    def command(self) -> list[str]:
+        return [
+            *self._as_postgres(), str(PG_BIN / "postgres"), "-D", str(self.data_dir),
+            "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "max_connections=200", "-c", "fsync=on", "-c", "synchronous_commit=on",
+        ]
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg2.connect(host=str(self.socket_dir), port=self.port, user=PG_USER, dbname="postgres").close()
+                return
+            except psycopg2.OperationalError:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise RuntimeError(f"postgres exited; see {self.log_file}") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def bootstrap(self) -> None:
+        """Create the admin role and the application database (idempotent)."""
+        conn = psycopg2.connect(host=str(self.socket_dir), port=self.port, user=PG_USER, dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ADMIN_USER,))
+            if not cur.fetchone():
+                cur.execute(f"CREATE ROLE {ADMIN_USER} LOGIN SUPERUSER PASSWORD %s", (ADMIN_PASSWORD,))
+            for db in (self.database, "dagster"):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                if not cur.fetchone():
+                    cur.execute(f'CREATE DATABASE "{db}" OWNER {ADMIN_USER}')
+        conn.close()
+
+    # -- background use (tests) ---------------------------------------------
+    def start(self) -> "EmbeddedPostgres":
+        self.init()
+        log = open(self.log_file, "ab")
+        self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready()
+        self.bootstrap()
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): disconnect clients, checkpoint, exit."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def create_database(self, name: str) -> str:
+        """A fresh database owned by the admin role; returns its admin URL."""
+        conn = psycopg2.connect(self.admin_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def run_foreground(state_dir: Path, port: int) -> int:
+    """Run the cluster in the foreground for the supervisor.
+
+    SIGTERM/SIGINT are turned into PostgreSQL's *fast* shutdown (SIGINT), since
+    its SIGTERM (smart shutdown) would wait for every client to disconnect.
+    """
+    pg = EmbeddedPostgres(state_dir, port)
+    pg.init()
+    proc = subprocess.Popen(pg.command())
+    pg._proc = proc
+
+    def _fast_shutdown(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, _fast_shutdown)
+    signal.signal(signal.SIGINT, _fast_shutdown)
+    pg.wait_ready()
+    pg.bootstrap()
+    print(f"postgres ready on 127.0.0.1:{port} (data {pg.data_dir})", flush=True)
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(run_foreground(Path(sys.argv[1]), int(sys.argv[2])))

@@ -7,7 +7,10 @@ write de-duplicates by the event's own id, not by offset.
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -71,3 +74,36 @@ class EmbeddedBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_foreground(port: int, grace_seconds: float = 3.0) -> int:
+    """Run tansu in the foreground for the supervisor.
+
+    On SIGTERM/SIGINT the broker outlives its clients by ``grace_seconds`` so a
+    stopping consumer can still commit its last offsets and leave its group.
+    """
+    # Own session, so the supervisor's SIGTERM to our group does not reach it
+    # at once; the parent-death signal still ends it if this wrapper is killed.
+    proc = subprocess.Popen(broker_command(port=port), start_new_session=True, preexec_fn=_die_with_parent)
+
+    def _on_signal(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            proc.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    wait_port("127.0.0.1", port)
+    print(f"broker (tansu, in-memory) ready on 127.0.0.1:{port}", flush=True)
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(run_foreground(int(sys.argv[1])))

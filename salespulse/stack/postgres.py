@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +120,20 @@ class EmbeddedPostgres:
                 self._proc.kill()
                 self._proc.wait()
 
+    def client_count(self) -> int:
+        """Client connections other than this check's own (0 if unreachable)."""
+        try:
+            conn = psycopg2.connect(host=str(self.socket_dir), port=self.port, user=PG_USER, dbname="postgres")
+        except psycopg2.OperationalError:
+            return 0
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity "
+                            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
     def create_database(self, name: str) -> str:
         """A fresh database owned by the admin role; returns its admin URL."""
         conn = psycopg2.connect(self.admin_url)
@@ -130,23 +145,38 @@ class EmbeddedPostgres:
         return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def run_foreground(state_dir: Path, port: int) -> int:
+def run_foreground(state_dir: Path, port: int, drain_seconds: float = 10.0) -> int:
     """Run the cluster in the foreground for the supervisor.
 
-    SIGTERM/SIGINT are turned into PostgreSQL's *fast* shutdown (SIGINT), since
-    its SIGTERM (smart shutdown) would wait for every client to disconnect.
+    On SIGTERM/SIGINT it first waits (up to ``drain_seconds``) for the stack's
+    other clients to disconnect, since they are stopping at the same moment and
+    a consumer finishing its batch still needs the database; then it uses
+    PostgreSQL's *fast* shutdown (SIGINT). PostgreSQL's own SIGTERM (smart
+    shutdown) would wait for idle pooled connections forever.
     """
     pg = EmbeddedPostgres(state_dir, port)
     pg.init()
+    # Same process group as this wrapper: if the supervisor has to SIGKILL the
+    # group, PostgreSQL goes with it (no orphan). Its SIGTERM is a smart
+    # shutdown, which completes by itself once the clients have gone.
     proc = subprocess.Popen(pg.command())
     pg._proc = proc
+    stopping = threading.Event()
 
-    def _fast_shutdown(signum, frame):
+    def _drain_then_stop() -> None:
+        deadline = time.monotonic() + drain_seconds
+        while time.monotonic() < deadline and proc.poll() is None and pg.client_count() > 0:
+            time.sleep(0.2)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGTERM, _fast_shutdown)
-    signal.signal(signal.SIGINT, _fast_shutdown)
+    def _on_signal(signum, frame):
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=_drain_then_stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     pg.wait_ready()
     pg.bootstrap()
     print(f"postgres ready on 127.0.0.1:{port} (data {pg.data_dir})", flush=True)

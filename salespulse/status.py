@@ -1,0 +1,101 @@
+"""``salespulse status``: the health of each part of the stack, one line each.
+
+Works for the embedded stack and for external services alike: every check
+goes through the configured URLs (settings), not through process ids.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import psycopg2
+
+from salespulse.db import pending_migrations
+from salespulse.settings import Settings, get_settings
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _check_postgres(settings: Settings) -> Check:
+    try:
+        pending = pending_migrations(settings.database_url)
+    except psycopg2.Error as exc:
+        return Check("postgres", False, str(exc).strip().splitlines()[0])
+    if pending:
+        return Check("postgres", False, f"pending migrations: {', '.join(pending)}")
+    return Check("postgres", True, "reachable, migrations up to date")
+
+
+def _check_broker(settings: Settings) -> Check:
+    from confluent_kafka import KafkaException
+
+    from salespulse.contracts import all_topic_partitions
+    from salespulse.kafka import admin_client, existing_topics
+
+    try:
+        present = existing_topics(admin_client(settings.kafka_bootstrap_servers), timeout=3)
+    except KafkaException as exc:
+        return Check("broker", False, str(exc))
+    missing = [t for t in all_topic_partitions() if t not in present]
+    if missing:
+        return Check("broker", False, f"missing topics: {', '.join(missing)}")
+    return Check("broker", True, f"{len(present)} topics")
+
+
+def _check_tcp(name: str, host: str, port: int) -> Check:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return Check(name, True, f"listening on {host}:{port}")
+    except OSError as exc:
+        return Check(name, False, f"{host}:{port}: {exc.strerror or exc}")
+
+
+def _check_http(name: str, url: str) -> Check:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            body = resp.read(2000)
+    except urllib.error.HTTPError as exc:
+        return Check(name, False, f"{url}: HTTP {exc.code}")
+    except (urllib.error.URLError, OSError) as exc:
+        return Check(name, False, f"{url}: {getattr(exc, 'reason', exc)}")
+    try:
+        detail = json.loads(body).get("status", "ok")
+    except (ValueError, AttributeError):
+        detail = "ok"
+    return Check(name, True, f"{url}: {detail}")
+
+
+def check_all(settings: Settings) -> list[Check]:
+    spark = urlsplit(settings.spark_remote.replace("sc://", "http://", 1))
+    return [
+        _check_postgres(settings),
+        _check_broker(settings),
+        _check_tcp("spark-connect", spark.hostname or "127.0.0.1", spark.port or 15002),
+        _check_http("producer-ecommerce", "http://127.0.0.1:9101/health"),
+        _check_http("producer-restaurant", "http://127.0.0.1:9102/health"),
+        _check_http("consumer", "http://127.0.0.1:9103/health"),
+        _check_http("dagster", f"{settings.dagster_ui_url}/server_info"),
+        _check_http("dashboard", f"http://127.0.0.1:{settings.dashboard_port}/health"),
+    ]
+
+
+def _cmd_status(args) -> int:
+    results = check_all(get_settings())
+    width = max(len(r.name) for r in results)
+    for r in results:
+        print(f"{'UP  ' if r.ok else 'DOWN'}  {r.name:<{width}}  {r.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def register(subparsers) -> None:
+    subparsers.add_parser("status", help="health of each part of the stack").set_defaults(func=_cmd_status)

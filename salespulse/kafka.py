@@ -60,8 +60,8 @@ def consumer_config(bootstrap: str, group: str, **overrides) -> dict:
     return config
 
 
-def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def admin_client(bootstrap: str, **overrides) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, **overrides})
 
 
 def existing_topics(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:

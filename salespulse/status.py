@@ -43,7 +43,7 @@ def _check_broker(settings: Settings) -> Check:
     from salespulse.kafka import admin_client, existing_topics
 
     try:
-        present = existing_topics(admin_client(settings.kafka_bootstrap_servers), timeout=3)
+        present = existing_topics(admin_client(settings.kafka_bootstrap_servers, log_level=0), timeout=3)
     except KafkaException as exc:
         return Check("broker", False, str(exc))
     missing = [t for t in all_topic_partitions() if t not in present]

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     dashboard_rate_limit: str = "600/minute"
     cors_origins: str = ""  # comma-separated allow-list
     dagster_ui_url: str = "http://127.0.0.1:3000"
+    dashboard_pool_size: int = Field(8, ge=1)  # max DB connections per dashboard process
+    dashboard_cache_ttl: float = Field(2.0, ge=0)  # seconds an API answer is reused (0 = off)
 
     # --- derived -----------------------------------------------------------
     def role_url(self, role: str) -> str:

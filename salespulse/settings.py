@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # --- local embedded stack ---------------------------------------------
     salespulse_state_dir: Path = DEFAULT_STATE_DIR
     embedded_pg_port: int = 55432
+    embedded_broker_port: int = 9092
+    dagster_port: int = 3000
+    producer_ecommerce_metrics_port: int = 9101
+    producer_restaurant_metrics_port: int = 9102
+    consumer_metrics_port: int = 9103
     spark_connect_port: int = 15002
     spark_master: str = "local[2]"
     jdbc_jar: str = "/usr/share/java/postgresql.jar"

@@ -81,10 +81,10 @@ def check_all(settings: Settings) -> list[Check]:
         _check_postgres(settings),
         _check_broker(settings),
         _check_tcp("spark-connect", spark.hostname or "127.0.0.1", spark.port or 15002),
-        _check_http("producer-ecommerce", "http://127.0.0.1:9101/health"),
-        _check_http("producer-restaurant", "http://127.0.0.1:9102/health"),
-        _check_http("consumer", "http://127.0.0.1:9103/health"),
-        _check_http("dagster", f"{settings.dagster_ui_url}/server_info"),
+        _check_http("producer-ecommerce", f"http://127.0.0.1:{settings.producer_ecommerce_metrics_port}/health"),
+        _check_http("producer-restaurant", f"http://127.0.0.1:{settings.producer_restaurant_metrics_port}/health"),
+        _check_http("consumer", f"http://127.0.0.1:{settings.consumer_metrics_port}/health"),
+        _check_http("dagster", f"http://127.0.0.1:{settings.dagster_port}/server_info"),
         _check_http("dashboard", f"http://127.0.0.1:{settings.dashboard_port}/health"),
     ]
 

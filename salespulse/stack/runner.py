@@ -72,22 +72,22 @@ def plan(settings: Settings, environ=os.environ) -> list[Service]:
                          str(settings.embedded_pg_port)],
             url=f"postgresql://127.0.0.1:{settings.embedded_pg_port}/salespulse", needs_setup=False))
     if embedded["broker"]:
-        services.append(Service("broker", [py, "-m", "salespulse.stack.broker", "9092"],
-                                url="kafka://127.0.0.1:9092", needs_setup=False))
+        port = settings.embedded_broker_port
+        services.append(Service("broker", [py, "-m", "salespulse.stack.broker", str(port)],
+                                url=f"kafka://127.0.0.1:{port}", needs_setup=False))
     if embedded["spark"]:
         services.append(Service("spark", [py, "-m", "salespulse.stack.spark"],
                                 url=f"sc://127.0.0.1:{settings.spark_connect_port}", needs_setup=False))
     services.append(Service("setup", [py, "-m", "salespulse.cli", "stack", "setup", "--watch"], needs_setup=False))
     services += [
-        Service("producer-ecommerce", [py, "-m", "services.producer", "--domain", "ecommerce"],
-                url="http://127.0.0.1:9101/metrics", env={"METRICS_PORT": "9101"}),
-        Service("producer-restaurant", [py, "-m", "services.producer", "--domain", "restaurant"],
-                url="http://127.0.0.1:9102/metrics", env={"METRICS_PORT": "9102"}),
-        Service("consumer", [py, "-m", "services.consumer"],
-                url="http://127.0.0.1:9103/metrics", env={"METRICS_PORT": "9103"}),
-        Service("dagster-webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", "3000",
-                                      "-w", str(REPO_ROOT / "workspace.yaml")],
-                url="http://127.0.0.1:3000"),
+        _metered("producer-ecommerce", [py, "-m", "services.producer", "--domain", "ecommerce"],
+                 settings.producer_ecommerce_metrics_port),
+        _metered("producer-restaurant", [py, "-m", "services.producer", "--domain", "restaurant"],
+                 settings.producer_restaurant_metrics_port),
+        _metered("consumer", [py, "-m", "services.consumer"], settings.consumer_metrics_port),
+        Service("dagster-webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1",
+                                      "-p", str(settings.dagster_port), "-w", str(REPO_ROOT / "workspace.yaml")],
+                url=f"http://127.0.0.1:{settings.dagster_port}"),
         Service("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")]),
         Service("dashboard", [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{settings.dashboard_port}",
                               "-w", "2", "--threads", "4", "--graceful-timeout", "10", "dashboard:create_app()"],
@@ -96,9 +96,14 @@ def plan(settings: Settings, environ=os.environ) -> list[Service]:
     return services
 
 
+def _metered(name: str, command: list[str], port: int) -> Service:
+    """A stream service with its /health and /metrics on ``port``."""
+    return Service(name, command, url=f"http://127.0.0.1:{port}/metrics", env={"METRICS_PORT": str(port)})
+
+
 def child_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("DAGSTER_HOME", str(settings.dagster_home_path))
+    env["DAGSTER_HOME"] = str(settings.dagster_home_path)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("JAVA_HOME", settings.java_home)
     env["PYTHONUNBUFFERED"] = "1"
@@ -133,8 +138,8 @@ def print_summary(settings: Settings) -> None:
     print("SalesPulse local stack — what runs where:", flush=True)
     for name, url in rows:
         print(f"  {name:<{width}}  {url}", flush=True)
-    print(f"  dashboard UI  http://127.0.0.1:{settings.dashboard_port}   Dagster UI  {settings.dagster_ui_url}",
-          flush=True)
+    print(f"  dashboard UI  http://127.0.0.1:{settings.dashboard_port}   "
+          f"Dagster UI  http://127.0.0.1:{settings.dagster_port}", flush=True)
     print("  state: " + str(settings.salespulse_state_dir) + "   stop: Ctrl-C", flush=True)
 
 

@@ -1,0 +1,197 @@
+"""Helpers for the consumer tests (hand-made contract messages, producing,
+row counting, running the service). No tests here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Callable
+
+import psycopg2
+from confluent_kafka import Producer
+
+from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.kafka import producer_config
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_TS = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+CATEGORIES = ["books", "games", "garden", "music"]
+PAYMENTS = ["card", "pix", "cash"]
+
+
+def ecommerce_event(i: int, *, event_type: str | None = None, run: str = "", **overrides) -> dict:
+    """A valid e-commerce event; deterministic money per ``i``."""
+    kinds = ["page_view", "add_to_cart", "remove_from_cart", "purchase", "search"]
+    et = event_type or kinds[i % len(kinds)]
+    ev: dict = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": et,
+        "timestamp": (BASE_TS + timedelta(seconds=i)).isoformat(),
+        "user_id": f"user-{run}{i % 37}",
+        "session_id": f"sess-{run}{i % 53}",
+    }
+    if et != "search":
+        pid = i % 11
+        ev["product"] = {"id": f"P{run}{pid:03d}", "name": f"Product {pid}", "category": CATEGORIES[pid % 4],
+                         "price": float(Decimal(10 + pid) + Decimal("0.99"))}
+    if et == "purchase":
+        qty = 1 + i % 3
+        ev.update(quantity=qty, total_amount=float((Decimal(10 + i % 11) + Decimal("0.99")) * qty),
+                  payment_method=PAYMENTS[i % 3])
+    if et == "search":
+        ev["search_query"] = f"query\twith\\odd\nchars {i}"
+    ev.update(overrides)
+    return ev
+
+
+def restaurant_order(i: int, n_items: int | None = None, **overrides) -> dict:
+    n = n_items or 1 + i % 4
+    items = [{"item_id": f"M{j}", "name": f"Dish {j}", "category": ["mains", "drinks", "desserts"][j % 3],
+              "quantity": 1 + (i + j) % 2, "unit_price": float(Decimal(5 + j) + Decimal("0.50"))}
+             for j in range(n)]
+    total = sum((Decimal(str(it["unit_price"])) * it["quantity"] for it in items), Decimal("0"))
+    channel = ["dine_in", "takeaway", "delivery"][i % 3]
+    order = {
+        "order_id": str(uuid.uuid4()),
+        "timestamp": (BASE_TS + timedelta(seconds=i)).isoformat(),
+        "restaurant_id": f"R{i % 3}",
+        "table_number": (i % 20) + 1 if channel == "dine_in" else None,
+        "channel": channel,
+        "items": items,
+        "total_amount": float(total),
+        "payment_method": PAYMENTS[i % 3],
+    }
+    order.update(overrides)
+    return order
+
+
+def expected_purchase_total(events: list[dict]) -> Decimal:
+    return sum((Decimal(str(e["total_amount"])) for e in events if e["event_type"] == "purchase"), Decimal("0"))
+
+
+def expected_items(orders: list[dict]) -> tuple[int, Decimal]:
+    n = sum(len(o["items"]) for o in orders)
+    return n, sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]],
+            headers: list | None = None) -> None:
+    """Produce (key, value) pairs and wait until every one is acknowledged."""
+    producer = Producer(producer_config(bootstrap))
+    errors = []
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers,
+                                 on_delivery=lambda err, _m: err and errors.append(err))
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    assert not errors, errors[:3]
+
+
+def produce_events(bootstrap: str, events: list[dict]) -> None:
+    produce(bootstrap, ECOMMERCE_TOPIC.name, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
+
+
+def produce_orders(bootstrap: str, orders: list[dict]) -> None:
+    produce(bootstrap, RESTAURANT_TOPIC.name, [(o["order_id"].encode(), json.dumps(o).encode()) for o in orders])
+
+
+def query(url: str, sql: str, params=None):
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def count_events(url: str, event_ids: list[str]) -> int:
+    return query(url, "SELECT count(*) FROM events WHERE event_id = ANY(%s::uuid[])", (event_ids,))[0][0]
+
+
+def count_orders(url: str, order_ids: list[str]) -> int:
+    return query(url, "SELECT count(*) FROM orders WHERE order_id = ANY(%s::uuid[])", (order_ids,))[0][0]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 90.0, interval: float = 0.2, what: str = ""):
+    """Poll until ``predicate()`` is truthy (a failure guard, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
+        time.sleep(interval)
+
+
+def unique_group(tag: str) -> str:
+    return f"test-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+class ServiceThread:
+    """Runs a ConsumerService in a thread; re-raises its failure on join."""
+
+    def __init__(self, service):
+        self.service = service
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.service.run()
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+
+    def start(self) -> "ServiceThread":
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float = 120.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "consumer thread did not finish"
+        if self.error:
+            raise self.error
+
+    def stop(self, timeout: float = 120.0) -> None:
+        self.service.stop()
+        self.join(timeout)
+
+
+def start_consumer_process(env_extra: dict, log_path: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(env_extra)
+    env.setdefault("METRICS_PORT", "0")
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "services.consumer", *args], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_process(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+def log_events(log_path: Path) -> list[dict]:
+    out = []
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out

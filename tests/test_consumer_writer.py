@@ -1,0 +1,181 @@
+"""The batch writer against a real PostgreSQL (no Kafka): one transaction per
+batch, idempotent inserts, dead letters, database-rejected rows, outages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+
+import psycopg2
+import pytest
+
+from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.settings import ROLE_INGEST, Settings
+from services.consumer.writer import BatchWriter, DatabaseUnavailable, RawMessage, parse
+from tests.test_consumer_support import (
+    ecommerce_event,
+    expected_items,
+    expected_purchase_total,
+    query,
+    restaurant_order,
+)
+
+EC, RO = ECOMMERCE_TOPIC.name, RESTAURANT_TOPIC.name
+
+
+def raw(topic: str, offset: int, value, key: bytes | None = b"k", partition: int = 0) -> RawMessage:
+    if isinstance(value, dict):
+        value = json.dumps(value).encode()
+    return RawMessage(topic, partition, offset, key, value, None)
+
+
+@pytest.fixture
+def writer(database_url):
+    w = BatchWriter(Settings(database_url=database_url).role_url(ROLE_INGEST))
+    yield w
+    w.close()
+
+
+def test_valid_batch_both_domains_then_redelivery_is_noop(writer, database_url):
+    events = [ecommerce_event(i) for i in range(250)]
+    orders = [restaurant_order(i) for i in range(60)]
+    batch = [raw(EC, i, e) for i, e in enumerate(events)] + [raw(RO, i, o) for i, o in enumerate(orders)]
+
+    result = writer.write_raw(batch)
+    assert result.topics[EC].stored == 250 and result.topics[EC].duplicates == 0
+    assert result.topics[RO].stored == 60
+    assert result.dead_letters == []
+
+    purchases = [e for e in events if e["event_type"] == "purchase"]
+    n_items, orders_total = expected_items(orders)
+    assert query(database_url, "SELECT count(*) FROM events")[0][0] == 250
+    assert query(database_url, "SELECT count(*), sum(total_amount) FROM transactions")[0] == (
+        len(purchases), expected_purchase_total(events))
+    assert query(database_url, "SELECT count(*), sum(total_amount) FROM orders")[0] == (60, orders_total)
+    assert query(database_url, "SELECT count(*), sum(line_total) FROM order_items")[0] == (n_items, orders_total)
+    assert query(database_url, "SELECT count(*) FROM products")[0][0] == 11
+    # transaction_id is the event id as text; line numbers are the item index
+    tx = query(database_url, "SELECT transaction_id, event_id::text FROM transactions LIMIT 5")
+    assert all(a == b for a, b in tx)
+    lines = query(database_url, "SELECT array_agg(line_number ORDER BY line_number) FROM order_items "
+                                "WHERE order_id = %s", (orders[3]["order_id"],))[0][0]
+    assert lines == list(range(len(orders[3]["items"])))
+    # normalisation: UTC timestamps, item_count = sum of quantities, escaped text round-trips
+    search = next(e for e in events if e["event_type"] == "search")
+    assert query(database_url, "SELECT search_query FROM events WHERE event_id = %s",
+                 (search["event_id"],))[0][0] == search["search_query"]
+    assert query(database_url, "SELECT item_count FROM orders WHERE order_id = %s", (orders[5]["order_id"],))[0][0] \
+        == sum(it["quantity"] for it in orders[5]["items"])
+
+    again = writer.write_raw(batch)  # the same messages re-delivered
+    assert again.topics[EC].stored == 0 and again.topics[EC].duplicates == 250
+    assert again.topics[RO].duplicates == 60
+    assert query(database_url, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM transactions), "
+                               "(SELECT count(*) FROM orders), (SELECT count(*) FROM order_items)")[0] == (
+        250, len(purchases), 60, n_items)
+
+
+def test_duplicates_inside_one_batch_are_stored_once(writer, database_url):
+    e = ecommerce_event(3, event_type="purchase")
+    o = restaurant_order(1)
+    result = writer.write_raw([raw(EC, 0, e), raw(EC, 1, e), raw(RO, 0, o), raw(RO, 1, o)])
+    assert result.topics[EC].stored == 1 and result.topics[EC].duplicates == 1
+    assert result.topics[RO].stored == 1 and result.topics[RO].duplicates == 1
+    assert query(database_url, "SELECT (SELECT count(*) FROM transactions), (SELECT count(*) FROM order_items)")[0] \
+        == (1, len(o["items"]))
+
+
+def test_invalid_messages_become_dead_letters_and_neighbours_are_stored(writer, database_url):
+    good = [ecommerce_event(i) for i in range(4)]
+    good_order = restaurant_order(2)
+    bad_total = restaurant_order(7)
+    bad_total["total_amount"] += 1
+    wrong_typed = ecommerce_event(8, event_type="purchase")
+    wrong_typed["quantity"] = "three"
+    missing = ecommerce_event(9, event_type="purchase")
+    del missing["payment_method"]
+    bad = {
+        1: b"",
+        3: b"\xff\xfe not utf-8",
+        5: b"{not json",
+        6: json.dumps(wrong_typed).encode(),
+        7: json.dumps(missing).encode(),
+    }
+    batch = [raw(EC, 0, good[0]), raw(EC, 2, good[1]), raw(EC, 4, good[2]), raw(EC, 8, good[3])]
+    batch += [raw(EC, off, value, key=b"\xc3\x28" if off == 3 else b"user-x") for off, value in bad.items()]
+    batch += [raw(RO, 0, good_order), raw(RO, 1, bad_total), raw(RO, 2, None)]
+
+    result = writer.write_raw(batch)
+    assert result.topics[EC].stored == 4 and result.topics[EC].dead_letters == 5
+    assert result.topics[RO].stored == 1 and result.topics[RO].dead_letters == 2
+    rows = {(t, o): (key, bytes(p) if p is not None else None, sha, err)
+            for t, o, key, p, sha, err in query(
+                database_url, 'SELECT topic, "offset", key, payload, payload_sha256, error FROM dead_letters')}
+    assert len(rows) == 7
+    assert rows[(EC, 1)][3] == "empty message"
+    assert rows[(EC, 3)][3].startswith("not UTF-8") and rows[(EC, 3)][1] == bad[3]
+    assert rows[(EC, 3)][0] == "\\xc3("  # undecodable key kept readable
+    assert rows[(EC, 3)][2] == hashlib.sha256(bad[3]).hexdigest()
+    assert "json" in rows[(EC, 5)][3].lower()
+    assert rows[(EC, 6)][3].startswith("quantity:")
+    assert "purchase requires payment_method" in rows[(EC, 7)][3]
+    assert "total_amount" in rows[(RO, 1)][3] and "sum of items" in rows[(RO, 1)][3]
+    assert rows[(RO, 2)][3] == "empty message" and rows[(RO, 2)][1] is None
+    assert query(database_url, "SELECT count(*) FROM events")[0][0] == 4
+    assert query(database_url, "SELECT count(*) FROM orders")[0][0] == 1
+
+    writer.write_raw(batch)  # a re-delivered bad message is stored once
+    assert query(database_url, "SELECT count(*) FROM dead_letters")[0][0] == 7
+
+
+def test_rows_the_database_rejects_are_isolated_into_dead_letters(writer, database_url):
+    events = [ecommerce_event(i, event_type="purchase") for i in range(5)]
+    huge = ecommerce_event(99, event_type="purchase", total_amount=10 ** 12)  # > NUMERIC(12,2)
+    nul = ecommerce_event(98, event_type="search", search_query="nul \u0000 inside")  # text cannot hold NUL
+    assert parse(raw(EC, 0, huge)).valid and parse(raw(EC, 0, nul)).valid  # the contract lets them through
+    batch = [raw(EC, i, e) for i, e in enumerate(events)] + [raw(EC, 10, huge), raw(EC, 11, nul)]
+
+    result = writer.write_raw(batch)
+    assert result.isolated
+    assert result.topics[EC].stored == 5 and result.topics[EC].dead_letters == 2
+    errors = dict(query(database_url, 'SELECT "offset", error FROM dead_letters'))
+    assert set(errors) == {10, 11}
+    assert all(e.startswith("rejected by the database:") for e in errors.values())
+    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 5
+
+
+def test_products_keep_the_latest_catalogue_data_by_event_time(writer, database_url):
+    def product_event(i, price, name):
+        return ecommerce_event(i, event_type="page_view", product={"id": "PX", "name": name, "category": "c",
+                                                                   "price": price})
+
+    writer.write_raw([raw(EC, 0, product_event(10, 5.0, "ten")), raw(EC, 1, product_event(20, 7.5, "twenty"))])
+    assert query(database_url, "SELECT product_name, price FROM products WHERE product_id = 'PX'")[0] == (
+        "twenty", Decimal("7.50"))
+    writer.write_raw([raw(EC, 2, product_event(15, 6.0, "fifteen"))])  # older: no roll-back
+    assert query(database_url, "SELECT product_name FROM products WHERE product_id = 'PX'")[0][0] == "twenty"
+    writer.write_raw([raw(EC, 3, product_event(30, 9.99, "thirty"))])
+    assert query(database_url, "SELECT product_name, price FROM products WHERE product_id = 'PX'")[0] == (
+        "thirty", Decimal("9.99"))
+
+
+def test_lost_connection_raises_unavailable_then_reconnects(writer, database_url):
+    writer.write_raw([raw(EC, 0, ecommerce_event(0))])
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE usename = 'salespulse_ingest' AND datname = current_database()")
+        cur.execute("REVOKE CONNECT ON DATABASE " + database_url.rsplit("/", 1)[1] + " FROM PUBLIC")
+    batch = [raw(EC, i, ecommerce_event(i)) for i in range(1, 4)]
+    with pytest.raises(DatabaseUnavailable):
+        writer.write_raw(batch)
+    with pytest.raises(DatabaseUnavailable):
+        writer.write_raw(batch)  # reconnect refused while access is revoked
+    with admin.cursor() as cur:
+        cur.execute("GRANT CONNECT ON DATABASE " + database_url.rsplit("/", 1)[1] + " TO PUBLIC")
+    admin.close()
+    result = writer.write_raw(batch)
+    assert result.topics[EC].stored == 3
+    assert query(database_url, "SELECT count(*) FROM events")[0][0] == 4

@@ -1,0 +1,239 @@
+"""Asset checks.
+
+In every refresh run, for the run's hourly partition (or the last hour when
+executed on their own):
+
+* ``revenue_reconciles`` — the report's revenue equals plain-SQL revenue
+  (``orchestration.reports.sql_reference.sql_revenue``) over the same window;
+* ``windows_complete`` — every minute with raw events/orders has a report row.
+
+Both stop at the report's cut-off: the minute boundary at least
+``CUTOFF_GRACE`` before the rows were computed, so rows still arriving for the
+open minute are never counted against it.
+
+In the health-check job (every five minutes):
+
+* ``reports_fresh`` — reports are not older than ``REPORT_FRESHNESS_MINUTES``
+  while raw data keeps arriving, and their newest minute is within that many
+  minutes of the newest raw row;
+* ``dead_letter_rate`` — dead letters are at most ``DEAD_LETTER_MAX_RATE`` of
+  the messages of the last hour.
+"""
+
+
+import os
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
+
+from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+from orchestration.resources import PostgresResource
+
+REPORT_FRESHNESS_MINUTES = int(os.environ.get("REPORT_FRESHNESS_MINUTES", "5"))
+DEAD_LETTER_MAX_RATE = float(os.environ.get("DEAD_LETTER_MAX_RATE", "0.05"))
+CUTOFF_GRACE = timedelta(seconds=60)
+
+#: domain -> (raw table, overview report table)
+DOMAINS = {
+    "ecommerce": ("events", "report_ecommerce_overview_minute"),
+    "restaurant": ("orders", "report_restaurant_overview_minute"),
+}
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def check_window(context: AssetCheckExecutionContext) -> tuple[datetime, datetime]:
+    """The run's partition window, or the last full hour of minutes."""
+    op_context = context.op_execution_context
+    if op_context.has_partition_key or op_context.has_partition_key_range:
+        window = op_context.partition_time_window
+        return window.start, window.end
+    end = _floor_minute(datetime.now(timezone.utc))
+    return end - timedelta(hours=1), end
+
+
+def report_cutoff(cur, report_table: str, start: datetime, end: datetime) -> datetime:
+    """End of the part of ``[start, end)`` the report can be held to."""
+    cur.execute(
+        f"SELECT min(computed_at) FROM {report_table} WHERE window_start >= %s AND window_start < %s",
+        (start, end),
+    )
+    computed = cur.fetchone()[0] or datetime.now(timezone.utc)
+    return max(start, min(end, _floor_minute(computed - CUTOFF_GRACE)))
+
+
+def reconcile_revenue(postgres: PostgresResource, domain: str, start: datetime, end: datetime) -> AssetCheckResult:
+    from orchestration.reports.sql_reference import sql_revenue
+
+    _raw, report_table = DOMAINS[domain]
+    with postgres.connection() as conn, conn.cursor() as cur:
+        cutoff = report_cutoff(cur, report_table, start, end)
+        cur.execute(
+            f"SELECT COALESCE(sum(revenue), 0) FROM {report_table} WHERE window_start >= %s AND window_start < %s",
+            (start, cutoff),
+        )
+        report = Decimal(cur.fetchone()[0])
+        expected = Decimal(sql_revenue(conn, domain, start, cutoff))
+    return AssetCheckResult(
+        passed=report == expected,
+        description=f"report revenue {report} vs SQL revenue {expected} over [{start}, {cutoff})",
+        metadata={
+            "report_revenue": MetadataValue.float(float(report)),
+            "sql_revenue": MetadataValue.float(float(expected)),
+            "difference": MetadataValue.float(float(report - expected)),
+            "window_start": MetadataValue.text(start.isoformat()),
+            "window_end": MetadataValue.text(cutoff.isoformat()),
+        },
+    )
+
+
+def missing_windows(postgres: PostgresResource, domain: str, start: datetime, end: datetime) -> AssetCheckResult:
+    raw_table, report_table = DOMAINS[domain]
+    with postgres.connection() as conn, conn.cursor() as cur:
+        cutoff = report_cutoff(cur, report_table, start, end)
+        cur.execute(
+            f"""
+            SELECT m.minute, m.n
+            FROM (SELECT date_trunc('minute', "timestamp") AS minute, count(*) AS n
+                  FROM {raw_table} WHERE "timestamp" >= %s AND "timestamp" < %s GROUP BY 1) m
+            LEFT JOIN {report_table} r ON r.window_start = m.minute
+            WHERE r.window_start IS NULL
+            ORDER BY 1
+            """,
+            (start, cutoff),
+        )
+        missing = cur.fetchall()
+        cur.execute(
+            f"""SELECT count(DISTINCT date_trunc('minute', "timestamp")) FROM {raw_table}
+                WHERE "timestamp" >= %s AND "timestamp" < %s""",
+            (start, cutoff),
+        )
+        minutes_with_data = cur.fetchone()[0]
+    return AssetCheckResult(
+        passed=not missing,
+        description=(
+            f"{len(missing)} of {minutes_with_data} minutes with {raw_table} rows have no report row "
+            f"in [{start}, {cutoff})"
+        ),
+        metadata={
+            "minutes_with_data": MetadataValue.int(minutes_with_data),
+            "missing_windows": MetadataValue.int(len(missing)),
+            "first_missing": MetadataValue.text(", ".join(m.isoformat() for m, _ in missing[:10])),
+        },
+    )
+
+
+def report_freshness(postgres: PostgresResource, domain: str, max_minutes: int) -> AssetCheckResult:
+    raw_table, report_table = DOMAINS[domain]
+    now = datetime.now(timezone.utc)
+    with postgres.connection() as conn, conn.cursor() as cur:
+        cur.execute(f'SELECT max("timestamp") FROM {raw_table}')
+        newest_raw = cur.fetchone()[0]
+        cur.execute(f"SELECT max(window_start), max(computed_at) FROM {report_table}")
+        newest_window, last_computed = cur.fetchone()
+    limit = timedelta(minutes=max_minutes)
+    metadata = {
+        "newest_raw": MetadataValue.text(newest_raw.isoformat() if newest_raw else "none"),
+        "newest_report_window": MetadataValue.text(newest_window.isoformat() if newest_window else "none"),
+        "last_computed": MetadataValue.text(last_computed.isoformat() if last_computed else "never"),
+        "max_minutes": MetadataValue.int(max_minutes),
+    }
+    if newest_raw is None:
+        return AssetCheckResult(passed=True, description=f"no {raw_table} yet: nothing to report", metadata=metadata)
+    problems = []
+    if newest_window is None or _floor_minute(newest_raw) - newest_window > limit:
+        problems.append(f"newest report minute {newest_window} trails newest {raw_table} row {newest_raw} by more than {max_minutes} min")
+    if last_computed is not None:
+        age = now - last_computed
+        metadata["report_age_seconds"] = MetadataValue.float(round(age.total_seconds(), 1))
+        if age > limit and newest_raw > last_computed:
+            problems.append(f"reports last computed {age} ago while new {raw_table} rows arrived")
+    return AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or f"{domain} reports are fresh",
+        metadata=metadata,
+    )
+
+
+def dead_letter_rate(postgres: PostgresResource, max_rate: float, hours: int = 1) -> AssetCheckResult:
+    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    with postgres.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM dead_letters WHERE received_at >= %s", (since,))
+        dead = cur.fetchone()[0]
+        cur.execute('SELECT count(*) FROM events WHERE "timestamp" >= %s', (since,))
+        events = cur.fetchone()[0]
+        cur.execute('SELECT count(*) FROM orders WHERE "timestamp" >= %s', (since,))
+        orders = cur.fetchone()[0]
+    total = dead + events + orders
+    rate = dead / total if total else 0.0
+    return AssetCheckResult(
+        passed=rate <= max_rate,
+        description=f"{dead} dead letters of {total} messages in the last {hours} h ({rate:.2%}; max {max_rate:.2%})",
+        metadata={
+            "dead_letters": MetadataValue.int(dead),
+            "messages": MetadataValue.int(total),
+            "rate": MetadataValue.float(round(rate, 6)),
+            "max_rate": MetadataValue.float(max_rate),
+        },
+    )
+
+
+# --- the checks -------------------------------------------------------------
+
+@asset_check(asset=ecommerce_reports, name="revenue_reconciles",
+             description="Report revenue equals plain-SQL revenue (transactions) over the partition's window.")
+def ecommerce_revenue_reconciles(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
+    return reconcile_revenue(postgres, "ecommerce", *check_window(context))
+
+
+@asset_check(asset=restaurant_reports, name="revenue_reconciles",
+             description="Report revenue equals plain-SQL revenue (orders) over the partition's window.")
+def restaurant_revenue_reconciles(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
+    return reconcile_revenue(postgres, "restaurant", *check_window(context))
+
+
+@asset_check(asset=ecommerce_reports, name="windows_complete",
+             description="Every minute of the window that has events has an overview report row.")
+def ecommerce_windows_complete(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
+    return missing_windows(postgres, "ecommerce", *check_window(context))
+
+
+@asset_check(asset=restaurant_reports, name="windows_complete",
+             description="Every minute of the window that has orders has an overview report row.")
+def restaurant_windows_complete(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
+    return missing_windows(postgres, "restaurant", *check_window(context))
+
+
+@asset_check(asset=ecommerce_reports, name="reports_fresh",
+             description=f"E-commerce reports are not older than REPORT_FRESHNESS_MINUTES ({REPORT_FRESHNESS_MINUTES}) while events arrive.")
+def ecommerce_reports_fresh(postgres: PostgresResource) -> AssetCheckResult:
+    return report_freshness(postgres, "ecommerce", REPORT_FRESHNESS_MINUTES)
+
+
+@asset_check(asset=restaurant_reports, name="reports_fresh",
+             description=f"Restaurant reports are not older than REPORT_FRESHNESS_MINUTES ({REPORT_FRESHNESS_MINUTES}) while orders arrive.")
+def restaurant_reports_fresh(postgres: PostgresResource) -> AssetCheckResult:
+    return report_freshness(postgres, "restaurant", REPORT_FRESHNESS_MINUTES)
+
+
+@asset_check(asset="dead_letters", name="dead_letter_rate",
+             description=f"Dead letters are at most DEAD_LETTER_MAX_RATE ({DEAD_LETTER_MAX_RATE:.0%}) of the last hour's messages.")
+def dead_letter_rate_check(postgres: PostgresResource) -> AssetCheckResult:
+    return dead_letter_rate(postgres, DEAD_LETTER_MAX_RATE)
+
+
+window_checks = [
+    ecommerce_revenue_reconciles, restaurant_revenue_reconciles,
+    ecommerce_windows_complete, restaurant_windows_complete,
+]
+health_checks = [ecommerce_reports_fresh, restaurant_reports_fresh, dead_letter_rate_check]
+all_checks = [*window_checks, *health_checks]

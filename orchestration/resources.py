@@ -1,0 +1,100 @@
+"""Dagster resources: PostgreSQL (analytics role), Spark Connect and Kafka.
+
+Each is a ``ConfigurableResource``; ``orchestration.definitions`` configures
+them from environment variables (``EnvVar``) when those are set, and every
+field left unset falls back to :func:`salespulse.settings.get_settings` (the
+local embedded stack's defaults), read when the resource is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Optional
+
+import psycopg2.extensions
+from dagster import ConfigurableResource
+
+from salespulse.db import connect
+from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
+
+
+class PostgresResource(ConfigurableResource):
+    """PostgreSQL as the analytics role (read raw, write reports, refresh views).
+
+    ``database_url`` is the admin URL (``DATABASE_URL``), used only to derive the
+    analytics role URL unless ``analytics_database_url`` is given explicitly.
+    """
+
+    database_url: Optional[str] = None
+    analytics_database_url: Optional[str] = None
+
+    def settings(self) -> Settings:
+        """The process settings with this resource's URLs applied."""
+        overrides = {
+            name: value
+            for name, value in (
+                ("database_url", self.database_url),
+                ("analytics_database_url", self.analytics_database_url),
+            )
+            if value
+        }
+        return get_settings().model_copy(update=overrides)
+
+    @property
+    def analytics_url(self) -> str:
+        return self.settings().role_url(ROLE_ANALYTICS)
+
+    @contextlib.contextmanager
+    def connection(self, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+        """A connection as the analytics role; committed on success, closed always."""
+        conn = connect(self.analytics_url, attempts=3)
+        conn.autocommit = autocommit
+        try:
+            yield conn
+            if not autocommit:
+                conn.commit()
+        except BaseException:
+            if not autocommit:
+                conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def query(self, sql: str, params: tuple | dict | None = None) -> list[tuple]:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+
+class SparkResource(ConfigurableResource):
+    """A Spark Connect session (``SPARK_REMOTE``, e.g. ``sc://127.0.0.1:15002``)."""
+
+    remote: Optional[str] = None
+
+    def session(self):
+        # imported lazily: loading the code location must not import pyspark
+        from orchestration.reports import spark_session
+
+        return spark_session(self.remote or get_settings().spark_remote)
+
+
+class KafkaResource(ConfigurableResource):
+    """The Kafka cluster (``KAFKA_BOOTSTRAP_SERVERS``) and the ingestion group.
+
+    ``consumer_group`` is only used to *read* the ingestion group's committed
+    offsets; watermarks come from a short-lived observer consumer that never
+    joins a group or commits.
+    """
+
+    bootstrap_servers: Optional[str] = None
+    consumer_group: Optional[str] = None
+    lag_threshold: int = 10_000
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or get_settings().kafka_bootstrap_servers
+
+    @property
+    def group(self) -> str:
+        return self.consumer_group or get_settings().consumer_group

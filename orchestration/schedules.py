@@ -1,0 +1,73 @@
+"""Schedules: the minute refresh of the current hour, and the health checks."""
+
+
+from datetime import timedelta
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from orchestration.assets.jobs import REPORT_ASSETS, health_checks_job, refresh_job
+from orchestration.assets.partitions import partition_key_for
+from orchestration.sensors.runs import covered_by_waiting_run, waiting_runs_by_partition
+
+#: in the first minutes of an hour the previous hour is closed out as well
+CLOSE_PREVIOUS_HOUR_MINUTES = 2
+
+
+def refresh_requests(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
+    tick = context.scheduled_execution_time
+    current = partition_key_for(tick)
+    wanted = [(current, None)]  # None: the whole job (reports + views)
+    if tick.minute < CLOSE_PREVIOUS_HOUR_MINUTES:
+        wanted.insert(0, (partition_key_for(tick - timedelta(hours=1)), [a.key for a in REPORT_ASSETS]))
+    waiting = waiting_runs_by_partition(context.instance, refresh_job.name)
+    requests = []
+    for key, selection in wanted:
+        keys = selection or [*[a.key for a in REPORT_ASSETS]]
+        if covered_by_waiting_run(waiting, key, keys) and selection is not None:
+            continue
+        if selection is None and any(run.asset_selection is None for run in waiting.get(key, [])):
+            continue
+        requests.append(
+            RunRequest(
+                run_key=f"minute:{key}:{tick.strftime('%Y-%m-%dT%H:%M')}",
+                partition_key=key,
+                asset_selection=selection,
+                tags={"salespulse/trigger": "refresh_every_minute"},
+            )
+        )
+    return requests or SkipReason(f"partition {current} already has a waiting run")
+
+
+@schedule(
+    cron_schedule="* * * * *",
+    job=refresh_job,
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description=(
+        "Every minute: recompute the current hour's reports (both domains) and refresh the "
+        "materialized views; in the first two minutes of an hour also close out the previous hour. "
+        "Skipped while an identical run is still queued."
+    ),
+)
+def refresh_every_minute(context: ScheduleEvaluationContext):
+    return refresh_requests(context)
+
+
+@schedule(
+    cron_schedule="*/5 * * * *",
+    job=health_checks_job,
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Every five minutes: report freshness and dead-letter rate checks.",
+)
+def health_checks_every_5_minutes(context: ScheduleEvaluationContext):
+    return RunRequest(run_key=f"health:{context.scheduled_execution_time.isoformat()}")
+
+
+all_schedules = [refresh_every_minute, health_checks_every_5_minutes]

@@ -1,0 +1,192 @@
+"""Consumer-lag sensor: observes the Kafka topics and records the lag.
+
+* committed offsets: the ingestion group's, read with the admin API
+  (``salespulse.kafka.committed_offsets``) — nothing here joins that group or
+  commits for it;
+* high watermarks: from a short-lived observer consumer's *cached* watermarks
+  (filled by fetch responses). It ``assign()``s every partition (no group
+  join, so closing it is safe) starting at the committed offset. A fresh
+  ``get_watermark_offsets`` query / ``list_offsets(latest)`` is not used: some
+  brokers (the embedded one) answer it wrongly (DESIGN.md, broker defect 3);
+* throughput: the high watermark's growth since the previous tick (cursor).
+
+Each tick reports an ``AssetObservation`` per topic asset, inserts one row per
+data topic into ``pipeline_observations`` (the dashboard's lag chart) and flags
+a lag above ``KafkaResource.lag_threshold`` (warning log + ``lag_exceeded``).
+"""
+
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from dagster import (
+    AssetObservation,
+    DefaultSensorStatus,
+    MetadataValue,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from orchestration.assets.sources import TOPIC_KEYS
+from orchestration.resources import KafkaResource, PostgresResource
+from salespulse.contracts import TOPICS, all_topic_partitions
+from salespulse.kafka import committed_offsets, consumer_config
+
+
+@dataclass
+class TopicObservation:
+    topic: str
+    high_watermark: int
+    committed: int
+    lag: int
+    partitions: dict[int, dict] = field(default_factory=dict)
+    messages_per_s: float | None = None
+    complete: bool = True  # every partition's watermark was known
+
+    @property
+    def consumed(self) -> bool:
+        """Data topics are consumed by the ingestion group; dead-letter topics are not."""
+        return self.topic in TOPICS
+
+
+def high_watermarks(bootstrap: str, start: dict[tuple[str, int], int], timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """High watermark per partition from an observer consumer's cached watermarks."""
+    consumer = Consumer(
+        consumer_config(
+            bootstrap,
+            "salespulse-lag-observer",  # never subscribes or commits
+            **{
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "statistics.interval.ms": 0,
+                "fetch.max.bytes": 1_048_576,
+                "max.partition.fetch.bytes": 65_536,
+                "queued.max.messages.kbytes": 1024,
+                "fetch.wait.max.ms": 100,
+            },
+        )
+    )
+    partitions = [TopicPartition(t, p, max(offset, 0)) for (t, p), offset in start.items()]
+    highs: dict[tuple[str, int], int] = {}
+    try:
+        consumer.assign(partitions)
+        deadline = time.monotonic() + timeout
+        while len(highs) < len(partitions) and time.monotonic() < deadline:
+            consumer.poll(0.1)
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                if key in highs:
+                    continue
+                try:
+                    _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                except KafkaException:
+                    continue
+                if high is not None and high >= 0:
+                    highs[key] = high
+    finally:
+        consumer.close()  # assign() joined no group: closing is safe
+    return highs
+
+
+def observe_topics(bootstrap: str, group: str, topics: dict[str, int] | None = None,
+                   timeout: float = 5.0) -> list[TopicObservation]:
+    """Watermark, committed offset and lag per topic (summed over partitions)."""
+    topics = topics if topics is not None else all_topic_partitions()
+    committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(bootstrap, group, topics)}
+    start = {}
+    for topic, count in topics.items():
+        for p in range(count):
+            offset = committed.get((topic, p), -1) if topic in TOPICS else 0
+            start[(topic, p)] = max(offset, 0)
+    highs = high_watermarks(bootstrap, start, timeout)
+    out = []
+    for topic, count in topics.items():
+        obs = TopicObservation(topic, 0, 0, 0)
+        for p in range(count):
+            high = highs.get((topic, p))
+            if high is None:
+                obs.complete = False
+                continue
+            done = max(committed.get((topic, p), -1), 0) if obs.consumed else high
+            lag = max(high - done, 0)
+            obs.partitions[p] = {"high_watermark": high, "committed": done, "lag": lag}
+            obs.high_watermark += high
+            obs.committed += done
+            obs.lag += lag
+        out.append(obs)
+    return out
+
+
+def record_observations(postgres: PostgresResource, observations: list[TopicObservation]) -> int:
+    """Insert one pipeline_observations row per consumed topic; return the count."""
+    rows = [
+        (o.topic, o.high_watermark, o.committed, o.lag, o.messages_per_s)
+        for o in observations
+        if o.consumed and o.complete
+    ]
+    if rows:
+        with postgres.connection() as conn, conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO pipeline_observations (observed_at, topic, high_watermark, committed, lag, messages_per_s)
+                   VALUES (clock_timestamp(), %s, %s, %s, %s, %s)""",
+                rows,
+            )
+    return len(rows)
+
+
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Observes every Kafka topic (high watermark, the ingestion group's committed offset, lag, "
+        "messages/s), records them in pipeline_observations and flags lag above the threshold."
+    ),
+)
+def kafka_lag_sensor(context: SensorEvaluationContext, kafka: KafkaResource, postgres: PostgresResource):
+    previous = json.loads(context.cursor) if context.cursor else {}
+    now = time.time()
+    observations = observe_topics(kafka.bootstrap, kafka.group)
+    elapsed = now - previous.get("at", now)
+    for obs in observations:
+        before = previous.get("high", {}).get(obs.topic)
+        if obs.complete and before is not None and elapsed > 0 and obs.high_watermark >= before:
+            obs.messages_per_s = round((obs.high_watermark - before) / elapsed, 3)
+    record_observations(postgres, observations)
+
+    flagged = []
+    events = []
+    for obs in observations:
+        exceeded = obs.consumed and obs.lag > kafka.lag_threshold
+        if exceeded:
+            flagged.append(f"{obs.topic} lag {obs.lag} > {kafka.lag_threshold}")
+        metadata = {
+            "high_watermark": MetadataValue.int(obs.high_watermark),
+            "partitions": MetadataValue.json({str(p): v for p, v in obs.partitions.items()}),
+            "complete": MetadataValue.bool(obs.complete),
+        }
+        if obs.consumed:
+            metadata.update({
+                "committed": MetadataValue.int(obs.committed),
+                "consumer_lag": MetadataValue.int(obs.lag),
+                "lag_threshold": MetadataValue.int(kafka.lag_threshold),
+                "lag_exceeded": MetadataValue.bool(exceeded),
+                "consumer_group": MetadataValue.text(kafka.group),
+            })
+        if obs.messages_per_s is not None:
+            metadata["messages_per_s"] = MetadataValue.float(obs.messages_per_s)
+        events.append(AssetObservation(asset_key=TOPIC_KEYS[obs.topic], metadata=metadata))
+    for message in flagged:
+        context.log.warning(f"consumer lag above threshold: {message}")
+    cursor = json.dumps({
+        "at": now,
+        "high": {o.topic: o.high_watermark for o in observations if o.complete},
+        "flagged": flagged,
+    })
+    return SensorResult(
+        asset_events=events,
+        cursor=cursor,
+        skip_reason=("LAG ABOVE THRESHOLD: " + "; ".join(flagged)) if flagged else "lag within threshold",
+    )

@@ -1,0 +1,143 @@
+"""JSON API blueprints: e-commerce, restaurant, pipeline, health.
+
+Each endpoint is declared once in :data:`ENDPOINTS` (path, parameter model,
+query function, description); the same table drives the routes and the
+OpenAPI document, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from flask import Blueprint, current_app, jsonify, request
+
+from dashboard import queries
+from dashboard.db import DatabaseUnavailable
+from dashboard.params import (
+    EcommerceTimelineParams, ItemParams, LimitParams, NoParams, Params, PeakHoursParams, PipelineParams,
+    RangeAllParams, TimelineParams, TimeRange, parse,
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    blueprint: str
+    path: str
+    name: str
+    params: type[Params]
+    fn: Callable
+    summary: str
+    tag: str
+    realtime: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("ecommerce", "/api/metrics/summary", "summary", RangeAllParams, queries.ecommerce_summary,
+             "E-commerce totals: events, revenue, orders, units, conversion rate, average order value, active users.",
+             "ecommerce"),
+    Endpoint("ecommerce", "/api/metrics/timeline", "timeline", EcommerceTimelineParams, queries.ecommerce_timeline,
+             "E-commerce time series per bucket (events by type, purchases, revenue, active users).", "ecommerce"),
+    Endpoint("ecommerce", "/api/metrics/top-products", "top_products", LimitParams, queries.ecommerce_top_products,
+             "Top products by revenue in the window (range=all reads the `top_products` view).", "ecommerce"),
+    Endpoint("ecommerce", "/api/metrics/by-category", "by_category", RangeAllParams, queries.ecommerce_by_category,
+             "Sales by category in the window (range=all reads the `sales_by_category` view).", "ecommerce"),
+    Endpoint("ecommerce", "/api/metrics/event-types", "event_types", TimeRange, queries.ecommerce_event_types,
+             "Event counts by type in the window.", "ecommerce"),
+    Endpoint("ecommerce", "/api/metrics/realtime", "realtime", NoParams, queries.ecommerce_realtime,
+             "The last 60 seconds from the raw tables (indexed time range): events, users, orders, revenue.",
+             "ecommerce", realtime=True),
+    Endpoint("restaurant", "/api/restaurant/summary", "summary", TimeRange, queries.restaurant_summary,
+             "Restaurant totals: orders, items sold, revenue, average ticket.", "restaurant"),
+    Endpoint("restaurant", "/api/restaurant/timeline", "timeline", TimelineParams, queries.restaurant_timeline,
+             "Restaurant time series per bucket (orders, items, revenue, average ticket).", "restaurant"),
+    Endpoint("restaurant", "/api/restaurant/top-items", "top_items", ItemParams, queries.restaurant_top_items,
+             "Top menu items by revenue or quantity.", "restaurant"),
+    Endpoint("restaurant", "/api/restaurant/by-category", "by_category", TimeRange, queries.restaurant_by_category,
+             "Restaurant sales by menu category.", "restaurant"),
+    Endpoint("restaurant", "/api/restaurant/channels", "channels", TimeRange, queries.restaurant_channels,
+             "Channel mix (dine_in, takeaway, delivery): orders, revenue, average ticket.", "restaurant"),
+    Endpoint("restaurant", "/api/restaurant/peak-hours", "peak_hours", PeakHoursParams, queries.restaurant_peak_hours,
+             "Orders and revenue by hour of day (in `tz`) over the window; the peak hour.", "restaurant"),
+    Endpoint("restaurant", "/api/restaurant/realtime", "realtime", NoParams, queries.restaurant_realtime,
+             "The last 60 seconds from the raw `orders` table (indexed time range).", "restaurant", realtime=True),
+    Endpoint("pipeline", "/api/pipeline/status", "status", PipelineParams, None,
+             "Pipeline health: consumer lag and throughput per topic, dead letters with reasons, "
+             "last report time, recent Dagster runs, Dagster UI link.", "pipeline"),
+]
+
+
+class ResponseCache:
+    """A tiny per-process TTL cache of API answers for relative windows.
+
+    The report tables change once a minute and every open page polls every 5 s,
+    so answers for the same (endpoint, parameters) are shared for ``ttl``
+    seconds. Answers for explicit ``from``/``to`` windows are cached too (same
+    key, same answer). ``ttl=0`` disables it.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 512):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._data: dict = {}
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key, compute: Callable[[], dict]) -> dict:
+        if self.ttl <= 0:
+            return compute()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._data.get(key)
+            if hit and hit[0] > now:
+                return hit[1]
+        value = compute()
+        with self._lock:
+            if len(self._data) >= self.max_entries:
+                self._data = {k: v for k, v in self._data.items() if v[0] > now}
+                if len(self._data) >= self.max_entries:
+                    self._data.clear()
+            self._data[key] = (now + self.ttl, value)
+        return value
+
+
+def _make_view(ep: Endpoint):
+    def view():
+        params = parse(ep.params, request.args)
+        ext = current_app.extensions["salespulse"]
+        db = ext["db"]
+        if ep.fn is None:  # pipeline status
+            compute = lambda: queries.pipeline_status(db, params, ext["settings"].dagster_ui_url)  # noqa: E731
+        else:
+            compute = lambda: ep.fn(db, params)  # noqa: E731
+        body = ext["cache"].get_or_compute((ep.path, params.cache_key()), compute)
+        resp = jsonify(body)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    view.__name__ = ep.name
+    view.__doc__ = ep.summary
+    return view
+
+
+def build_blueprints() -> list[Blueprint]:
+    bps = {name: Blueprint(name, __name__) for name in ("ecommerce", "restaurant", "pipeline")}
+    for ep in ENDPOINTS:
+        bps[ep.blueprint].add_url_rule(ep.path, ep.name, _make_view(ep), methods=["GET"])
+    return list(bps.values())
+
+
+health_bp = Blueprint("health", __name__)
+
+
+@health_bp.get("/health")
+def health():
+    """Liveness + database check; always open (no token, no rate limit)."""
+    db = current_app.extensions["salespulse"]["db"]
+    try:
+        db.ping()
+    except DatabaseUnavailable as exc:
+        return jsonify({"status": "error", "database": "unavailable", "message": str(exc)}), 503
+    return jsonify({"status": "ok", "database": "ok"})

@@ -1,0 +1,66 @@
+"""Security: bearer-token auth, rate limiting (flask-limiter), CORS allow-list
+(flask-cors), and response headers."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, request
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from dashboard.errors import json_error
+
+#: Paths that never need a token: the health check, the pages (they hold no
+#: data; their scripts send the token), static files and the API description.
+OPEN_ENDPOINTS = {"health.health", "static", "pages.plotly_js", "openapi.openapi_json",
+                  "pages.ecommerce", "pages.restaurant", "pages.pipeline"}
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def init_security(app: Flask, settings) -> Limiter:
+    token = settings.dashboard_token or None
+
+    @app.before_request
+    def _require_token():
+        if token is None or request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            resp = json_error(401, "unauthorized", "missing or invalid bearer token")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="salespulse"'
+            return resp
+        return None
+
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        default_limits=[settings.dashboard_rate_limit] if settings.dashboard_rate_limit else [],
+        storage_uri="memory://",
+        headers_enabled=True,
+        strategy="fixed-window",
+    )
+
+    @limiter.request_filter
+    def _exempt():
+        return request.endpoint in {"health.health", "static", "pages.plotly_js"}
+
+    origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
+    if origins:
+        CORS(app, resources={r"/api/*": {"origins": origins}, r"/health": {"origins": origins}},
+             allow_headers=["Authorization", "Content-Type"], methods=["GET", "OPTIONS"], max_age=600)
+
+    @app.after_request
+    def _headers(resp):
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy", CSP)
+        return resp
+
+    return limiter

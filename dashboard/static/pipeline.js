@@ -1,0 +1,69 @@
+/* Pipeline page: throughput, lag, dead letters with reasons, last report, Dagster runs. */
+document.addEventListener("DOMContentLoaded", function () {
+  "use strict";
+  var f = SP.fmt;
+  function byTopic(series, key) {
+    var topics = {};
+    series.forEach(function (s) { (topics[s.topic] = topics[s.topic] || { x: [], y: [] }); topics[s.topic].x.push(s.t); topics[s.topic].y.push(s[key]); });
+    return Object.keys(topics).map(function (t) { return { type: "scatter", mode: "lines+markers", name: SP.esc(t), x: topics[t].x, y: topics[t].y }; });
+  }
+  function render(d) {
+    SP.setCard("throughput", f.num(d.throughput_messages_per_s, 1));
+    SP.setCard("lag", f.int(d.lag_total));
+    SP.setCard("dead_letters", f.int(d.dead_letters.total));
+    SP.setCard("last_report", f.age(d.last_report_at));
+    var link = document.getElementById("dagster-link");
+    if (d.dagster_ui_url && /^https?:\/\//.test(d.dagster_ui_url)) { link.href = d.dagster_ui_url; }
+    var series = d.series || [];
+    SP.plot("chart-throughput", byTopic(series, "messages_per_s"), { yaxis: { title: { text: "msg/s" }, rangemode: "tozero" } });
+    SP.plot("chart-lag", byTopic(series, "lag"), { yaxis: { title: { text: "messages" }, rangemode: "tozero" } });
+    SP.table("table-topics", [
+      { label: "topic", value: function (r) { return r.topic; } },
+      { label: "msg/s", value: function (r) { return f.num(r.messages_per_s, 1); } },
+      { label: "lag", value: function (r) { return f.int(r.lag); } },
+      { label: "committed", value: function (r) { return f.int(r.committed); } },
+      { label: "high watermark", value: function (r) { return f.int(r.high_watermark); } },
+      { label: "observed", value: function (r) { return f.age(r.observed_at); } }
+    ], d.topics || []);
+    SP.table("table-reasons", [
+      { label: "reason", value: function (r) { return r.reason; } },
+      { label: "topic", value: function (r) { return r.topic; } },
+      { label: "count", value: function (r) { return f.int(r.count); } },
+      { label: "last seen", value: function (r) { return f.age(r.last_seen); } }
+    ], d.dead_letters.reasons || []);
+    SP.table("table-recent", [
+      { label: "received", value: function (r) { return f.time(r.received_at); } },
+      { label: "topic", value: function (r) { return r.topic; } },
+      { label: "partition/offset", value: function (r) { return r.partition + "/" + r.offset; } },
+      { label: "reason", value: function (r) { return r.reason; } },
+      { label: "payload", value: function (r) { return r.payload_preview; } }
+    ], d.dead_letters.recent || []);
+    var base = (d.dagster_ui_url || "").replace(/\/$/, "");
+    SP.table("table-runs", [
+      { label: "run", value: function (r) {
+          if (!/^https?:\/\//.test(base)) { return r.run_id; }
+          var a = document.createElement("a"); a.href = base + "/runs/" + encodeURIComponent(r.run_id);
+          a.target = "_blank"; a.rel = "noopener noreferrer"; a.textContent = String(r.run_id).slice(0, 8); return a; } },
+      { label: "job", value: function (r) { return r.job_name; } },
+      { label: "status", value: function (r) { return r.status; } },
+      { label: "partition", value: function (r) { return r.partition; } },
+      { label: "recorded", value: function (r) { return f.age(r.recorded_at); } }
+    ], d.runs || []);
+    return true;
+  }
+  function has(d, what) {
+    if (what === "series") { return (d.series || []).length > 0; }
+    if (what === "topics") { return (d.topics || []).length > 0; }
+    if (what === "reasons") { return (d.dead_letters.reasons || []).length > 0; }
+    if (what === "recent") { return (d.dead_letters.recent || []).length > 0; }
+    if (what === "runs") { return (d.runs || []).length > 0; }
+    return true;
+  }
+  // One request feeds every panel; render returns the per-panel empty flags.
+  SP.start([{ panels: ["cards", "throughput", "lag", "topics", "reasons", "runs", "recent-dl"], url: "/api/pipeline/status",
+    params: { limit: 20 }, render: function (d) {
+      render(d);
+      return { cards: true, throughput: has(d, "series"), lag: has(d, "series"), topics: has(d, "topics"),
+               reasons: has(d, "reasons"), runs: has(d, "runs"), "recent-dl": has(d, "recent") };
+    } }]);
+});

@@ -300,14 +300,15 @@ def pipeline_status(db: Database, p: PipelineParams, dagster_ui_url: str) -> dic
                   encode(substring(payload FROM 1 FOR 120), 'escape') AS payload_preview
            FROM dead_letters WHERE received_at >= %(start)s AND received_at < %(end)s
            ORDER BY received_at DESC, id DESC LIMIT %(limit)s""", {**w, "limit": p.limit})
+    # computed_at is indexed (sql/030): the newest write, even a backfill of old windows
     reports = db.query(
-        """SELECT 'ecommerce' AS domain, window_start, computed_at FROM
-               (SELECT window_start, computed_at FROM report_ecommerce_overview_minute
-                ORDER BY window_start DESC LIMIT 1) e
+        """SELECT 'ecommerce' AS domain,
+                  (SELECT max(window_start) FROM report_ecommerce_overview_minute) AS window_start,
+                  (SELECT max(computed_at) FROM report_ecommerce_overview_minute) AS computed_at
            UNION ALL
-           SELECT 'restaurant', window_start, computed_at FROM
-               (SELECT window_start, computed_at FROM report_restaurant_overview_minute
-                ORDER BY window_start DESC LIMIT 1) r""")
+           SELECT 'restaurant',
+                  (SELECT max(window_start) FROM report_restaurant_overview_minute),
+                  (SELECT max(computed_at) FROM report_restaurant_overview_minute)""")
     runs = db.query(
         """SELECT run_id, job_name, status, partition, left(message, 500) AS message, recorded_at
            FROM pipeline_runs ORDER BY recorded_at DESC LIMIT %(limit)s""", {"limit": p.limit})

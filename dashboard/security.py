@@ -39,7 +39,8 @@ def init_security(app: Flask, settings) -> Limiter:
     limiter = Limiter(
         get_remote_address,
         app=app,
-        default_limits=[settings.dashboard_rate_limit] if settings.dashboard_rate_limit else [],
+        # one budget per client address across every endpoint (not per route)
+        application_limits=[settings.dashboard_rate_limit] if settings.dashboard_rate_limit else [],
         storage_uri="memory://",
         headers_enabled=True,
         strategy="fixed-window",

@@ -47,8 +47,12 @@ def record_run_failures(context: RunFailureSensorContext, postgres: PostgresReso
     parts = [context.failure_event.message or "run failed"]
     for event in context.get_step_failure_events():
         error = getattr(event.event_specific_data, "error", None)
-        if error is not None:
-            parts.append(f"{event.step_key}: {error.message.strip()}")
+        messages = []
+        while error is not None:  # the user error is usually the innermost cause
+            messages.append(error.message.strip())
+            error = error.cause
+        if messages:
+            parts.append(f"{event.step_key}: " + " <- ".join(reversed(messages)))
     record_run(postgres, context.dagster_run, "FAILURE", "\n".join(parts))
 
 

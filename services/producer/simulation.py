@@ -97,9 +97,10 @@ RESTAURANTS = {"REST001": 0.5, "REST002": 0.3, "REST003": 0.2}
 TABLES = 30
 ITEM_COUNT_WEIGHTS = {1: 0.25, 2: 0.30, 3: 0.20, 4: 0.12, 5: 0.08, 6: 0.05}
 QUANTITY_WEIGHTS = {1: 0.75, 2: 0.18, 3: 0.07}
-#: orders per hour of day relative to the mean (lunch and dinner peaks)
-HOUR_FACTORS = (0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 0.6, 0.8, 0.7, 0.8, 1.5,
-                2.6, 2.4, 1.2, 0.7, 0.7, 0.9, 1.6, 2.5, 2.7, 1.9, 1.0, 0.4)
+#: orders per hour of day relative to the daily mean (lunch and dinner peaks); mean 1.0
+_HOURLY = (0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 0.6, 0.8, 0.7, 0.8, 1.5,
+           2.6, 2.4, 1.2, 0.7, 0.7, 0.9, 1.6, 2.5, 2.7, 1.9, 1.0, 0.4)
+HOUR_FACTORS = tuple(f * len(_HOURLY) / sum(_HOURLY) for f in _HOURLY)
 
 
 def _json_str(value: str) -> str:

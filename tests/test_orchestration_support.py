@@ -33,6 +33,14 @@ def query(url: str, sql: str, params=None) -> list[tuple]:
         conn.close()
 
 
+def materializations(result) -> dict:
+    """(asset key, partition) -> materialisation metadata of an in-process result."""
+    return {
+        (ev.asset_key.to_user_string(), ev.partition): ev.step_materialization_data.materialization.metadata
+        for ev in result.get_asset_materialization_events()
+    }
+
+
 def execute(url: str, sql: str, params=None) -> None:
     query(url, sql, params)
 

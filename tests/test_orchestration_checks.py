@@ -1,0 +1,164 @@
+"""Asset checks pass on good data and fail on broken data.
+
+The window checks run in a partitioned run next to a stand-in report asset
+(same key and partitions as the real one) that writes report rows with plain
+SQL — correct ones, or deliberately broken ones. (With the real Spark assets
+they run in tests/test_orchestration_reports.py.)"""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from dagster import AssetSelection, Definitions, asset, define_asset_job, in_process_executor, materialize
+
+from orchestration.assets.partitions import HOURLY
+from orchestration.checks import (
+    dead_letter_rate_check,
+    ecommerce_reports_fresh,
+    ecommerce_revenue_reconciles,
+    ecommerce_windows_complete,
+    restaurant_revenue_reconciles,
+    restaurant_windows_complete,
+)
+from orchestration.resources import PostgresResource
+from tests.test_orchestration_support import (
+    BASE_HOUR,
+    execute,
+    expected_ecommerce_minutes,
+    expected_restaurant_minutes,
+    seed_ecommerce,
+    seed_restaurant,
+)
+
+PARTITION = BASE_HOUR.strftime("%Y-%m-%d-%H:%M")
+
+
+def write_ecommerce(url, start, end, *, skew=None, drop=None, computed_at=None):
+    """Overview rows from independent SQL; ``skew`` adds 0.01 to one minute's
+    revenue, ``drop`` leaves one minute out."""
+    rows = sorted(expected_ecommerce_minutes(url, start, end).items())
+    for i, (minute, (events, purchases, revenue, units)) in enumerate(rows):
+        if drop == i:
+            continue
+        if skew == i:
+            revenue += 1
+        execute(url, """INSERT INTO report_ecommerce_overview_minute VALUES
+                        (%s,%s,0,0,0,0,%s,1,1,1,1,1,1,%s,%s,0,0, COALESCE(%s, now()))""",
+                (minute, events, purchases, revenue, units, computed_at))
+
+
+def write_restaurant(url, start, end, *, skew=None, drop=None):
+    rows = sorted(expected_restaurant_minutes(url, start, end).items())
+    for i, (minute, (orders, items, revenue)) in enumerate(rows):
+        if drop == i:
+            continue
+        if skew == i:
+            revenue -= 1
+        execute(url, "INSERT INTO report_restaurant_overview_minute VALUES (%s,%s,%s,%s,0,now())",
+                (minute, orders, items, revenue))
+
+
+def stand_in(name, url, writer, **broken):
+    @asset(name=name, partitions_def=HOURLY, group_name=name.split("_")[0], description="stand-in")
+    def _report(context):
+        window = context.partition_time_window
+        writer(url, window.start, window.end, **broken)
+
+    return _report
+
+
+def run_checks(url, name, writer, checks, **broken):
+    result = materialize([stand_in(name, url, writer, **broken), *checks], partition_key=PARTITION,
+                         resources={"postgres": PostgresResource(database_url=url)})
+    assert result.success
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def seeded(database_url):
+    seed_ecommerce(database_url, BASE_HOUR)
+    seed_restaurant(database_url, BASE_HOUR)
+    # rows just outside the window must not count
+    seed_ecommerce(database_url, BASE_HOUR + timedelta(hours=1), minutes=(0,), seed=5)
+    seed_restaurant(database_url, BASE_HOUR - timedelta(hours=1), minutes=(59,), seed=6)
+    return database_url
+
+
+EC_CHECKS = [ecommerce_revenue_reconciles, ecommerce_windows_complete]
+RO_CHECKS = [restaurant_revenue_reconciles, restaurant_windows_complete]
+
+
+def test_window_checks_pass_on_good_reports(seeded):
+    ec = run_checks(seeded, "ecommerce_reports", write_ecommerce, EC_CHECKS)
+    assert ec["revenue_reconciles"].passed, ec["revenue_reconciles"].description
+    assert ec["windows_complete"].passed
+    assert ec["windows_complete"].metadata["minutes_with_data"].value == 5
+    ro = run_checks(seeded, "restaurant_reports", write_restaurant, RO_CHECKS)
+    assert ro["revenue_reconciles"].passed and ro["windows_complete"].passed
+    assert ro["windows_complete"].metadata["minutes_with_data"].value == 4
+
+
+def test_reconciliation_fails_on_wrong_revenue(seeded):
+    ec = run_checks(seeded, "ecommerce_reports", write_ecommerce, EC_CHECKS, skew=2)
+    assert not ec["revenue_reconciles"].passed
+    assert ec["revenue_reconciles"].metadata["difference"].value == pytest.approx(1.0)
+    assert ec["windows_complete"].passed
+    ro = run_checks(seeded, "restaurant_reports", write_restaurant, RO_CHECKS, skew=0)
+    assert not ro["revenue_reconciles"].passed
+
+
+def test_completeness_fails_on_a_missing_window(seeded):
+    ec = run_checks(seeded, "ecommerce_reports", write_ecommerce, EC_CHECKS, drop=4)
+    assert not ec["windows_complete"].passed
+    assert ec["windows_complete"].metadata["missing_windows"].value == 1
+    assert (BASE_HOUR + timedelta(minutes=59)).isoformat() in ec["windows_complete"].metadata["first_missing"].value
+    ro = run_checks(seeded, "restaurant_reports", write_restaurant, RO_CHECKS, drop=1)
+    assert not ro["windows_complete"].passed and not ro["revenue_reconciles"].passed
+
+
+def run_health(url, check):
+    defs = Definitions(
+        assets=[stand_in("ecommerce_reports", url, write_ecommerce)],
+        asset_checks=[check],
+        jobs=[define_asset_job("health", selection=AssetSelection.checks(check))],
+        resources={"postgres": PostgresResource(database_url=url)},
+        executor=in_process_executor,
+    )
+    result = defs.resolve_job_def("health").execute_in_process()
+    assert result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def test_freshness(database_url):
+    assert run_health(database_url, ecommerce_reports_fresh).passed  # no events: nothing to report
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    recent = now - timedelta(minutes=3)
+    seed_ecommerce(database_url, recent, minutes=(0,), per_minute=5)
+    stale = now - timedelta(minutes=30)
+    seed_ecommerce(database_url, stale, minutes=(0,), per_minute=5, seed=3)
+    # reports computed 25 minutes ago, covering only the old minute
+    write_ecommerce(database_url, stale, stale + timedelta(minutes=1), computed_at=now - timedelta(minutes=25))
+    evaluation = run_health(database_url, ecommerce_reports_fresh)
+    assert not evaluation.passed
+    assert "trails" in evaluation.description and "ago" in evaluation.description
+    # the reports catch up
+    write_ecommerce(database_url, recent, recent + timedelta(minutes=1))
+    assert run_health(database_url, ecommerce_reports_fresh).passed
+
+
+def test_dead_letter_rate(database_url):
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    n = seed_ecommerce(database_url, now - timedelta(minutes=10), minutes=(0, 1, 2, 3, 4), per_minute=20)
+
+    def dead(count, start):
+        for i in range(start, start + count):
+            execute(database_url, """INSERT INTO dead_letters (topic, "partition", "offset", key, payload, payload_sha256, error)
+                                     VALUES ('ecommerce.events', 0, %s, NULL, 'x', repeat('0', 64), 'bad json')""", (i,))
+
+    dead(2, 0)
+    ok = run_health(database_url, dead_letter_rate_check)
+    assert ok.passed and ok.metadata["messages"].value == n + 2
+    dead(20, 2)
+    bad = run_health(database_url, dead_letter_rate_check)
+    assert not bad.passed
+    assert bad.metadata["rate"].value == pytest.approx(22 / (n + 22), abs=1e-6)

@@ -145,3 +145,15 @@ def actual_restaurant_minutes(url: str, start: datetime, end: datetime) -> dict:
     rows = query(url, """SELECT window_start, orders, items_sold, revenue FROM report_restaurant_overview_minute
                          WHERE window_start >= %s AND window_start < %s""", (start, end))
     return {r[0]: (r[1], r[2], Decimal(r[3])) for r in rows}
+
+
+# --- Spark Connect server (from the session-scoped plugin tests/spark_fixtures.py) --
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def spark_remote(request) -> str:
+    """``sc://`` URL of the session's Spark Connect server."""
+    server = request.getfixturevalue("spark_server")
+    return getattr(server, "remote", server)

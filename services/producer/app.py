@@ -143,9 +143,9 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
         return publisher.delivered
     finally:
         state["running"] = False
-        server.shutdown()
-        server.server_close()
         restore_signals()
+        # shutdown() waits for serve_forever's 0.5 s poll: let it finish on its own thread
+        threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
 
 
 def _run_max(sim, topic: str, publisher: Publisher, reporter: RateReporter, count, stop_event) -> None:

@@ -1,0 +1,257 @@
+"""Real-browser tests: headless Debian Chromium driven by Playwright against the
+app served on a free port over a seeded PostgreSQL. Screenshots are saved to
+artifacts/screenshots/ as test artifacts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg2
+import pytest
+from playwright.sync_api import sync_playwright
+from werkzeug.serving import make_server
+
+from dashboard import create_app
+from dashboard.seed import ecommerce_minute, insert_rows, minute, seed_all
+from salespulse.settings import Settings
+from tests.conftest import free_port
+
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHARTS = {
+    "/": ["chart-timeline", "chart-top-products", "chart-by-category", "chart-event-types", "chart-realtime"],
+    "/restaurant": ["chart-timeline", "chart-top-items", "chart-by-category", "chart-peak-hours", "chart-channels"],
+    "/pipeline": ["chart-throughput", "chart-lag"],
+}
+NAMES = {"/": "ecommerce", "/restaurant": "restaurant", "/pipeline": "pipeline"}
+POLL_WAIT_MS = 15000  # one 5 s poll plus slack
+
+
+class Server:
+    def __init__(self, settings: Settings):
+        self.app = create_app(settings)
+        self.port = free_port()
+        self.httpd = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.thread.join(10)
+        self.app.extensions["salespulse"]["db"].close()
+
+
+def settings_for(url: str, **kw) -> Settings:
+    base = {"database_url": url, "dashboard_cache_ttl": 0, "dashboard_rate_limit": "100000/minute",
+            "dashboard_token": None, "cors_origins": "", "dagster_ui_url": "http://127.0.0.1:3999"}
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def served(database_url):
+    seed_all(database_url)
+    server = Server(settings_for(database_url))
+    yield server, database_url
+    server.stop()
+
+
+def wait_js(page, expression: str, timeout_ms: int = POLL_WAIT_MS) -> None:
+    """Poll a JS expression from Python (page.wait_for_function evaluates strings
+    with eval(), which the dashboard's Content-Security-Policy rightly forbids)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        page.wait_for_timeout(100)
+
+
+def open_page(browser, url, width=1280, height=900):
+    ctx = browser.new_context(viewport={"width": width, "height": height})
+    page = ctx.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
+    return ctx, page, errors
+
+
+def chart_info(page, chart_id):
+    return page.evaluate("""id => {
+        const el = document.getElementById(id);
+        return {
+          traces: (el.data || []).length,
+          points: (el.data || []).reduce((n, t) => n + ((t.y || t.values || t.x || []).length), 0),
+          svg: el.querySelectorAll('.main-svg').length,
+          drawn: el.querySelectorAll('.trace, .slice, .point').length,
+          state: el.closest('.panel').dataset.state,
+          width: el.getBoundingClientRect().width,
+        };
+    }""", chart_id)
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("path", list(CHARTS))
+def test_page_renders_every_chart_with_data(browser, served, path):
+    server, _ = served
+    ctx, page, errors = open_page(browser, server.url + path)
+    try:
+        for chart in CHARTS[path]:
+            info = chart_info(page, chart)
+            assert info["svg"] >= 1 and info["traces"] >= 1 and info["points"] >= 1, (chart, info)
+            assert info["drawn"] >= 1, (chart, info)
+            assert info["state"] == "ready", (chart, info)
+        cards = page.eval_on_selector_all("[data-card]", "els => els.map(e => e.textContent.trim())")
+        assert cards and all(c and c != "–" for c in cards), cards
+        assert page.get_attribute("#live", "data-state") == "live"
+        assert page.is_hidden("#banner")
+        if path == "/pipeline":
+            rows = page.eval_on_selector_all("#table-reasons tbody tr", "rs => rs.map(r => r.textContent)")
+            assert any("invalid event_type" in r for r in rows)
+            assert page.eval_on_selector_all("#table-runs tbody a", "as => as.map(a => a.href)")[0].startswith(
+                "http://127.0.0.1:3999/runs/")
+            # the untrusted dead-letter payload is shown as text, never parsed as HTML
+            assert page.locator("#table-recent script").count() == 0
+            assert "<script>" in page.text_content("#table-recent")
+        page.wait_for_timeout(300)
+        shot(page, f"{NAMES[path]}-desktop")
+        assert not errors, errors  # no JS errors, no CSP violations
+    finally:
+        ctx.close()
+
+
+def test_charts_update_when_new_data_arrive(browser, served):
+    server, url = served
+    ctx, page, errors = open_page(browser, server.url + "/")
+    try:
+        def total(chart, trace=0):
+            return page.evaluate("([id, i]) => (document.getElementById(id).data[i].y || []).reduce((a, b) => a + b, 0)",
+                                 [chart, trace])
+        before_timeline = total("chart-timeline")
+        before_realtime = total("chart-realtime")
+        before_cards = page.text_content('[data-card="events"]')
+        refreshes = int(page.get_attribute("body", "data-refreshes"))
+        now_conn = psycopg2.connect(url)
+        with now_conn, now_conn.cursor() as cur:
+            cur.execute("SELECT now()")
+            (now,) = cur.fetchone()
+            row = ecommerce_minute(minute(now) - timedelta(minutes=45), 7)
+            row["events"] = 5000
+            insert_rows(cur, "report_ecommerce_overview_minute", [row])
+            cur.execute("""INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id)
+                           SELECT gen_random_uuid(), 'search', now() - interval '5 seconds', 'U-new', 'S-new'
+                           FROM generate_series(1, 25)""")
+        now_conn.close()
+        wait_js(page, f"Number(document.body.dataset.refreshes) > {refreshes}")
+        wait_js(page, "document.getElementById('chart-timeline').data[0].y.reduce((a, b) => a + b, 0) > "
+                               f"{before_timeline}")
+        assert total("chart-timeline") == before_timeline + 5000  # a reload was not needed: same page, new figure
+        wait_js(page, "document.getElementById('chart-realtime').data[0].y.reduce((a, b) => a + b, 0) > "
+                               f"{before_realtime}")
+        assert total("chart-realtime") == before_realtime + 25
+        assert page.text_content('[data-card="events"]') != before_cards
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_range_selector_changes_queries(browser, served):
+    server, _ = served
+    ctx, page, errors = open_page(browser, server.url + "/restaurant")
+    try:
+        seen = []
+        page.on("request", lambda r: seen.append(r.url))
+        page.click('#range-selector button[data-range="15m"]')
+        wait_js(page, "document.querySelector('#range-selector [data-range=\"15m\"]').getAttribute('aria-pressed') === 'true'")
+        wait_js(page, "Array.from(document.querySelectorAll('.panel')).every(p => p.dataset.state === 'ready')")
+        page.wait_for_timeout(200)
+        assert any("/api/restaurant/summary?range=15m" in u for u in seen), seen
+        assert all("range=1h" not in u for u in seen if "/api/restaurant/" in u)
+        # 15 minutes of 1-minute buckets (16 when the window starts mid-minute)
+        assert page.evaluate("document.getElementById('chart-timeline').data[0].x.length") in (15, 16)
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize("path", list(CHARTS))
+def test_phone_width_layout(browser, served, path):
+    server, _ = served
+    ctx, page, errors = open_page(browser, server.url + path, width=390, height=844)
+    try:
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"horizontal overflow of {overflow}px"
+        for chart in CHARTS[path]:
+            info = chart_info(page, chart)
+            assert info["svg"] >= 1 and 0 < info["width"] <= 390, (chart, info)
+        widths = page.eval_on_selector_all(".panel", "ps => ps.map(p => p.getBoundingClientRect().right)")
+        assert max(widths) <= 390
+        page.wait_for_timeout(300)
+        shot(page, f"{NAMES[path]}-phone")
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_empty_state_on_an_empty_database(browser, database_url):
+    server = Server(settings_for(database_url))
+    try:
+        ctx, page, errors = open_page(browser, server.url + "/restaurant")
+        states = page.eval_on_selector_all("[data-panel]", "ps => ps.map(p => [p.dataset.panel, p.dataset.state])")
+        assert dict(states)["timeline"] == "empty" and dict(states)["top-items"] == "empty"
+        assert page.is_visible('[data-panel="top-items"] .state')
+        assert "No data" in page.text_content('[data-panel="top-items"] .state')
+        shot(page, "restaurant-empty")
+        ctx.close()
+    finally:
+        server.stop()
+
+
+def test_error_state_when_database_is_down(browser):
+    server = Server(settings_for(f"postgresql://x:y@127.0.0.1:{free_port()}/none"))
+    try:
+        ctx, page, _ = open_page(browser, server.url + "/")
+        assert page.get_attribute('[data-panel="timeline"]', "data-state") == "error"
+        assert "database unavailable" in page.text_content('[data-panel="timeline"] .state')
+        assert page.is_visible("#banner") and page.get_attribute("#live", "data-state") == "error"
+        shot(page, "ecommerce-db-down")
+        ctx.close()
+    finally:
+        server.stop()
+
+
+def test_token_from_query_param_is_kept_and_removed_from_url(browser, served):
+    _, url = served
+    server = Server(settings_for(url, dashboard_token="browser-token"))
+    try:
+        ctx, page, _ = open_page(browser, server.url + "/pipeline")
+        assert "access token" in page.text_content("#banner")
+        assert page.get_attribute('[data-panel="lag"]', "data-state") == "error"
+        page.goto(server.url + "/pipeline?token=browser-token")
+        wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
+        assert "token" not in page.url
+        assert page.evaluate("localStorage.getItem('salespulse.token')") == "browser-token"
+        assert page.get_attribute('[data-panel="lag"]', "data-state") == "ready"
+        page.goto(server.url + "/")  # other pages reuse the stored token
+        wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
+        assert page.get_attribute('[data-panel="timeline"]', "data-state") == "ready"
+        ctx.close()
+    finally:
+        server.stop()

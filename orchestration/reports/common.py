@@ -1,0 +1,218 @@
+"""Shared pieces of the report code: the Spark Connect session, JDBC reads with
+the time range pushed down, minute windows, and the idempotent write.
+
+Time: every timestamp is an instant (``TIMESTAMPTZ`` in PostgreSQL); windows are
+UTC minutes. Naive ``datetime`` arguments are taken as UTC (as in the event
+contract). A window's minute is computed in Spark as
+``floor(epoch_seconds / 60) * 60`` on the instant, so the Spark session time
+zone cannot shift it, and it is turned back into an aware UTC ``datetime`` on
+the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Iterable, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MINUTE = timedelta(minutes=1)
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+
+
+@dataclass
+class ReportResult:
+    """What one refresh did.
+
+    ``rows``: report table -> rows written (after deleting the windows' old
+    rows); ``spark_seconds``: wall time of the Spark part (JDBC read, aggregate,
+    collect); ``source_rows``: raw rows read from PostgreSQL for the range.
+    """
+
+    window_start: datetime
+    window_end: datetime
+    rows: dict[str, int] = field(default_factory=dict)
+    spark_seconds: float = 0.0
+    source_rows: int = 0
+    write_seconds: float = 0.0
+
+
+# --- Spark Connect session -----------------------------------------------------
+_sessions: dict[str, object] = {}
+_sessions_lock = threading.Lock()
+
+
+def spark_session(remote: str | None = None):
+    """A Spark Connect session for ``remote`` (default ``get_settings().spark_remote``).
+
+    Cached per remote. A cached session is checked with one cheap round trip;
+    if the server went away (restart), a new session is created, so callers
+    never keep a dead handle. The session time zone is UTC.
+    """
+    from pyspark.sql import SparkSession
+
+    remote = remote or get_settings().spark_remote
+    with _sessions_lock:
+        spark = _sessions.get(remote)
+        if spark is not None:
+            try:
+                spark.sql("SELECT 1").collect()
+                return spark
+            except Exception:  # noqa: BLE001 - server restarted or session expired
+                log.warning("cached spark session for %s is unusable; reconnecting", remote)
+                _sessions.pop(remote, None)
+                try:
+                    spark.stop()
+                except Exception:  # noqa: BLE001
+                    pass
+        spark = SparkSession.builder.remote(remote).create()
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+        _sessions[remote] = spark
+        return spark
+
+
+def close_sessions() -> None:
+    """Stop every cached client session (before a server is stopped, or at exit)."""
+    with _sessions_lock:
+        for spark in _sessions.values():
+            try:
+                spark.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        _sessions.clear()
+
+
+# --- windows -------------------------------------------------------------------
+def as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def align_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` in UTC, widened to whole minutes (start floored, end ceiled)."""
+    start, end = as_utc(start), as_utc(end)
+    if end <= start:
+        raise ValueError(f"empty range: start {start} >= end {end}")
+    floor = start.replace(second=0, microsecond=0)
+    ceil = end.replace(second=0, microsecond=0)
+    if ceil < end:
+        ceil += MINUTE
+    return floor, ceil
+
+
+def minute_of(epoch_seconds: int) -> datetime:
+    return datetime.fromtimestamp(int(epoch_seconds), tz=timezone.utc)
+
+
+def sql_ts(value: datetime) -> str:
+    """A timestamptz literal that does not depend on the session's TimeZone."""
+    return f"TIMESTAMPTZ '{as_utc(value).isoformat()}'"
+
+
+def money(value) -> Decimal:
+    return (Decimal(value) if value is not None else ZERO).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def ratio_money(total: Decimal, count: int) -> Decimal:
+    """``total / count`` rounded half-up to cents (0 when count is 0): exact Decimal math."""
+    if not count:
+        return ZERO
+    return (Decimal(total) / Decimal(count)).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+# --- JDBC ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Jdbc:
+    url: str
+    user: str
+    password: str
+
+
+def jdbc_for(settings: Settings, role: str = ROLE_ANALYTICS) -> Jdbc:
+    """``postgresql://u:p@h:port/db?x=y`` (the role's URL) -> JDBC URL + credentials."""
+    parts = urlsplit(settings.role_url(role))
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = parts.port or 5432
+    database = unquote(parts.path.lstrip("/")) or "postgres"
+    params = [f"{k}={v}" for k, v in parse_qsl(parts.query) if k not in ("user", "password")]
+    params.append("ApplicationName=salespulse-reports")
+    url = f"jdbc:postgresql://{host}:{port}/{database}?" + "&".join(params)
+    return Jdbc(url, unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def read_query(spark, jdbc: Jdbc, query: str):
+    """A DataFrame over ``(query) AS src`` read through the PostgreSQL JDBC driver.
+
+    The SELECT (with its WHERE on the time range) runs inside PostgreSQL, which
+    uses the ``"timestamp"`` indexes; Spark only receives the range's rows. The
+    physical plan shows it: ``Scan JDBCRelation((SELECT ... WHERE "timestamp" >=
+    ... AND "timestamp" < ...) AS src)``, see ``explain_source``.
+    """
+    return (
+        spark.read.format("jdbc")
+        .option("url", jdbc.url)
+        .option("user", jdbc.user)
+        .option("password", jdbc.password)
+        .option("driver", "org.postgresql.Driver")
+        .option("dbtable", f"({query}) AS src")
+        .option("fetchsize", "10000")
+        .load()
+    )
+
+
+# --- write ---------------------------------------------------------------------
+#: one advisory lock per domain: concurrent refreshes of overlapping ranges
+#: (a sensor run and a backfill) serialise instead of failing on the primary key
+_LOCK_IDS = {"ecommerce": 74177020, "restaurant": 74177021}
+
+
+def replace_windows(
+    settings: Settings,
+    domain: str,
+    start: datetime,
+    end: datetime,
+    tables: Sequence[tuple[str, Sequence[str], Iterable[tuple]]],
+) -> dict[str, int]:
+    """In ONE transaction (as the analytics role): for each ``(table, columns,
+    rows)`` delete the rows with ``window_start`` in ``[start, end)`` and insert
+    ``rows``. Re-running or backfilling a range therefore never duplicates, and
+    readers see either the old or the new rows of the range, never a mix."""
+    import psycopg2
+    from psycopg2.extras import execute_values
+
+    written: dict[str, int] = {}
+    conn = psycopg2.connect(settings.role_url(ROLE_ANALYTICS), application_name="salespulse-reports")
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_IDS[domain],))
+            for table, columns, rows in tables:
+                rows = list(rows)
+                cur.execute(f"DELETE FROM {table} WHERE window_start >= %s AND window_start < %s", (start, end))
+                if rows:
+                    execute_values(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows,
+                                   page_size=1000)
+                written[table] = len(rows)
+    finally:
+        conn.close()
+    return written
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0

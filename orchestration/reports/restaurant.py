@@ -1,0 +1,200 @@
+"""Restaurant reports ("relatórios") per UTC minute window, computed with Spark.
+
+Sources (read over JDBC as the analytics role, the time range pushed down):
+
+* ``orders`` of the range: ``"timestamp"``, channel, total_amount;
+* ``order_items`` of those orders (joined in PostgreSQL to ``orders`` for the
+  order's ``"timestamp"``, which is what windows a line): item_id, name,
+  category, quantity, line_total, order_id.
+
+An order and all its lines belong to the window ``[m, m + 1 min)`` containing
+the order's ``"timestamp"`` (UTC). Metric definitions, per window:
+
+* report_restaurant_overview_minute (one row per minute with >= 1 order;
+  minutes without orders get NO row): ``orders`` = number of orders,
+  ``items_sold`` = sum of line quantities, ``revenue`` = sum of
+  ``orders.total_amount`` (the contract makes it equal to the sum of the
+  lines), ``avg_ticket`` = revenue / orders rounded half-up to cents.
+* report_restaurant_item_minute (per menu item with >= 1 line): ``quantity`` =
+  sum of line quantities, ``revenue`` = sum of ``line_total``, ``orders`` =
+  distinct orders containing the item; ``name``/``category`` = the most
+  frequent spelling in the window (ties: the greatest), since they travel with
+  each order.
+* report_restaurant_category_minute: the same per category (``orders`` =
+  distinct orders with >= 1 line of the category).
+* report_restaurant_channel_minute (per channel with >= 1 order): ``orders``,
+  ``revenue`` = sum of total_amount, ``avg_ticket`` = revenue / orders.
+
+Peak hours: :func:`peak_hours` sums the overview table by UTC hour of day.
+Revenue identity: sum(overview.revenue) = sum(channel.revenue) =
+``sql_reference.sql_revenue(conn, "restaurant", start, end)``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from orchestration.reports.common import (
+    ReportResult,
+    Stopwatch,
+    align_range,
+    jdbc_for,
+    minute_of,
+    money,
+    ratio_money,
+    read_query,
+    replace_windows,
+    sql_ts,
+)
+from salespulse.settings import Settings
+
+OVERVIEW = "report_restaurant_overview_minute"
+ITEM = "report_restaurant_item_minute"
+CATEGORY = "report_restaurant_category_minute"
+CHANNEL = "report_restaurant_channel_minute"
+TABLES = (OVERVIEW, ITEM, CATEGORY, CHANNEL)
+
+OVERVIEW_COLUMNS = ("window_start", "orders", "items_sold", "revenue", "avg_ticket")
+ITEM_COLUMNS = ("window_start", "item_id", "name", "category", "quantity", "revenue", "orders")
+CATEGORY_COLUMNS = ("window_start", "category", "quantity", "revenue", "orders")
+CHANNEL_COLUMNS = ("window_start", "channel", "orders", "revenue", "avg_ticket")
+
+MONEY = "decimal(38,2)"
+
+
+def orders_query(start: datetime, end: datetime) -> str:
+    return (f'SELECT order_id::text AS order_id, "timestamp", channel, total_amount FROM orders '
+            f'WHERE "timestamp" >= {sql_ts(start)} AND "timestamp" < {sql_ts(end)}')
+
+
+def items_query(start: datetime, end: datetime) -> str:
+    return (f'SELECT i.order_id::text AS order_id, o."timestamp", i.item_id, i.name, i.category, i.quantity, '
+            f'i.line_total FROM order_items i JOIN orders o ON o.order_id = i.order_id '
+            f'WHERE o."timestamp" >= {sql_ts(start)} AND o."timestamp" < {sql_ts(end)}')
+
+
+def _minute(F):
+    return (F.floor(F.unix_seconds(F.col("timestamp")) / 60) * 60).cast("long")
+
+
+def orders_frame(spark, settings: Settings, start: datetime, end: datetime):
+    """Per minute and channel (``channel`` null = all channels) in one result."""
+    from pyspark.sql import functions as F
+
+    orders = read_query(spark, jdbc_for(settings), orders_query(start, end)).withColumn("minute", _minute(F))
+    by_channel = orders.groupBy("minute", "channel").agg(
+        F.count(F.lit(1)).alias("orders"),
+        F.sum("total_amount").cast(MONEY).alias("revenue"),
+    )
+    total = by_channel.groupBy("minute").agg(
+        F.sum("orders").cast("long").alias("orders"),
+        F.sum("revenue").cast(MONEY).alias("revenue"),
+    ).select("minute", F.lit(None).cast("string").alias("channel"), "orders", "revenue")
+    return by_channel.unionByName(total)
+
+
+def items_frame(spark, settings: Settings, start: datetime, end: datetime):
+    """Per minute: item level, category level and the minute's items sold, in one
+    result (``level`` = 'item' | 'category' | 'total')."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window
+
+    items = read_query(spark, jdbc_for(settings), items_query(start, end)).withColumn("minute", _minute(F))
+    # one shuffle over the scanned lines; every level below is derived from it
+    # (Spark reuses that exchange, so PostgreSQL is scanned once per refresh)
+    base = items.groupBy("minute", "order_id", "item_id", "name", "category").agg(
+        F.sum("quantity").cast("long").alias("quantity"),
+        F.sum("line_total").cast(MONEY).alias("revenue"),
+        F.count(F.lit(1)).alias("lines"),
+    )
+
+    def level(*keys):
+        return base.groupBy("minute", *keys).agg(
+            F.sum("quantity").cast("long").alias("quantity"),
+            F.sum("revenue").cast(MONEY).alias("revenue"),
+            F.countDistinct("order_id").alias("orders"),
+            F.sum("lines").cast("long").alias("lines"),
+        )
+
+    # the most frequent (name, category) per item in the window, ties -> greatest
+    spelled = base.groupBy("minute", "item_id", "name", "category").agg(F.sum("lines").alias("k"))
+    rank = Window.partitionBy("minute", "item_id").orderBy(F.desc("k"), F.desc("name"), F.desc("category"))
+    names = (spelled.withColumn("r", F.row_number().over(rank)).where(F.col("r") == 1)
+             .select("minute", "item_id", "name", "category"))
+    item = level("item_id").join(names, ["minute", "item_id"])
+    category = level("category")
+    total = level()
+    null = F.lit(None).cast("string")
+    cols = ["quantity", "revenue", "orders", "lines"]
+    return (
+        item.select(F.lit("item").alias("level"), "minute", "item_id", "name", "category", *cols)
+        .unionByName(category.select(F.lit("category").alias("level"), "minute", null.alias("item_id"),
+                                     null.alias("name"), "category", *cols))
+        .unionByName(total.select(F.lit("total").alias("level"), "minute", null.alias("item_id"),
+                                  null.alias("name"), null.alias("category"), *cols))
+    )
+
+
+def compute_restaurant_rows(spark, settings: Settings, start: datetime, end: datetime):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        f_orders = pool.submit(lambda: orders_frame(spark, settings, start, end).collect())
+        f_items = pool.submit(lambda: items_frame(spark, settings, start, end).collect())
+        order_rows, item_rows = f_orders.result(), f_items.result()
+
+    totals = {r["minute"]: r for r in order_rows if r["channel"] is None}
+    items_total = {r["minute"]: r for r in item_rows if r["level"] == "total"}
+    overview = []
+    source_rows = 0
+    for minute in sorted(totals):
+        t = totals[minute]
+        revenue, orders = money(t["revenue"]), int(t["orders"])
+        it = items_total.get(minute)
+        source_rows += orders + (int(it["lines"]) if it else 0)
+        overview.append((minute_of(minute), orders, int(it["quantity"]) if it else 0, revenue,
+                         ratio_money(revenue, orders)))
+    channel = [(minute_of(r["minute"]), r["channel"], int(r["orders"]), money(r["revenue"]),
+                ratio_money(money(r["revenue"]), int(r["orders"])))
+               for r in order_rows if r["channel"] is not None]
+    item = [(minute_of(r["minute"]), r["item_id"], r["name"], r["category"], int(r["quantity"]), money(r["revenue"]),
+             int(r["orders"])) for r in item_rows if r["level"] == "item"]
+    category = [(minute_of(r["minute"]), r["category"], int(r["quantity"]), money(r["revenue"]), int(r["orders"]))
+                for r in item_rows if r["level"] == "category"]
+    return {OVERVIEW: overview, ITEM: item, CATEGORY: category, CHANNEL: channel}, source_rows
+
+
+def refresh_restaurant_reports(spark, settings: Settings, start: datetime, end: datetime) -> ReportResult:
+    """Recompute the restaurant reports of every minute window in ``[start, end)``
+    (UTC; widened to whole minutes) and replace their rows in one transaction."""
+    start, end = align_range(start, end)
+    watch = Stopwatch()
+    rows, source_rows = compute_restaurant_rows(spark, settings, start, end)
+    spark_seconds = watch.seconds()
+    watch = Stopwatch()
+    written = replace_windows(settings, "restaurant", start, end, [
+        (OVERVIEW, OVERVIEW_COLUMNS, rows[OVERVIEW]),
+        (ITEM, ITEM_COLUMNS, rows[ITEM]),
+        (CATEGORY, CATEGORY_COLUMNS, rows[CATEGORY]),
+        (CHANNEL, CHANNEL_COLUMNS, rows[CHANNEL]),
+    ])
+    return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
+
+
+PEAK_HOURS_SQL = """
+SELECT extract(hour FROM window_start AT TIME ZONE 'UTC')::int AS hour,
+       sum(orders)::bigint AS orders, sum(revenue) AS revenue,
+       CASE WHEN sum(orders) > 0 THEN round(sum(revenue) / sum(orders), 2) ELSE 0 END AS avg_ticket
+FROM report_restaurant_overview_minute
+WHERE window_start >= %s AND window_start < %s
+GROUP BY 1 ORDER BY 1
+"""
+
+
+def peak_hours(conn, start: datetime, end: datetime) -> list[tuple[int, int, object, object]]:
+    """``(hour_of_day_utc, orders, revenue, avg_ticket)`` from the overview
+    table over ``[start, end)``, hours without orders omitted; the peak hours are
+    the ones with the most orders."""
+    with conn.cursor() as cur:
+        cur.execute(PEAK_HOURS_SQL, (start, end))
+        return cur.fetchall()

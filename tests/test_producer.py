@@ -270,6 +270,8 @@ def test_failed_deliveries_are_retried_five_times_then_counted():
     assert (publisher.delivered, publisher.failed) == (0, 3)
     assert publisher.errors == 15 and publisher.retried == 12  # 5 attempts each, 4 of them re-sends
     assert publisher.last_error
+    # few failures (slow pace) but no delivery for two timeouts: it rebuilt too
+    assert publisher.rebuilds >= 1 and publisher.failing()
 
 
 def get(url: str) -> tuple[int, bytes, str]:
@@ -406,3 +408,30 @@ def test_broker_restart_mid_stream_producer_rebuilds(broker, topics):
         event = parse_message(ECOMMERCE_TOPIC.name, msg.value())
         assert msg.key().decode() == event.user_id
     assert svc.result["delivered"] >= after["delivered"]
+
+
+def test_rate_line_on_a_terminal_json_log_otherwise(capsys, caplog):
+    from services.producer.app import RateReporter
+
+    class FakePublisher:
+        sent = delivered = 0
+        failed = rebuilds = pending = 0
+
+        def stats(self):
+            return {"delivered": self.delivered}
+
+    pub = FakePublisher()
+    tty = RateReporter("ecommerce", "ecommerce.events", pub, tty=True)
+    pub.sent = pub.delivered = 50
+    tty.tick(tty._t + 2.0)
+    assert tty.rate == 25.0
+    err = capsys.readouterr().err
+    assert err.startswith("\r[ecommerce] 25.0 events/s") and "delivered 50" in err and "\n" not in err
+    plain = RateReporter("ecommerce", "ecommerce.events", pub, tty=False, log_every=10)
+    pub.delivered = 150
+    with caplog.at_level("INFO", logger="services.producer"):
+        plain.tick(plain._t + 5)  # not yet
+        plain.tick(plain._t + 10)
+    assert capsys.readouterr().err == ""
+    records = [r for r in caplog.records if r.getMessage() == "producer progress"]
+    assert len(records) == 1 and records[0].events_per_s == 10.0

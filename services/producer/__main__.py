@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from datetime import datetime
 
 from salespulse.observability import configure_logging
 from salespulse.settings import get_settings
-from services.producer.app import DEFAULT_PORTS, DEFAULT_RATES, run
+from services.producer.app import DEFAULT_PORTS, DEFAULT_RATES, install_signal_handlers, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int,
                         help="port of /health and /metrics (default: METRICS_PORT, else %s)"
                         % ", ".join(f"{d} {p}" for d, p in DEFAULT_PORTS.items()))
+    parser.add_argument("--flush-timeout", type=float, default=10.0,
+                        help="seconds to deliver what is pending when stopping (default: 10)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -45,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         updates["metrics_port"] = args.metrics_port
     if updates:
         settings = settings.model_copy(update=updates)
+    stop = threading.Event()
+    restore = install_signal_handlers(stop)  # SIGTERM/SIGINT: stop generating, flush, exit 0
     try:
-        run(args.domain, rate=args.rate, max_speed=args.max_speed, count=args.count, seed=args.seed,
-            settings=settings, start=args.start)
+        delivered = run(args.domain, rate=args.rate, max_speed=args.max_speed, count=args.count, seed=args.seed,
+                        settings=settings, start=args.start, stop_event=stop, flush_timeout=args.flush_timeout)
     except Exception:
         logging.getLogger("services.producer").exception("producer failed")
         return 1
+    finally:
+        restore()
+    if args.count is not None and not stop.is_set() and delivered < args.count:
+        return 1  # a --count run that could not deliver everything (logged by run)
     return 0
 
 

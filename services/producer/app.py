@@ -74,7 +74,7 @@ class RateReporter:
             sys.stderr.flush()
 
 
-def _install_signal_handlers(stop_event: threading.Event):
+def install_signal_handlers(stop_event: threading.Event):
     """SIGTERM/SIGINT set ``stop_event`` (main thread only); returns a restore function."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -106,7 +106,7 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
     restore_signals = lambda: None  # noqa: E731
     if stop_event is None:
         stop_event = threading.Event()
-        restore_signals = _install_signal_handlers(stop_event)
+        restore_signals = install_signal_handlers(stop_event)
 
     try:  # the stack creates topics first; this is a cheap, idempotent safety net
         ensure_topics(bootstrap, {topic.name: topic.partitions, topic.dlq: 1}, timeout=10.0)
@@ -118,7 +118,7 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
     state = {"running": True}
 
     def health() -> tuple[bool, dict]:
-        ok = state["running"] and publisher.consecutive_failures < publisher.rebuild_after
+        ok = state["running"] and not publisher.failing()
         return ok, {"service": "producer", "domain": domain, "topic": topic.name,
                     "max_speed": max_speed, "target_rate": None if max_speed else rate,
                     "events_per_s": round(reporter.rate, 2), **publisher.stats()}

@@ -7,7 +7,8 @@
   are re-sent with exponential backoff, up to ``max_attempts`` attempts in all,
   then counted as failed and logged.
 * A run of ``rebuild_after`` delivery failures with no success in between
-  (or a fatal client error) makes the publisher **rebuild itself**: a new
+  (at a slow pace: any failure with no delivery for two message timeouts), or
+  a fatal client error, makes the publisher **rebuild itself**: a new
   ``Producer`` instance takes over, the old one's queued and in-flight
   messages are purged and re-sent through the new one. This is the way out of
   the embedded broker's defect 2 (an idempotent producer never recovers from
@@ -107,7 +108,7 @@ class Publisher:
         self._fatal = False
         self._next_rebuild_at = 0.0
         self._rebuild_gap = self.timeout_s
-        self._last_sync = time.monotonic()
+        self._last_sync = self._created_at = time.monotonic()
         self._seen_delivered = 0
         self._producer = Producer(self._config)
 
@@ -212,12 +213,22 @@ class Publisher:
             self._seen_delivered = self.delivered
             self.last_delivery_at = now
             self._rebuild_gap = self.timeout_s
-        if (self._fatal or self.consecutive_failures >= self.rebuild_after) and now >= self._next_rebuild_at:
+        if (self._fatal or self.failing(now)) and now >= self._next_rebuild_at:
             self.rebuild()
         if self._retry and self._retry[0][0] <= now:
             self._drain_retries(now)
         if now - self._last_sync >= 0.5:
             self._sync_metrics(now)
+
+    def failing(self, now: float | None = None) -> bool:
+        """Deliveries keep failing: ``rebuild_after`` failures in a row, or (at a slow
+        pace) any failure with no delivery for two message timeouts."""
+        if self.consecutive_failures >= self.rebuild_after:
+            return True
+        if not self.consecutive_failures:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - (self.last_delivery_at or self._created_at) >= 2 * self.timeout_s
 
     def _drain_retries(self, now: float) -> None:
         producer = self._producer

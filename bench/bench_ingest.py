@@ -138,7 +138,8 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
     migrate(Settings(database_url=url))
     group = f"bench-lat-{uuid.uuid4().hex[:8]}"
     log_path = state / f"consumer-lat-{max_wait_ms}.log"
-    env = dict(os.environ, DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, METRICS_PORT="0",
+    metrics_port = free_port()
+    env = dict(os.environ, DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, METRICS_PORT=str(metrics_port),
                CONSUMER_GROUP=group)
     proc = subprocess.Popen([sys.executable, "-m", "services.consumer", "--batch-size", str(batch_size),
                              "--max-wait-ms", str(max_wait_ms)], cwd=REPO, env=env,
@@ -152,6 +153,7 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
         producer.produce(ECOMMERCE_TOPIC.name, json.dumps(marker).encode(), b"bench")
         producer.flush(30)
         wait_rows(url, [marker["event_id"]], 600)
+        warm = scrape(metrics_port)
 
         n = int(rate * seconds)
         sent_at: dict[str, float] = {}
@@ -161,8 +163,7 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
         i = 0
         while i < n:
             due = start + (i / rate)
-            delay = due - time.time()
-            if delay > 0:
+            while (delay := due - time.time()) > 0:  # poll() returns early on delivery reports
                 producer.poll(delay)
             for _ in range(min(per_tick, n - i)):
                 eid = str(uuid.uuid4())
@@ -177,6 +178,7 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
         send_seconds = time.time() - start
         producer.flush(30)
         wait_rows(url, list(sent_at), 120)
+        stages = per_batch(warm, scrape(metrics_port))
         conn = psycopg2.connect(url)
         with conn.cursor() as cur:
             cur.execute("SELECT event_id::text, extract(epoch FROM ingested_at) FROM events "
@@ -193,7 +195,32 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
     q = statistics.quantiles(lat_ms, n=100)
     return {"rate": rate, "sent": len(sent_at), "achieved_rate": len(sent_at) / send_seconds,
             "batch_size": batch_size, "max_wait_ms": max_wait_ms,
-            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": lat_ms[-1], "mean_ms": statistics.mean(lat_ms)}
+            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": lat_ms[-1], "mean_ms": statistics.mean(lat_ms),
+            **stages}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sums and counts of the consumer's batch histograms from its /metrics."""
+    import urllib.request
+
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(("salespulse_consumer_batch_seconds_sum", "salespulse_consumer_batch_seconds_count",
+                                "salespulse_consumer_batch_messages_sum", "salespulse_consumer_batch_messages_count")):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+    return out
+
+
+def per_batch(before: dict, after: dict) -> dict:
+    """Mean batch size and mean ms per batch and stage between two scrapes."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    batches = d.get("salespulse_consumer_batch_messages_count", 0.0) or 1.0
+    out = {"batches": int(batches), "mean_batch": d.get("salespulse_consumer_batch_messages_sum", 0.0) / batches}
+    for stage in STAGES:
+        out[f"{stage}_ms_per_batch"] = 1000 * d.get(f'salespulse_consumer_batch_seconds_sum{{stage="{stage}"}}', 0.0) / batches
+    return out
 
 
 def now_iso() -> str:
@@ -234,7 +261,7 @@ def main() -> int:
     state.chmod(0o755)
     pg = EmbeddedPostgres(state, free_port())
     broker = EmbeddedBroker(free_port(), log_file=state / "broker.log")
-    results: dict = {"machine": {"cpus": os.cpu_count()}}
+    results: dict = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}}
     try:
         pg.start()
         broker.start()
@@ -260,7 +287,12 @@ def main() -> int:
                 results["latency"].append(r)
                 print(f"latency at {r['achieved_rate']:.0f} events/s (batch {r['batch_size']}, max-wait {mw} ms, "
                       f"{r['sent']} events): p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
-                      f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms", flush=True)
+                      f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms; {r['batches']} batches of {r['mean_batch']:.0f}, "
+                      f"per batch: parse {r['parse_ms_per_batch']:.1f} ms, db {r['db_ms_per_batch']:.1f} ms, "
+                      f"commit {r['commit_ms_per_batch']:.1f} ms", flush=True)
+        results["machine"]["loadavg_end"] = os.getloadavg()
+        print("load average (1/5/15 min) at start %.2f/%.2f/%.2f, at end %.2f/%.2f/%.2f on %d CPUs"
+              % (*results["machine"]["loadavg_start"], *results["machine"]["loadavg_end"], os.cpu_count()))
         print(json.dumps(results, indent=2, default=str))
     finally:
         broker.stop()

@@ -5,7 +5,6 @@ embedded broker (count + read back, broker restart → rebuild, /health and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -133,11 +133,13 @@ def actual_ecommerce_minutes(url: str, start: datetime, end: datetime) -> dict:
 def expected_restaurant_minutes(url: str, start: datetime, end: datetime) -> dict:
     """window_start -> (orders, items_sold, revenue)."""
     rows = query(url, """
-        SELECT date_trunc('minute', o."timestamp"), count(DISTINCT o.order_id),
-               (SELECT COALESCE(sum(i.quantity), 0) FROM order_items i JOIN orders o2 ON o2.order_id = i.order_id
-                 WHERE date_trunc('minute', o2."timestamp") = date_trunc('minute', o."timestamp")),
-               sum(o.total_amount)
-        FROM orders o WHERE o."timestamp" >= %s AND o."timestamp" < %s GROUP BY 1""", (start, end))
+        SELECT o.minute, o.orders, COALESCE(i.items, 0), o.revenue
+        FROM (SELECT date_trunc('minute', "timestamp") AS minute, count(*) AS orders, sum(total_amount) AS revenue
+              FROM orders WHERE "timestamp" >= %(s)s AND "timestamp" < %(e)s GROUP BY 1) o
+        LEFT JOIN (SELECT date_trunc('minute', o."timestamp") AS minute, sum(i.quantity) AS items
+                   FROM order_items i JOIN orders o USING (order_id)
+                   WHERE o."timestamp" >= %(s)s AND o."timestamp" < %(e)s GROUP BY 1) i ON i.minute = o.minute""",
+                 {"s": start, "e": end})
     return {r[0]: (r[1], r[2], Decimal(r[3])) for r in rows}
 
 

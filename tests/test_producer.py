@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, parse_message
 from salespulse.kafka import consumer_config, ensure_topics
 from salespulse.settings import Settings
+from salespulse.stack.broker import EmbeddedBroker
 from services.producer.app import run
 from services.producer.publisher import Publisher
 from services.producer.simulation import (
@@ -382,7 +383,17 @@ def _listening(port: int) -> bool:
         return False
 
 
-def test_broker_restart_mid_stream_producer_rebuilds(broker, topics):
+@pytest.fixture
+def own_broker(state_dir):
+    """A broker of this test's own: restarting it leaves the session broker alone."""
+    b = EmbeddedBroker(free_port(), log_file=state_dir / f"broker-restart-{uuid.uuid4().hex[:6]}.log").start()
+    ensure_topics(b.bootstrap)
+    yield b
+    b.stop()
+
+
+def test_broker_restart_mid_stream_producer_rebuilds(own_broker):
+    broker = own_broker
     options = {"publisher_options": {"message.timeout.ms": 2_000}}
     with Running("ecommerce", broker.bootstrap, rate=200, seed=21, **options) as svc:
         wait_for(lambda: svc.health()["delivered"] >= 100, 30, "deliveries before the restart")

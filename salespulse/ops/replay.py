@@ -211,9 +211,11 @@ def replay(settings: Settings, topic: str, *, partitions: list[int] | None = Non
     summary.update({k: totals.get(k, 0) for k in ("stored", "duplicate", "dead_letter")})
     summary["interrupted"] = service.stopping
     try:  # the throwaway group's offsets are of no further use
-        admin_client(bootstrap).delete_consumer_groups([group])[group].result(timeout=10)
+        admin = admin_client(bootstrap)
+        admin.list_topics(timeout=10)  # connected first: a cold admin's DeleteGroups can hang (tansu)
+        admin.delete_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
     except Exception as exc:  # noqa: BLE001 - best effort clean-up
-        log.warning("could not delete replay group %s: %s", group, exc)
+        log.warning("could not delete replay group %s: %r", group, exc)
     return summary
 
 

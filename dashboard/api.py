@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request  # noqa: F401
 
 from dashboard import queries
 from dashboard.db import DatabaseUnavailable
@@ -83,24 +83,39 @@ class ResponseCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._data: dict = {}
+        self._computing: dict = {}
         self._lock = threading.Lock()
 
-    def get_or_compute(self, key, compute: Callable[[], dict]) -> dict:
+    def get_or_compute(self, key, compute: Callable[[], bytes]) -> bytes:
         if self.ttl <= 0:
             return compute()
-        now = time.monotonic()
+        hit = self._fresh(key)
+        if hit is not None:
+            return hit
+        # single flight: one thread computes a missing/expired key, the others wait for it
+        with self._lock:
+            key_lock = self._computing.setdefault(key, threading.Lock())
+        with key_lock:
+            hit = self._fresh(key)
+            if hit is not None:
+                return hit
+            value = compute()
+            now = time.monotonic()
+            with self._lock:
+                if len(self._data) >= self.max_entries:
+                    self._data = {k: v for k, v in self._data.items() if v[0] > now}
+                    if len(self._data) >= self.max_entries:
+                        self._data.clear()
+                self._data[key] = (now + self.ttl, value)
+                self._computing.pop(key, None)
+            return value
+
+    def _fresh(self, key):
         with self._lock:
             hit = self._data.get(key)
-            if hit and hit[0] > now:
-                return hit[1]
-        value = compute()
-        with self._lock:
-            if len(self._data) >= self.max_entries:
-                self._data = {k: v for k, v in self._data.items() if v[0] > now}
-                if len(self._data) >= self.max_entries:
-                    self._data.clear()
-            self._data[key] = (now + self.ttl, value)
-        return value
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        return None
 
 
 def _make_view(ep: Endpoint):
@@ -112,10 +127,10 @@ def _make_view(ep: Endpoint):
             compute = lambda: queries.pipeline_status(db, params, ext["settings"].dagster_ui_url)  # noqa: E731
         else:
             compute = lambda: ep.fn(db, params)  # noqa: E731
-        body = ext["cache"].get_or_compute((ep.path, params.cache_key()), compute)
-        resp = jsonify(body)
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        # the serialized body is what is cached: encoding a large answer costs more than reusing it
+        body = ext["cache"].get_or_compute((ep.path, params.cache_key()),
+                                           lambda: current_app.json.dumps(compute()).encode())
+        return current_app.response_class(body, mimetype="application/json", headers={"Cache-Control": "no-store"})
 
     view.__name__ = ep.name
     view.__doc__ = ep.summary

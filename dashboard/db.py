@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 SESSION_OPTIONS = "-c statement_timeout=5000 -c default_transaction_read_only=on -c application_name=salespulse-dashboard"
 
 
+class LazyThreadedPool(psycopg2.pool.ThreadedConnectionPool):
+    """A ThreadedConnectionPool that opens connections on demand but keeps up to
+    ``maxconn`` of them open for reuse (the stock pool closes every returned
+    connection beyond ``minconn``, and opens ``minconn`` eagerly)."""
+
+    def __init__(self, maxconn: int, *args, **kwargs):
+        super().__init__(0, maxconn, *args, **kwargs)
+        self.minconn = maxconn
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be reached (or timed out); maps to HTTP 503."""
 
@@ -43,8 +53,8 @@ class Database:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = psycopg2.pool.ThreadedConnectionPool(
-                        0, self.max_connections, self.url,
+                    self._pool = LazyThreadedPool(
+                        self.max_connections, self.url,
                         connect_timeout=self.connect_timeout, options=SESSION_OPTIONS,
                     )
         return self._pool

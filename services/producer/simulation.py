@@ -367,9 +367,16 @@ class EcommerceSimulation:
             search_query=query[0] if query else None,
         )
 
+    #: the fields of a draw (``_step``), in order; the message key is the topic's key_field
+    RAW_FIELDS = ("event_id", "event_type", "timestamp", "user_id", "session_id", "product", "quantity",
+                  "total_amount", "payment_method", "search_query")
+    _key_pos = RAW_FIELDS.index(ECOMMERCE_TOPIC.key_field)
+
     def next_message(self, now: datetime | None = None) -> tuple[str, bytes]:
-        """The next event as ``(key, value)``: key = user_id, value = its JSON (fast path)."""
-        eid, kind, ts, user, session, product, qty, total, payment, query = self._step(now)
+        """The next event as ``(key, value)``: key = the topic's key_field (user_id),
+        value = its JSON (fast path)."""
+        raw = self._step(now)
+        eid, kind, ts, user, session, product, qty, total, payment, query = raw
         out = (f'{{"event_id":"{eid}","event_type":"{kind}","timestamp":"{_iso(ts)}",'
                f'"user_id":"{user}","session_id":"{session}"')
         if product >= 0:
@@ -380,7 +387,7 @@ class EcommerceSimulation:
             out += f',"total_amount":{_money_json(total)},"payment_method":{self._payment_json[payment]}'
         if query is not None:
             out += ',"search_query":' + query[1]
-        return user, (out + "}").encode()
+        return raw[self._key_pos], (out + "}").encode()
 
 
 # ----------------------------------------------------------------------------- restaurant
@@ -466,9 +473,15 @@ class RestaurantSimulation:
         """Alias of :meth:`next_order` (one interface for both simulations)."""
         return self.next_order(now)
 
+    RAW_FIELDS = ("order_id", "timestamp", "restaurant_id", "table_number", "channel", "items",
+                  "total_amount", "payment_method")
+    _key_pos = RAW_FIELDS.index(RESTAURANT_TOPIC.key_field)
+
     def next_message(self, now: datetime | None = None) -> tuple[str, bytes]:
-        """The next order as ``(key, value)``: key = order_id, value = its JSON (fast path)."""
-        order_id, ts, restaurant, table, channel, lines, total, payment = self._step(now)
+        """The next order as ``(key, value)``: key = the topic's key_field (order_id),
+        value = its JSON (fast path)."""
+        raw = self._step(now)
+        order_id, ts, restaurant, table, channel, lines, total, payment = raw
         j = self._json
         items = ",".join(f'{MENU_ITEMS[i].json_head}{q},"unit_price":{_money_json(MENU_ITEMS[i].price)}}}'
                          for i, q in lines)
@@ -476,7 +489,7 @@ class RestaurantSimulation:
         out = (f'{{"order_id":"{order_id}","timestamp":"{_iso(ts)}","restaurant_id":{j[restaurant]}{table_part},'
                f'"channel":{j[channel]},"items":[{items}],"total_amount":{_money_json(total)},'
                f'"payment_method":{j[payment]}}}')
-        return order_id, out.encode()
+        return raw[self._key_pos], out.encode()
 
 
 SIMULATIONS = {"ecommerce": EcommerceSimulation, "restaurant": RestaurantSimulation}

@@ -20,6 +20,8 @@ from salespulse.settings import Settings, get_settings
 from salespulse.stack.broker import EmbeddedBroker
 from salespulse.stack.postgres import EmbeddedPostgres
 
+pytest_plugins = ["tests.spark_fixtures"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

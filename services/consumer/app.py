@@ -19,6 +19,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -70,6 +72,16 @@ def _tp(tp) -> tuple[str, int]:
     return tp.topic, tp.partition
 
 
+@dataclass
+class _InFlight:
+    """A batch being written by the background writer thread."""
+
+    batch: list[ParsedMessage]
+    parse_seconds: float
+    started: float
+    future: Future
+
+
 class ConsumerService:
     """The ingestion consumer. ``run()`` blocks; ``stop()`` is thread-safe."""
 
@@ -100,7 +112,9 @@ class ConsumerService:
         self._server = None
         self.metrics_port: int | None = None
 
-        self._pending: list[ParsedMessage] = []
+        self._pending: list[ParsedMessage] = []  # the batch being filled
+        self._inflight: _InFlight | None = None  # the batch being written meanwhile
+        self._executor: ThreadPoolExecutor | None = None
         self._batch_started = 0.0
         self._parse_seconds = 0.0
         self._assigned: set[tuple[str, int]] = set()
@@ -138,7 +152,7 @@ class ConsumerService:
             "outage_seconds": round(time.monotonic() - self._outage_since, 1) if self._outage_since else 0,
             "last_error": self._last_error,
             "assigned_partitions": len(self._assigned),
-            "pending_messages": len(self._pending),
+            "pending_messages": len(self._pending) + (len(self._inflight.batch) if self._inflight else 0),
             "last_batch_at": self._last_batch_at,
             "lag": dict(self._lag),
             "totals": dict(self._totals),
@@ -171,17 +185,21 @@ class ConsumerService:
             else:
                 self._consumer.subscribe(self.topics, on_assign=self._on_assign,
                                          on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="batch-writer")
             self.ready.set()
             while not self._stop.is_set():
+                # one-deep pipeline: the next batch is consumed and parsed while the
+                # previous one is written; offsets are committed in batch order, each
+                # only after its own database commit
                 self._fill_batch()
-                if self._pending:
-                    self._flush()
+                self._complete()
+                if self._pending and not self._stop.is_set():
+                    self._submit()
                 self._housekeeping()
                 if self.stop_at_end and self._at_end():
                     log.info("reached the end of every assigned partition", extra={"event": "end_reached"})
                     break
-            if self._pending:  # stop requested mid-batch: finish it
-                self._flush()
+            self._flush()  # stop requested: finish the batch in flight and the one being filled
         finally:
             self._shutdown()
 
@@ -230,62 +248,93 @@ class ConsumerService:
         self._parse_seconds += time.perf_counter() - t0
 
     def _at_end(self, ignore_pending: bool = False) -> bool:
-        if not self._ever_assigned or (self._pending and not ignore_pending):
+        if not self._ever_assigned or ((self._pending or self._inflight) and not ignore_pending):
             return False
         return bool(self._assigned) and self._assigned <= self._eof
 
     # ------------------------------------------------------------------ batches
-    def _flush(self, max_attempts: int | None = None) -> bool:
-        """Write the pending batch, publish its dead letters, commit its offsets.
+    def _submit(self) -> None:
+        """Hand the filled batch to the writer thread."""
+        batch, self._pending = self._pending, []
+        parse_seconds, self._parse_seconds = self._parse_seconds, 0.0
+        self._inflight = _InFlight(batch, parse_seconds, time.perf_counter(),
+                                   self._executor.submit(self.writer.write, batch))
 
-        Retries a failing database with capped exponential backoff (forever,
-        unless ``max_attempts`` or a stop request). Returns False if the batch
-        was given up (offsets not committed: it will be re-delivered)."""
-        if self._flushing or not self._pending:
+    def _flush(self, max_attempts: int | None = None) -> bool:
+        """Synchronously finish the batch in flight and the pending one."""
+        if self._flushing:
+            return True
+        if not self._complete(max_attempts):
+            return False
+        if self._pending:
+            self._submit()
+            return self._complete(max_attempts)
+        return True
+
+    def _complete(self, max_attempts: int | None = None) -> bool:
+        """Finish the batch in flight: wait for its write (retrying a failing
+        database with capped exponential backoff: forever, unless
+        ``max_attempts`` or a stop request), publish its dead letters, then
+        commit its offsets. Returns False if it was given up: its messages go
+        back in front of the pending batch, offsets uncommitted."""
+        inflight = self._inflight
+        if inflight is None or self._flushing:
             return True
         self._flushing = True
-        t_start = time.perf_counter()
+        self._inflight = None
         try:
-            attempt = 0
-            while True:
-                batch = list(self._pending)
-                if not batch:
-                    return True
-                try:
-                    result = self.writer.write(batch)
-                    break
-                except DatabaseUnavailable as exc:
-                    attempt += 1
-                    DB_RETRIES.inc()
-                    self._db_down(str(exc), attempt, len(batch))
-                    if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
-                        log.warning("batch not written; its offsets stay uncommitted (it will be re-delivered)",
-                                    extra={"event": "batch_abandoned", "messages": len(batch),
-                                           "attempts": attempt})
-                        return False
-                    self._wait(min(BACKOFF_INITIAL_S * 2 ** (attempt - 1), BACKOFF_MAX_S))
+            batch = inflight.batch
+            try:
+                result = inflight.future.result()
+            except DatabaseUnavailable as exc:
+                result = self._write_with_retry(batch, str(exc), max_attempts)
+                if result is None:
+                    self._give_back(batch)
+                    return False
             self._db_up()
             t_db = time.perf_counter()
             if not self._publish_dead_letters(result.dead_letters, max_attempts):
+                self._give_back(batch)
                 return False
             t_dlq = time.perf_counter()
-            self._commit(self._pending)
+            self._commit(batch)
             t_end = time.perf_counter()
-            self._record(batch, result, t_start, t_db, t_dlq, t_end)
-            self._pending = []
-            self._parse_seconds = 0.0
+            self._record(batch, result, inflight.parse_seconds, inflight.started, t_db, t_dlq, t_end)
             if self._paused:
                 self._resume()
             return True
         finally:
             self._flushing = False
 
-    def _record(self, batch, result: WriteResult, t_start, t_db, t_dlq, t_end) -> None:
-        BATCH_SECONDS.labels("parse").observe(self._parse_seconds)
-        BATCH_SECONDS.labels("db").observe(t_db - t_start)
+    def _write_with_retry(self, batch: list[ParsedMessage], error: str,
+                          max_attempts: int | None) -> WriteResult | None:
+        attempt = 1
+        DB_RETRIES.inc()
+        self._db_down(error, attempt, len(batch))
+        while True:
+            if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
+                log.warning("batch not written; its offsets stay uncommitted (it will be re-delivered)",
+                            extra={"event": "batch_abandoned", "messages": len(batch), "attempts": attempt})
+                return None
+            self._wait(min(BACKOFF_INITIAL_S * 2 ** (attempt - 1), BACKOFF_MAX_S))
+            try:
+                return self.writer.write(batch)
+            except DatabaseUnavailable as exc:
+                attempt += 1
+                DB_RETRIES.inc()
+                self._db_down(str(exc), attempt, len(batch))
+
+    def _give_back(self, batch: list[ParsedMessage]) -> None:
+        owned = self._assigned if self.assignment is None else None
+        keep = [m for m in batch if owned is None or (m.raw.topic, m.raw.partition) in owned]
+        self._pending = keep + self._pending
+
+    def _record(self, batch, result: WriteResult, parse_seconds, t_start, t_db, t_dlq, t_end) -> None:
+        BATCH_SECONDS.labels("parse").observe(parse_seconds)
+        BATCH_SECONDS.labels("db").observe(result.db_seconds)  # the write itself (writer thread)
         BATCH_SECONDS.labels("dlq").observe(t_dlq - t_db)
         BATCH_SECONDS.labels("commit").observe(t_end - t_dlq)
-        BATCH_SECONDS.labels("total").observe(t_end - t_start + self._parse_seconds)
+        BATCH_SECONDS.labels("total").observe(t_end - t_start + parse_seconds)
         BATCH_SIZE.observe(len(batch))
         for topic, c in result.topics.items():
             for outcome, n in (("stored", c.stored), ("duplicate", c.duplicates), ("dead_letter", c.dead_letters)):
@@ -303,8 +352,11 @@ class ConsumerService:
 
     def _commit(self, batch: Sequence[ParsedMessage]) -> None:
         nxt: dict[tuple[str, int], int] = {}
+        owned = self._assigned if self.assignment is None else None
         for m in batch:
             k = (m.raw.topic, m.raw.partition)
+            if owned is not None and k not in owned:
+                continue  # revoked meanwhile: its new owner commits it
             if m.raw.offset + 1 > nxt.get(k, -1):
                 nxt[k] = m.raw.offset + 1
         if not nxt:
@@ -430,8 +482,8 @@ class ConsumerService:
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {_tp(tp) for tp in partitions}
         REBALANCES.labels("revoke").inc()
-        if self._pending and not self._flushing:
-            # finish and commit the in-flight batch while we still own its partitions
+        if (self._pending or self._inflight) and not self._flushing:
+            # finish and commit the in-flight batches while we still own their partitions
             self._flush(max_attempts=REVOKE_WRITE_ATTEMPTS)
         self._drop(gone)
         log.info("partitions revoked", extra={"event": "revoked", "partitions": sorted(f"{t}[{p}]" for t, p in gone),
@@ -485,12 +537,19 @@ class ConsumerService:
                     log.warning("stopping before the first assignment: consumer left unclosed",
                                 extra={"event": "exit_without_close"})
                 else:
-                    if self._pending:
-                        self._flush(max_attempts=REVOKE_WRITE_ATTEMPTS)
+                    self._flush(max_attempts=REVOKE_WRITE_ATTEMPTS)
                     consumer.close()  # on_revoke runs here; leaves the group
             if self._producer is not None:
                 self._producer.flush(10)
         finally:
+            if self._inflight is not None:  # given up (e.g. stop during an outage): let the write end
+                try:
+                    self._inflight.future.result(timeout=60)
+                except Exception:
+                    pass
+                self._inflight = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
             self._consumer = None
             self.writer.close()
             if self._server is not None:

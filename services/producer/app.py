@@ -51,9 +51,9 @@ class RateReporter:
         self._t = time.monotonic()
         self._delivered = publisher.delivered
 
-    def tick(self, now: float | None = None) -> None:
+    def tick(self, now: float | None = None, force: bool = False) -> None:
         now = time.monotonic() if now is None else now
-        if now - self._t < self.interval:
+        if now - self._t < self.interval and not (force and now > self._t):
             return
         p = self.publisher
         self.rate = (p.delivered - self._delivered) / (now - self._t)
@@ -125,11 +125,12 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
 
     reporter = RateReporter(domain, topic.name, publisher, tty=tty)
     port = settings.metrics_port if settings.metrics_port is not None else DEFAULT_PORTS[domain]
-    server = serve_health_and_metrics(port, health)
-    log.info("producer started", extra={
-        "domain": domain, "topic": topic.name, "bootstrap": bootstrap, "seed": sim.seed,
-        "rate": "max" if max_speed else rate, "count": count, "metrics_port": server.server_port})
+    server = None
     try:
+        server = serve_health_and_metrics(port, health)
+        log.info("producer started", extra={
+            "domain": domain, "topic": topic.name, "bootstrap": bootstrap, "seed": sim.seed,
+            "rate": "max" if max_speed else rate, "count": count, "metrics_port": server.server_port})
         if max_speed:
             _run_max(sim, topic.name, publisher, reporter, count, stop_event)
         else:
@@ -137,15 +138,16 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
         remaining = publisher.flush(flush_timeout)
         if remaining:
             log.error("%d messages still undelivered at shutdown", remaining, extra=publisher.stats())
-        reporter.tick(time.monotonic() + reporter.interval)  # final figures
+        reporter.tick(force=True)  # final figures
         reporter.close()
         log.info("producer stopped", extra={"domain": domain, **publisher.stats()})
         return publisher.delivered
     finally:
         state["running"] = False
         restore_signals()
-        # shutdown() waits for serve_forever's 0.5 s poll: let it finish on its own thread
-        threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
+        if server is not None:
+            # shutdown() waits for serve_forever's 0.5 s poll: let it finish on its own thread
+            threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
 
 
 def _run_max(sim, topic: str, publisher: Publisher, reporter: RateReporter, count, stop_event) -> None:

@@ -58,7 +58,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql-client-15 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 salespulse \
- && useradd --system --uid 10001 --gid salespulse --home-dir /app --shell /usr/sbin/nologin salespulse
+ && useradd --system --uid 10001 --gid salespulse --home-dir /var/lib/salespulse --shell /usr/sbin/nologin salespulse
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 import uuid
 import zipfile
@@ -356,8 +357,16 @@ def check_command(argv: list[str], scripts: dict[str, str]) -> None:
     if exe == "python":
         assert argv[1] == "-m", argv
         check_python_module(argv[2])
+        options = [a for a in argv[3:] if a.startswith("--")]
+        if options:  # every option is one the module's own --help offers
+            usage = subprocess.run([sys.executable, "-m", argv[2], "--help"], capture_output=True, text=True,
+                                   timeout=120, cwd=REPO)
+            assert usage.returncode == 0, usage.stderr
+            for option in options:
+                assert re.search(rf"(^|[\s\[]){re.escape(option)}\b", usage.stdout), f"{argv[2]}: no {option}"
         if argv[2] == "services.producer":
             assert argv[3:5] == ["--domain", argv[4]] and argv[4] in ("ecommerce", "restaurant")
+            float(argv[argv.index("--rate") + 1])
         return
     if exe == "salespulse":
         project = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -581,6 +590,19 @@ def test_runtime_requirements_are_pinned_like_the_lock():
 
 
 # ---------------------------------------------------------------- Dagster + PostgreSQL, for real
+def test_dagster_instance_matches_the_local_stack_but_for_storage():
+    from salespulse.stack.dagster_home import dagster_config
+
+    docker = yaml.safe_load((REPO / "docker" / "dagster" / "dagster.yaml").read_text())
+    local = dagster_config(Settings())
+    for key, value in local.items():
+        if key != "storage":
+            assert docker.get(key) == value, f"dagster.yaml {key} differs from the local stack's"
+    db = docker["storage"]["postgres"]["postgres_db"]
+    assert db["scheme"] == local["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert {v["env"] for k, v in db.items() if isinstance(v, dict)} == DAGSTER_STORAGE_ENV
+
+
 def test_postgres_init_script_and_dagster_instance_work_on_a_real_server(postgres, tmp_path, monkeypatch):
     from salespulse.ops.pg import pg_tool
 

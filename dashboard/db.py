@@ -91,6 +91,8 @@ class Database:
                     broken = True
                     if isinstance(exc, psycopg2.extensions.QueryCanceledError):
                         raise DatabaseUnavailable("database query timed out") from exc
+                    # the server may have restarted: its other idle connections are dead too
+                    self._drop_idle(pool)
                     if attempt == 2:
                         log.warning("dashboard query failed: %s", exc)
                         raise DatabaseUnavailable("database unavailable") from exc
@@ -102,6 +104,16 @@ class Database:
             raise AssertionError("unreachable")
         finally:
             self._slots.release()
+
+    @staticmethod
+    def _drop_idle(pool) -> None:
+        with pool._lock:  # ThreadedConnectionPool's own lock; _pool is its idle list
+            idle, pool._pool = pool._pool, []
+        for conn in idle:
+            try:
+                conn.close()
+            except Exception:
+                pass
 
     def ping(self) -> None:
         self.query("SELECT 1 AS ok")

@@ -381,7 +381,11 @@ def test_database_outage_and_recovery(seeded, postgres):
     dbname = url.rsplit("/", 1)[1]
     app = create_app(make_settings(url))
     c = app.test_client()
-    assert c.get("/api/metrics/summary").status_code == 200  # the pool now holds a live connection
+    assert c.get("/api/metrics/summary").status_code == 200
+    pool = app.extensions["salespulse"]["db"]._get_pool()
+    held = [pool.getconn() for _ in range(8)]  # the pool now keeps 8 idle connections
+    for conn in held:
+        pool.putconn(conn)
     admin = postgres.admin_url
     try:
         sql_exec(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
@@ -391,6 +395,7 @@ def test_database_outage_and_recovery(seeded, postgres):
         assert c.get("/health").status_code == 503
     finally:
         sql_exec(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    # the first request after recovery succeeds: dead idle connections are dropped, not handed out one by one
     assert c.get("/api/metrics/summary").status_code == 200
     assert c.get("/health").get_json() == {"status": "ok", "database": "ok"}
     app.extensions["salespulse"]["db"].close()

@@ -215,12 +215,32 @@ def test_database_outage_holds_batches_then_stores_everything(broker, state_dir,
                    what="second wave stored after the outage")
         wait_until(lambda: count_orders(url, [o["order_id"] for o in orders]) == 40, 60, what="orders stored")
         wait_until(lambda: http_get(svc.metrics_port, "/health")[0] == 200, 30, what="healthy again")
+        # counters move when the batch's offsets are committed, just after its rows are visible
+        wait_until(lambda: metric_value(http_get(svc.metrics_port, "/metrics")[1], "salespulse_consumer_messages_total",
+                                        outcome="stored") >= 640, 30, what="stored counter")
         metrics = http_get(svc.metrics_port, "/metrics")[1]
         assert metric_value(metrics, "salespulse_consumer_db_up") == 1
-        assert metric_value(metrics, "salespulse_consumer_messages_total", outcome="stored") >= 640
         assert "salespulse_consumer_lag" in metrics.decode()
         assert metric_value(metrics, "salespulse_consumer_batch_seconds_count", stage="db") > 0
         runner.stop(60)
         assert count_events(url, [e["event_id"] for e in first + second]) == 600
     finally:
         pg.stop()
+
+
+def test_stop_right_after_start_leaves_the_group_usable(settings, database_url, broker):
+    """Defect 4: a consumer must not close() while still joining; stopping at
+    once waits for the first assignment (or exits without close). Either way the
+    group keeps working for the next member."""
+    group = unique_group("early-stop")
+    svc = ConsumerService(service_settings(settings), group_id=group)
+    runner = ServiceThread(svc).start()
+    assert svc.ready.wait(30)
+    runner.stop(120)
+    assert svc._ever_assigned or svc.abandoned
+
+    events = [ecommerce_event(i, run="early") for i in range(50)]
+    produce_events(broker.bootstrap, events)
+    nxt = ConsumerService(service_settings(settings), group_id=group, stop_at_end=True)
+    ServiceThread(nxt).start().join(180)
+    assert count_events(database_url, [e["event_id"] for e in events]) == 50

@@ -259,8 +259,10 @@ _TRANSIENT_ERRORS = (psycopg2.errors.DeadlockDetected, psycopg2.errors.Serializa
 class BatchWriter:
     """Writes parsed batches into PostgreSQL, one transaction per batch."""
 
-    def __init__(self, url: str, *, application_name: str = "salespulse-consumer", connect_timeout: int = 5):
+    def __init__(self, url: str, *, application_name: str = "salespulse-consumer", connect_timeout: int = 5,
+                 statement_timeout_ms: int = 60_000):
         self.url = url
+        self.statement_timeout_ms = statement_timeout_ms
         self.application_name = application_name
         self.connect_timeout = connect_timeout
         self._conn: psycopg2.extensions.connection | None = None
@@ -275,6 +277,9 @@ class BatchWriter:
             conn = psycopg2.connect(
                 self.url, application_name=self.application_name, connect_timeout=self.connect_timeout,
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                # a hung statement becomes a retryable error instead of stalling the
+                # consumer past max.poll.interval.ms
+                options=f"-c statement_timeout={self.statement_timeout_ms}",
             )
             with conn.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")

@@ -8,9 +8,9 @@
 #   app      - python slim + /opt/venv + the source: producers, consumer, migrate,
 #              Dagster (webserver, daemon, code location), dashboard, operations.
 #              Adds only the PostgreSQL 15 client (pg_dump/pg_restore for
-#              `salespulse backup|restore`).
-#   spark    - app + Java 17 + the PostgreSQL JDBC driver: Spark master, worker
-#              and the Spark Connect server (pyspark ships Spark's jars).
+#              `salespulse backup|restore`). No JVM, no Spark jars.
+#   spark    - app + Java 17 + the PostgreSQL JDBC driver + Spark's jars (from
+#              pyspark): Spark master, worker and the Spark Connect server.
 #
 #   docker build --target app   -t salespulse/app:0.1.0 .
 #   docker build --target spark -t salespulse/spark:0.1.0 .
@@ -48,6 +48,10 @@ COPY sql ./sql
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation -e /app \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
+# Spark's jars (~460 MB) only go into the spark image: the other services use
+# the Spark Connect client (pure Python) and never start a JVM.
+RUN mv /opt/venv/lib/python3.11/site-packages/pyspark/jars /opt/spark-jars
+
 # --------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS app
 
@@ -70,8 +74,8 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app
 COPY docker/dagster/dagster.yaml docker/dagster/workspace.yaml /opt/dagster/dagster_home/
 
-RUN mkdir -p /opt/dagster/storage /var/lib/salespulse /backups \
- && chown -R salespulse:salespulse /opt/dagster /var/lib/salespulse /backups
+RUN mkdir -p /opt/dagster/storage /var/lib/salespulse \
+ && chown -R salespulse:salespulse /opt/dagster /var/lib/salespulse
 
 WORKDIR /app
 USER salespulse
@@ -99,6 +103,7 @@ ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
     JDBC_JAR=/usr/share/java/postgresql.jar
 ENV PATH=$SPARK_HOME/bin:$SPARK_HOME/sbin:$PATH
 
+COPY --from=builder /opt/spark-jars $SPARK_HOME/jars
 COPY docker/spark/spark-defaults.conf docker/spark/log4j2.properties /opt/spark/conf/
 
 USER salespulse

@@ -564,6 +564,12 @@ def test_dockerfile_is_multi_stage_with_a_slim_final_image():
     assert "openjdk" not in app_stage  # Java only in the spark image
     assert "pip wheel" in text and "--no-index --find-links /wheels" in text
     assert "USER salespulse" in app_stage
+    # Spark's jars are moved out of the venv in the builder and copied into the spark image only
+    assert "pyspark/jars /opt/spark-jars" in text
+    spark_stage = text.split(" AS spark")[1]
+    assert "COPY --from=builder /opt/spark-jars $SPARK_HOME/jars" in spark_stage
+    assert "spark-jars" not in app_stage
+    assert (pyspark_home() / "jars" / "spark-connect_2.13-4.3.0.jar").is_file()
 
 
 def test_runtime_requirements_are_pinned_like_the_lock():

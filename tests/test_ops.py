@@ -19,7 +19,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Produc
 
 from salespulse import cli
 from salespulse.contracts import parse_message
-from salespulse.kafka import admin_client, producer_config
+from salespulse.kafka import admin_client, committed_offsets, producer_config
 from salespulse.ops import healthcheck, replay as replay_mod
 from salespulse.ops.lag import consumer_lag
 from salespulse.ops.pg import split_password
@@ -245,6 +245,14 @@ def test_replay_from_an_offset_stores_each_message_exactly_once(settings, capsys
     assert stored_event_ids(url) == want_ids
     assert rows(url, "SELECT count(*), count(DISTINCT event_id) FROM events")[0] == (30, 30)
     assert rows(url, "SELECT count(*) FROM dead_letters WHERE topic = 'ecommerce.events'")[0][0] == 1
+
+    # the same through the API: the throwaway group leaves no committed offsets behind
+    summary = replay_mod.replay(settings, "ecommerce.events", partitions=[partition], from_offset=first)
+    assert (summary["stored"], summary["duplicate"], summary["dead_letter"]) == (0, 30, 1)
+    assert summary["partitions"][partition] == {"from": first, "to": offsets[-1] + 1}
+    leftover = committed_offsets(bootstrap, summary["group"], {"ecommerce.events": 6})
+    assert all(tp.offset < 0 for tp in leftover)
+    assert stored_event_ids(url) == want_ids
 
 
 def test_replay_from_a_timestamp_starts_at_the_first_message_at_or_after_it(settings, capsys):

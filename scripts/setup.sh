@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15 openjdk-17-jre-headless libpostgresql-jdbc-java chromium chromium-driver procps util-linux)
+APT_PACKAGES=(postgresql-15 openjdk-17-jre-headless libpostgresql-jdbc-java chromium chromium-driver procps util-linux wrk)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -61,6 +61,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()  # fields from "state" on
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and its live children."""
+    tck = os.sysconf("SC_CLK_TCK")
+    own = _stat(pid)
+    if own is None:
+        return 0.0
+    total = sum(int(x) for x in own[11:15]) / tck  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = _stat(int(entry.name))
+            if st is not None and int(st[1]) == pid:
+                total += sum(int(x) for x in st[11:13]) / tck
+    return total
+
+
 def stage_sums() -> dict[str, float]:
     return {s: REGISTRY.get_sample_value("salespulse_consumer_batch_seconds_sum", {"stage": s}) or 0.0
             for s in STAGES}
@@ -100,7 +123,40 @@ def topic_end(bootstrap: str) -> int:
     return n
 
 
-def throughput(pg: EmbeddedPostgres, bootstrap: str, batch_size: int, expected: int) -> dict:
+def cpu_split(bootstrap: str, sample: int = 20_000) -> dict:
+    """CPU per event of the pure-Python steps, measured alone on a sample of the
+    pre-loaded messages: contract validation, and building the COPY rows."""
+    from confluent_kafka import Consumer
+
+    from services.consumer.writer import RawMessage, _event_line, parse
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-cpu-{uuid.uuid4().hex[:6]}",
+                  "enable.partition.eof": True})
+    c.assign([TopicPartition(ECOMMERCE_TOPIC.name, p, 0) for p in range(ECOMMERCE_TOPIC.partitions)])
+    raws, eof = [], set()
+    t0 = time.process_time()
+    while len(raws) < sample and len(eof) < ECOMMERCE_TOPIC.partitions:
+        for m in c.consume(min(5000, sample - len(raws)) or 1, timeout=1.0):
+            if m.error():
+                eof.add(m.partition())
+            else:
+                raws.append(RawMessage.from_kafka(m))
+    consume_cpu = time.process_time() - t0
+    c.close()
+    t0 = time.process_time()
+    parsed = [parse(r) for r in raws]
+    parse_cpu = time.process_time() - t0
+    t0 = time.process_time()
+    for m in parsed:
+        _event_line(m.model)
+    rows_cpu = time.process_time() - t0
+    n = len(raws)
+    return {"sample": n, "consume_us": 1e6 * consume_cpu / n, "parse_us": 1e6 * parse_cpu / n,
+            "copy_rows_us": 1e6 * rows_cpu / n}
+
+
+def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, expected: int) -> dict:
+    bootstrap = broker.bootstrap
     url = pg.create_database(f"bench_{batch_size}_{uuid.uuid4().hex[:6]}")
     settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap, metrics_port=0)
     migrate(settings)
@@ -108,11 +164,12 @@ def throughput(pg: EmbeddedPostgres, bootstrap: str, batch_size: int, expected: 
     svc = ConsumerService(settings, group_id=f"bench-{uuid.uuid4().hex[:8]}", assignment=assignment,
                           stop_at_end=True, batch_size=batch_size, max_wait_ms=1000)
     before, batches_before = stage_sums(), batches_written()
-    cpu0 = time.process_time()
+    cpu0, pg0, br0 = time.process_time(), tree_cpu(pg._proc.pid), tree_cpu(broker._proc.pid)
     t0 = time.perf_counter()
     svc.run()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    pg_cpu, broker_cpu = tree_cpu(pg._proc.pid) - pg0, tree_cpu(broker._proc.pid) - br0
     after = stage_sums()
     spent = {s: after[s] - before[s] for s in STAGES}
     conn = psycopg2.connect(url)
@@ -122,13 +179,16 @@ def throughput(pg: EmbeddedPostgres, bootstrap: str, batch_size: int, expected: 
         cur.execute("SELECT count(*) FROM transactions")
         tx = cur.fetchone()[0]
     conn.close()
-    accounted = spent["total"]
     return {
         "batch_size": batch_size, "rows": rows, "transactions": tx, "expected": expected,
-        "wall_s": wall, "events_per_s": rows / wall, "process_cpu_s": cpu,
+        "wall_s": wall, "events_per_s": rows / wall, "process_cpu_s": cpu, "postgres_cpu_s": pg_cpu,
+        "broker_cpu_s": broker_cpu,
+        # what 2 idle cores could do if CPU were the only limit (total CPU of consumer + PG + broker)
+        "cpu_bound_events_per_s_2_cores": rows / ((cpu + pg_cpu + broker_cpu) / 2),
         "batches": int(batches_written() - batches_before),
         "parse_s": spent["parse"], "db_s": spent["db"], "dlq_s": spent["dlq"], "commit_s": spent["commit"],
-        "kafka_and_other_s": max(wall - accounted, 0.0),
+        "consumer_us_per_event": 1e6 * cpu / rows, "postgres_us_per_event": 1e6 * pg_cpu / rows,
+        "broker_us_per_event": 1e6 * broker_cpu / rows,
     }
 
 
@@ -271,14 +331,23 @@ def main() -> int:
             secs, how = preload(broker.bootstrap, args.events)
             in_topic = topic_end(broker.bootstrap)
             print(f"pre-loaded {in_topic} events in {secs:.1f}s ({how})", flush=True)
+            split = cpu_split(broker.bootstrap)
+            results["cpu_split"] = split
+            print(f"consumer CPU per event, measured alone on {split['sample']} messages: Kafka consume "
+                  f"{split['consume_us']:.1f} us, parse/validate (pydantic) {split['parse_us']:.1f} us, "
+                  f"COPY row building {split['copy_rows_us']:.1f} us", flush=True)
             results["throughput"] = []
             for bs in [int(x) for x in args.batch_sizes.split(",") if x]:
-                r = throughput(pg, broker.bootstrap, bs, in_topic)
+                r = throughput(pg, broker, bs, in_topic)
                 results["throughput"].append(r)
                 print(f"ingest batch={bs:5d}: {r['rows']} rows in {r['wall_s']:.2f}s = {r['events_per_s']:,.0f} events/s "
-                      f"({r['batches']} batches; time: kafka+other {r['kafka_and_other_s']:.2f}s, parse/validate "
-                      f"{r['parse_s']:.2f}s, db {r['db_s']:.2f}s, dlq {r['dlq_s']:.2f}s, commit {r['commit_s']:.2f}s; "
-                      f"consumer process CPU {r['process_cpu_s']:.1f}s)", flush=True)
+                      f"({r['batches']} batches)\n"
+                      f"   busy time (main thread parse/validate and the writer thread overlap): parse/validate "
+                      f"{r['parse_s']:.2f}s, db write {r['db_s']:.2f}s, dlq {r['dlq_s']:.2f}s, offset commit "
+                      f"{r['commit_s']:.2f}s\n"
+                      f"   CPU per event: consumer process {r['consumer_us_per_event']:.1f} us, postgres "
+                      f"{r['postgres_us_per_event']:.1f} us, broker {r['broker_us_per_event']:.1f} us -> CPU-bound "
+                      f"capacity on 2 idle cores {r['cpu_bound_events_per_s_2_cores']:,.0f} events/s", flush=True)
                 assert r["rows"] == in_topic, f"expected {in_topic} rows, got {r['rows']}"
         if not args.skip_latency:
             results["latency"] = []

@@ -162,3 +162,26 @@ def test_dead_letter_rate(database_url):
     bad = run_health(database_url, dead_letter_rate_check)
     assert not bad.passed
     assert bad.metadata["rate"].value == pytest.approx(22 / (n + 22), abs=1e-6)
+
+
+def test_health_job_of_the_code_location(database_url, monkeypatch):
+    """The real pipeline_health_checks_job, resources from the environment."""
+    from salespulse.settings import get_settings
+    from tests.test_orchestration_definitions import load_defs
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    try:
+        defs, _repo = load_defs()
+        seed_ecommerce(database_url, datetime.now(timezone.utc) - timedelta(minutes=90), minutes=(0,))
+        result = defs.resolve_job_def("pipeline_health_checks_job").execute_in_process()
+        assert result.success
+        evaluations = {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
+        assert set(evaluations) == {"ecommerce_reports:reports_fresh", "restaurant_reports:reports_fresh",
+                                    "dead_letters:dead_letter_rate"}
+        # e-commerce rows 90 minutes old were never reported: stale; no orders: fresh; no dead letters
+        assert not evaluations["ecommerce_reports:reports_fresh"].passed
+        assert evaluations["restaurant_reports:reports_fresh"].passed
+        assert evaluations["dead_letters:dead_letter_rate"].passed
+    finally:
+        get_settings.cache_clear()

@@ -86,3 +86,29 @@ def test_report_assets_for_one_partition(database_url, spark_remote):
     assert len(expected) == 6
     assert actual_ecommerce_minutes(database_url, START, END) == expected
     assert table_rows(database_url, "report_ecommerce_overview_minute") == 6
+
+
+def test_refresh_job_of_the_code_location(database_url, spark_remote, monkeypatch):
+    """The real refresh_reports_job for one partition: both reports, the views
+    and the window checks, resources from the environment."""
+    from salespulse.settings import get_settings
+    from tests.test_orchestration_definitions import load_defs
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("SPARK_REMOTE", spark_remote)
+    get_settings.cache_clear()
+    try:
+        defs, _repo = load_defs()
+        seed_ecommerce(database_url, BASE_HOUR)
+        seed_restaurant(database_url, BASE_HOUR)
+        result = defs.resolve_job_def("refresh_reports_job").execute_in_process(partition_key=PARTITION)
+        assert result.success
+        done = {key for key, _partition in materializations(result)}
+        assert done == {"ecommerce_reports", "restaurant_reports", "sales_by_category", "top_products", "daily_metrics"}
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == 4 and all(c.passed for c in checks)
+        assert actual_ecommerce_minutes(database_url, START, END) == expected_ecommerce_minutes(database_url, START, END)
+        assert query(database_url, "SELECT sum(revenue) FROM sales_by_category")[0][0] == \
+            query(database_url, "SELECT sum(total_amount) FROM transactions")[0][0]
+    finally:
+        get_settings.cache_clear()

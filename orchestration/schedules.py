@@ -13,7 +13,12 @@ from dagster import (
 
 from orchestration.assets.jobs import REPORT_ASSETS, health_checks_job, refresh_job
 from orchestration.assets.partitions import partition_key_for
-from orchestration.sensors.runs import covered_by_waiting_run, waiting_runs_by_partition
+from orchestration.sensors.runs import (
+    SCHEDULE_TRIGGER,
+    TRIGGER_TAG,
+    covered_by_waiting_run,
+    waiting_runs_by_partition,
+)
 
 #: in the first minutes of an hour the previous hour is closed out as well
 CLOSE_PREVIOUS_HOUR_MINUTES = 2
@@ -28,17 +33,19 @@ def refresh_requests(context: ScheduleEvaluationContext) -> list[RunRequest] | S
     waiting = waiting_runs_by_partition(context.instance, refresh_job.name)
     requests = []
     for key, selection in wanted:
-        keys = selection or [*[a.key for a in REPORT_ASSETS]]
-        if covered_by_waiting_run(waiting, key, keys) and selection is not None:
-            continue
-        if selection is None and any(run.asset_selection is None for run in waiting.get(key, [])):
+        runs = waiting.get(key, [])
+        if selection is None:
+            already = any(run.asset_selection is None for run in runs)  # a full refresh is waiting
+        else:
+            already = covered_by_waiting_run(waiting, key, selection)
+        if already:
             continue
         requests.append(
             RunRequest(
                 run_key=f"minute:{key}:{tick.strftime('%Y-%m-%dT%H:%M')}",
                 partition_key=key,
                 asset_selection=selection,
-                tags={"salespulse/trigger": "refresh_every_minute"},
+                tags={TRIGGER_TAG: SCHEDULE_TRIGGER},
             )
         )
     return requests or SkipReason(f"partition {current} already has a waiting run")

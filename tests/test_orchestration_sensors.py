@@ -2,6 +2,7 @@
 real PostgreSQL (and a real broker for the lag sensor)."""
 
 import json
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -236,3 +237,25 @@ def test_run_failure_and_success_are_recorded(database_url, instance):
     # recording again (a retried tick) updates in place
     record_run_successes(context)
     assert query(database_url, "SELECT count(*) FROM pipeline_runs")[0][0] == 2
+
+
+def test_new_data_sensor_leaves_the_current_hour_to_a_running_schedule(database_url, instance):
+    pg = PostgresResource(database_url=database_url)
+    now = datetime.now(timezone.utc)
+    if now.minute == 59 and now.second >= 50:  # keep the whole test inside one hour
+        time.sleep(61 - now.second)
+        now = datetime.now(timezone.utc)
+    current = now.strftime("%Y-%m-%d-%H:00")
+    first = tick(new_data_sensor, instance, None, postgres=pg)
+    seed_ecommerce(database_url, now.replace(minute=0, second=0, microsecond=0), minutes=(0,), per_minute=3)
+    # no schedule run: the sensor refreshes the current hour itself
+    alone = tick(new_data_sensor, instance, first.cursor, postgres=pg)
+    assert [r.partition_key for r in alone.run_requests] == [current]
+    # the schedule launched a run for this hour a moment ago: left to it
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    instance.add_run(DagsterRun(job_name=refresh_job.name, run_id=uuid.uuid4().hex, status=DagsterRunStatus.SUCCESS,
+                                tags={"dagster/partition": current, "salespulse/trigger": "refresh_every_minute"}))
+    covered = tick(new_data_sensor, instance, first.cursor, postgres=pg)
+    assert covered.run_requests == []
+    assert "scheduled refresh" in covered.skip_reason.skip_message

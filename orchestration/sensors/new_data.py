@@ -5,13 +5,16 @@ range scan of the primary key finds the new rows). For every hour that has new
 events or orders, the sensor requests a run of ``refresh_reports_job`` for that
 hourly partition (late rows of a closed hour are therefore reported too), and
 it reports an observation of each raw table (new rows, highest id, newest
-timestamp). On its first tick it only records the current ids, so turning it
+timestamp). The current hour is left to the minute schedule while that
+schedule is running (it launched a run for the hour in the last two minutes),
+so the two do not both refresh the same hour every minute. On its first tick it only records the current ids, so turning it
 on against a large history does not start hundreds of runs (backfill those
 from the UI instead).
 """
 
 
 import json
+from datetime import datetime, timezone
 
 from dagster import (
     AssetObservation,
@@ -29,7 +32,7 @@ from orchestration.assets.reports import ecommerce_reports, restaurant_reports
 from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.assets.views import VIEW_KEYS
 from orchestration.resources import PostgresResource
-from orchestration.sensors.runs import covered_by_waiting_run, waiting_runs_by_partition
+from orchestration.sensors.runs import covered_by_waiting_run, schedule_is_covering, waiting_runs_by_partition
 
 #: raw tables whose new rows trigger a refresh -> the report asset they feed
 TRIGGERS = {"events": ecommerce_reports.key, "orders": restaurant_reports.key}
@@ -90,6 +93,7 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
         return SensorResult(asset_events=observations, cursor=cursor, skip_reason="no new rows")
 
     waiting = waiting_runs_by_partition(context.instance, refresh_job.name)
+    current_hour = partition_key_for(datetime.now(timezone.utc))
     latest_ecommerce = max((k for k, v in touched.items() if ecommerce_reports.key in v), default=None)
     run_requests = []
     for key in sorted(touched):
@@ -98,6 +102,9 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
             selection += VIEW_KEYS  # the views cover all time: refresh them once
         if covered_by_waiting_run(waiting, key, selection):
             context.log.info(f"partition {key} already has a waiting run")
+            continue
+        if key == current_hour and schedule_is_covering(context.instance, refresh_job.name, key):
+            context.log.info(f"partition {key} is refreshed every minute by the running schedule")
             continue
         run_requests.append(
             RunRequest(
@@ -111,5 +118,5 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
         run_requests=run_requests,
         asset_events=observations,
         cursor=cursor,
-        skip_reason=None if run_requests else "every touched partition already has a waiting run",
+        skip_reason=None if run_requests else "every touched partition already has a waiting run or a scheduled refresh",
     )

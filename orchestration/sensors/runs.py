@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 PARTITION_TAG = "dagster/partition"
+TRIGGER_TAG = "salespulse/trigger"
+SCHEDULE_TRIGGER = "refresh_every_minute"
 WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
 
 
@@ -27,3 +31,18 @@ def covered_by_waiting_run(waiting: dict[str, list], partition_key: str, asset_k
         if run.asset_selection is None or wanted <= set(run.asset_selection):
             return True
     return False
+
+
+def schedule_is_covering(instance: DagsterInstance, job_name: str, partition_key: str,
+                         within: timedelta = timedelta(seconds=120)) -> bool:
+    """Whether the minute schedule launched a run for ``partition_key`` recently
+    (it is running, and its next tick will read any newer rows)."""
+    runs = instance.get_runs(
+        filters=RunsFilter(
+            job_name=job_name,
+            tags={TRIGGER_TAG: SCHEDULE_TRIGGER, PARTITION_TAG: partition_key},
+            created_after=datetime.now(timezone.utc) - within,
+        ),
+        limit=1,
+    )
+    return bool(runs)

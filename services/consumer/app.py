@@ -541,6 +541,7 @@ class ConsumerService:
                     consumer.close()  # on_revoke runs here; leaves the group
             if self._producer is not None:
                 self._producer.flush(10)
+                self._producer = None  # destroyed: its broker connections close now
         finally:
             if self._inflight is not None:  # given up (e.g. stop during an outage): let the write end
                 try:

@@ -96,7 +96,10 @@ class ConsumerService:
         max_wait_ms: int | None = None,
     ):
         self.settings = settings
-        self.group_id = group_id or settings.consumer_group
+        # assign() mode (replays) commits under its own group by default, so a replay
+        # never moves the live group's offsets
+        default_group = settings.consumer_group if assignment is None else f"{settings.consumer_group}-replay"
+        self.group_id = group_id or default_group
         self.assignment = list(assignment) if assignment is not None else None
         self.stop_at_end = stop_at_end
         self.batch_size = int(batch_size or settings.consumer_batch_size)

@@ -358,3 +358,21 @@ def test_healthcheck_probe_http_and_tcp():
     probe = subprocess.run([sys.executable, "-m", "salespulse.ops.healthcheck", f"tcp://127.0.0.1:{port}"],
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode == 1 and "unhealthy" in probe.stderr
+
+
+def test_unreachable_services_give_one_clear_line(capsys, monkeypatch):
+    from tests.conftest import free_port
+
+    closed = free_port()  # nothing listens there
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{closed}")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@127.0.0.1:{closed}/nowhere")
+    get_settings.cache_clear()
+    try:
+        code, _, err = run_cli(["lag"], capsys)
+        assert code == 2 and err.startswith("salespulse lag: Kafka error:")
+        code, _, err = run_cli(["reset-db", "--yes"], capsys)
+        assert code == 2 and err.startswith("salespulse reset-db: database error:")
+        code, _, err = run_cli(["backup", "--out", "-"], capsys)
+        assert code == 2 and "pg_dump failed" in err
+    finally:
+        get_settings.cache_clear()

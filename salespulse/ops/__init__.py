@@ -26,10 +26,19 @@ def _run(module: str, func: str):
         import importlib
         import sys
 
+        import psycopg2
+        from confluent_kafka import KafkaException
+
         try:
             return getattr(importlib.import_module(f"salespulse.ops.{module}"), func)(args)
         except OpsError as exc:
             print(f"salespulse {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except KafkaException as exc:
+            print(f"salespulse {args.command}: Kafka error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+        except psycopg2.OperationalError as exc:
+            print(f"salespulse {args.command}: database error: {str(exc).strip()}", file=sys.stderr)
             return 2
 
     return call

@@ -79,8 +79,15 @@ def backup(url: str, out: str) -> None:
         partial.replace(target)  # never leave a truncated file under the final name
         return
     sys.stdout.flush()
-    result = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stdout.buffer,
-                            stderr=subprocess.PIPE, text=False)
+    try:
+        sys.stdout.fileno()
+        sink = sys.stdout.buffer  # a real file descriptor: pg_dump writes to it directly
+    except (AttributeError, OSError, ValueError):
+        sink = subprocess.PIPE  # e.g. a captured stream: relay the bytes
+    result = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.PIPE)
+    if sink is subprocess.PIPE and result.returncode == 0:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
     if result.returncode != 0:
         raise OpsError(f"pg_dump failed ({result.returncode}): {result.stderr.decode(errors='replace').strip()}")
 

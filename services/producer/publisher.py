@@ -21,8 +21,9 @@
   ``ensure`` is given, a rebuild first re-creates those topics (best effort:
   an in-memory broker that restarted has lost them).
 
-Everything runs on the caller's thread: callbacks fire inside ``poll``/
-``flush``/``send``. Counters are plain attributes (read them from any thread).
+Not thread-safe: use a publisher from one thread. Callbacks fire inside
+``poll``/``flush``/``send`` on that thread. Counters are plain attributes
+(reading them from another thread, as /health does, is fine).
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ class Publisher:
     def _produce_blocking(self, topic, key, value, attempt: int) -> None:
         cb = None if attempt == 1 else partial(self._on_delivery, attempt=attempt)
         while True:
+            if self.stop_event is not None and self.stop_event.is_set():
+                self._schedule(topic, key, value, attempt, 0.0)  # stopping: flush decides its fate
+                return
             self.poll(0.05)
             try:
                 if cb is None:
@@ -149,9 +153,7 @@ class Publisher:
                     self._producer.produce(topic, value, key, on_delivery=cb)
                 return
             except BufferError:
-                if self.stop_event is not None and self.stop_event.is_set():
-                    self._schedule(topic, key, value, attempt, 0.0)  # flush/close decide its fate
-                    return
+                continue
             except KafkaException as exc:
                 self._client_failed(exc, topic, key, value, attempt)
                 return

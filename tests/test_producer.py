@@ -274,6 +274,26 @@ def test_failed_deliveries_are_retried_five_times_then_counted():
     assert publisher.rebuilds >= 1 and publisher.failing()
 
 
+def test_send_does_not_block_once_stopping_with_a_full_queue():
+    stop = threading.Event()
+    publisher = Publisher(f"127.0.0.1:{free_port()}", stop_event=stop,
+                          **{"queue.buffering.max.messages": 50, "message.timeout.ms": 60_000})
+    done = threading.Event()
+
+    def sender():
+        for i in range(500):
+            publisher.send(ECOMMERCE_TOPIC.name, f"USER{i}", b"{}")
+        done.set()
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    assert not done.wait(1.0)  # blocked: the queue is full and nothing is delivered
+    stop.set()
+    assert done.wait(30), "send() kept blocking after stop"
+    assert publisher.sent == 500 and publisher.delivered == 0
+    assert publisher.pending >= 450  # kept (queued or awaiting a retry), not dropped
+
+
 def get(url: str) -> tuple[int, bytes, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -11,6 +11,7 @@ the driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -89,6 +90,29 @@ def close_sessions() -> None:
             except Exception:  # noqa: BLE001
                 pass
         _sessions.clear()
+
+
+#: ranges up to this long are aggregated with ONE shuffle partition: their
+#: post-aggregation data is tiny, and each extra reduce task costs scheduling
+#: time (measured: a one-minute refresh 1.9 s -> 0.7 s per query on a busy
+#: 2-core machine). Longer ranges (hour partitions, backfills) keep the
+#: server's ``spark.sql.shuffle.partitions``.
+SMALL_RANGE = timedelta(minutes=15)
+
+
+@contextlib.contextmanager
+def shuffle_partitions_for(spark, start: datetime, end: datetime):
+    """Use 1 shuffle partition while computing a small range; restore after."""
+    if end - start > SMALL_RANGE:
+        yield
+        return
+    key = "spark.sql.shuffle.partitions"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, "1")
+    try:
+        yield
+    finally:
+        spark.conf.set(key, previous)
 
 
 # --- windows -------------------------------------------------------------------

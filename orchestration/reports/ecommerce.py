@@ -54,6 +54,7 @@ from orchestration.reports.common import (
     ratio_money,
     read_query,
     replace_windows,
+    shuffle_partitions_for,
     sql_ts,
 )
 from salespulse.settings import Settings
@@ -203,7 +204,8 @@ def refresh_ecommerce_reports(spark, settings: Settings, start: datetime, end: d
     (UTC; widened to whole minutes) and replace their rows in one transaction."""
     start, end = align_range(start, end)
     watch = Stopwatch()
-    rows, source_rows = compute_ecommerce_rows(spark, settings, start, end)
+    with shuffle_partitions_for(spark, start, end):
+        rows, source_rows = compute_ecommerce_rows(spark, settings, start, end)
     spark_seconds = watch.seconds()
     watch = Stopwatch()
     written = replace_windows(settings, "ecommerce", start, end, [

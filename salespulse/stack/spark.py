@@ -164,6 +164,7 @@ class SparkConnectServer:
             "TZ": "UTC",
         })
         env.pop("SPARK_REMOTE", None)  # the server itself is classic Spark
+        env.pop("SPARK_CONNECT_MODE_ENABLED", None)  # set by pyspark in a process that made a Connect session
         env.pop("PYSPARK_SUBMIT_ARGS", None)
         return env
 

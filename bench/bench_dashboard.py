@@ -10,9 +10,11 @@ bounded time and prints p50/p95/p99 latency and requests/s.
     .venv/bin/python bench/bench_dashboard.py                # 5 M events, 100 clients, 30 s
     .venv/bin/python bench/bench_dashboard.py --events 500000 --duration 10 --cache-ttl 0
 
-Modes: ``closed`` (each client sends its next request as soon as the last one
-answered: saturation), ``paced`` (each client waits --think-ms between requests,
-like a dashboard polling). Both run by default.
+Modes: ``closed`` (Python threads; each client sends its next request as soon
+as the last one answered: saturation), ``paced`` (each client waits --think-ms
+between requests, like a dashboard polling), ``wrk`` (closed loop driven by
+wrk, a C load generator, so the client takes little CPU from the server; apt
+package ``wrk``, in scripts/setup.sh). All run by default.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def seed(url: str, events: int, orders: int, hours: int) -> None:
                (ARRAY['Electronics','Books','Clothing','Home','Sports','Toys','Garden','Beauty'])[1 + i % 8],
                (5 + (i * 37) % 500)::numeric(12, 2)
         FROM generate_series(0, 199) i""")
+    # bulk load: build the events indexes after the insert (same definitions as sql/001)
+    cur.execute("""ALTER TABLE transactions DROP CONSTRAINT transactions_event_id_fkey;
+                   ALTER TABLE events DROP CONSTRAINT events_event_id_key;
+                   DROP INDEX idx_events_timestamp; DROP INDEX idx_events_user_id""")
     run(f"events ({events:,})", """
         INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id, search_query)
         SELECT md5(i::text)::uuid,
@@ -88,11 +94,17 @@ def seed(url: str, events: int, orders: int, hours: int) -> None:
                     WHEN i % 20 = 3 THEN 'remove_from_cart' WHEN i % 20 IN (4, 5, 6) THEN 'search'
                     ELSE 'page_view' END,
                now() - (i::float8 / %(n)s) * %(span)s::interval,
-               'U' || (i * 7919) %% 50000, 'S' || (i / 20),
-               CASE WHEN i % 20 IN (4, 5, 6) THEN NULL ELSE 'P' || lpad((i % 200)::text, 3, '0') END,
+               'U' || (i::bigint * 7919) %% 50000, 'S' || (i / 20),
+               CASE WHEN i % 20 IN (4, 5, 6) THEN NULL ELSE 'P' || lpad(((i / 7) %% 200)::text, 3, '0') END,
                CASE WHEN i % 20 IN (4, 5, 6) THEN 'query ' || i % 97 END
         FROM generate_series(1, %(n)s) i""".replace("i % 20", "i %% 20").replace("i % 200", "i %% 200")
         .replace("i % 97", "i %% 97"), {"n": events, "span": span})
+    run("events indexes", """
+        ALTER TABLE events ADD CONSTRAINT events_event_id_key UNIQUE (event_id);
+        CREATE INDEX idx_events_timestamp ON events ("timestamp");
+        CREATE INDEX idx_events_user_id ON events (user_id);
+        ALTER TABLE transactions ADD CONSTRAINT transactions_event_id_fkey
+            FOREIGN KEY (event_id) REFERENCES events (event_id)""")
     run("transactions (purchases)", """
         INSERT INTO transactions (transaction_id, event_id, product_id, quantity, total_amount, payment_method, "timestamp")
         SELECT 'T' || e.id, e.event_id, e.product_id, 1 + e.id % 3, p.price * (1 + e.id % 3),
@@ -248,6 +260,40 @@ def load(port: int, clients: int, duration: float, think_ms: float, seed_: int =
     return {"lat": lat, "errors": errors, "elapsed": elapsed}
 
 
+WRK_LUA = """
+local paths = {%s}
+local counter = 0
+init = function(args) counter = math.random(1, #paths) end
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter %% #paths) + 1], {["Accept"] = "application/json"})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK %%d %%d %%.3f %%.3f %%.3f %%.3f %%.3f %%d %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
+    latency.mean / 1000, latency.max / 1000, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def load_wrk(port: int, clients: int, duration: float, threads: int = 2) -> dict:
+    """Closed-loop load with wrk (C, so the load generator takes little CPU from the server)."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(WRK_LUA % ", ".join(f'"{p}"' for p in PATHS))
+    try:
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(duration)}s",
+                              "--timeout", "30s", "-s", str(script), f"http://127.0.0.1:{port}"],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        script.unlink()
+    line = next(l for l in out.splitlines() if l.startswith("WRK "))
+    n, us, p50, p95, p99, mean, mx, status_err, sock_err = line.split()[1:]
+    return {"mode": f"closed via wrk ({clients} connections, {threads} threads)", "ok": int(n) - int(status_err),
+            "errors": int(status_err) + int(sock_err), "rps": int(n) / (int(us) / 1e6), "p50": float(p50),
+            "p95": float(p95), "p99": float(p99), "mean": float(mean), "max": float(mx)}
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -283,9 +329,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
-    ap.add_argument("--cache-ttl", type=float, default=2.0, help="DASHBOARD_CACHE_TTL for the server (0 = off)")
+    ap.add_argument("--cache-ttl", type=lambda v: [float(x) for x in v.split(",")], default=[2.0, 0.0],
+                    help="DASHBOARD_CACHE_TTL values to run, comma-separated (0 = cache off); default 2,0")
     ap.add_argument("--think-ms", type=float, default=200.0, help="pause between a paced client's requests")
-    ap.add_argument("--modes", default="closed,paced")
+    ap.add_argument("--modes", default="closed,paced,wrk" if shutil.which("wrk") else "closed,paced",
+                    help="closed (Python threads, no think time), paced (Python threads, --think-ms), "
+                         "wrk (closed loop with wrk, if installed)")
     args = ap.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="salespulse-bench-", dir="/var/tmp"))
@@ -301,24 +350,36 @@ def main() -> int:
         seed(url, args.events, args.orders, args.hours)
         print(f"setup took {time.monotonic() - t:.0f} s", flush=True)
 
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "DASHBOARD_RATE_LIMIT": "100000000/minute",
-               "DASHBOARD_CACHE_TTL": str(args.cache_ttl), "DASHBOARD_POOL_SIZE": str(args.threads),
-               "DASHBOARD_TOKEN": "", "CORS_ORIGINS": ""}
-        env.pop("DASHBOARD_DATABASE_URL", None)
-        gunicorn = start_gunicorn(port, env, args.workers, args.threads)
-        print(f"gunicorn: {args.workers} workers x {args.threads} threads (gthread), cache TTL {args.cache_ttl} s; "
-              f"{args.clients} clients for {args.duration:.0f} s per mode; {os.cpu_count()} CPUs shared with "
-              f"PostgreSQL and the load generator", flush=True)
-        load(port, 20, 3.0, 0)  # warm-up: pools, caches, plans
         results = []
-        for mode in args.modes.split(","):
-            think = 0.0 if mode == "closed" else args.think_ms
-            label = f"{mode} ({args.clients} clients" + (f", {think:.0f} ms think time)" if think else ", no think time)")
-            results.append(report(label, load(port, args.clients, args.duration, think), per_endpoint=True))
+        for ttl in args.cache_ttl:
+            port = free_port()
+            env = {**os.environ, "DATABASE_URL": url, "DASHBOARD_RATE_LIMIT": "100000000/minute",
+                   "DASHBOARD_CACHE_TTL": str(ttl), "DASHBOARD_POOL_SIZE": str(args.threads),
+                   "DASHBOARD_TOKEN": "", "CORS_ORIGINS": ""}
+            env.pop("DASHBOARD_DATABASE_URL", None)
+            gunicorn = start_gunicorn(port, env, args.workers, args.threads)
+            print(f"\ngunicorn: {args.workers} workers x {args.threads} threads (gthread), cache TTL {ttl} s; "
+                  f"{args.clients} clients for {args.duration:.0f} s per mode; {os.cpu_count()} CPUs shared with "
+                  f"PostgreSQL and the load generator; load average {os.getloadavg()[0]:.1f}", flush=True)
+            load(port, 20, 3.0, 0)  # warm-up: pools, caches, plans
+            for mode in args.modes.split(","):
+                if mode == "wrk":
+                    r = load_wrk(port, args.clients, args.duration)
+                    print(f"\n== {r['mode']}: {r['ok']:,} OK requests, {r['errors']} errors -> {r['rps']:.0f} req/s")
+                    print(f"   latency ms: p50 {r['p50']:.1f}  p95 {r['p95']:.1f}  p99 {r['p99']:.1f}  "
+                          f"mean {r['mean']:.1f}  max {r['max']:.1f}")
+                else:
+                    think = 0.0 if mode == "closed" else args.think_ms
+                    label = f"{mode} ({args.clients} clients" + (
+                        f", {think:.0f} ms think time)" if think else ", no think time)")
+                    r = report(label, load(port, args.clients, args.duration, think), per_endpoint=True)
+                r["mode"] = f"TTL {ttl:g}s {r['mode']}"
+                results.append(r)
+            os.killpg(gunicorn.pid, signal.SIGTERM)
+            gunicorn.wait(15)
         print("\nSUMMARY")
         for r in results:
-            print(f"  {r['mode']:<42} {r['rps']:7.0f} req/s  p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  "
+            print(f"  {r['mode']:<52} {r['rps']:7.0f} req/s  p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  "
                   f"p99 {r['p99']:6.1f} ms  errors {r['errors']}")
         return 0
     finally:

@@ -249,6 +249,9 @@ def test_pipeline_status_matches_sql(seeded, client):
     assert datetime.fromisoformat(body["last_report_window_start"]) == window
     assert body["dagster_ui_url"] == "http://dagster.example:3000"
     assert body["series"] and body["throughput_messages_per_s"] > 0
+    (events, orders), = sql(url, """SELECT (SELECT count(*) FROM events WHERE "timestamp" >= now() - interval '1 minute'),
+                                           (SELECT count(*) FROM orders WHERE "timestamp" >= now() - interval '1 minute')""")
+    assert body["ingest_last_minute"]["events"] == events == 60 and body["ingest_last_minute"]["orders"] == orders == 6
 
 
 # ------------------------------------------------------------ validation

@@ -75,7 +75,7 @@
   function plot(id, traces, layout) {
     var el = document.getElementById(id);
     var merged = Object.assign({}, baseLayout, layout || {});
-    if (el.clientWidth && el.clientWidth < 500) { merged.margin = Object.assign({}, merged.margin, { l: 40, r: 8 }); }
+    if (el.clientWidth && el.clientWidth < 500) { merged.margin = Object.assign({}, merged.margin, { l: 40, r: merged.yaxis2 ? 44 : 8 }); }
     return window.Plotly.react(el, traces, merged, config);
   }
 

@@ -9,6 +9,7 @@ document.addEventListener("DOMContentLoaded", function () {
   }
   function render(d) {
     SP.setCard("throughput", f.num(d.throughput_messages_per_s, 1));
+    SP.setCard("ingest", f.num(d.ingest_last_minute.messages_per_s, 1));
     SP.setCard("lag", f.int(d.lag_total));
     SP.setCard("dead_letters", f.int(d.dead_letters.total));
     SP.setCard("last_report", f.age(d.last_report_at));

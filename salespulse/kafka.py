@@ -140,11 +140,19 @@ def committed_offsets(bootstrap: str, group: str, topics: dict[str, int] | None 
 def recover_group(bootstrap: str, group: str) -> list[TopicPartition]:
     """Recovery path for a stuck group: save its offsets, delete it, restore them.
 
-    Run it with every consumer of the group stopped.
+    Run it with every consumer of the group stopped. Offsets are restored by a
+    consumer that assigns the partitions (no group join) and commits them —
+    the admin API's ``alter_consumer_group_offsets`` fails on the embedded
+    broker for a just-deleted group, a plain commit works on both brokers.
     """
     saved = [tp for tp in committed_offsets(bootstrap, group) if tp.offset >= 0]
     admin = admin_client(bootstrap)
-    admin.delete_consumer_groups([group])[group].result()
+    admin.delete_consumer_groups([group], request_timeout=15)[group].result()
     if saved:
-        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, saved)])[group].result()
+        restorer = Consumer(consumer_config(bootstrap, group))
+        try:
+            restorer.assign(saved)
+            restorer.commit(offsets=saved, asynchronous=False)
+        finally:
+            restorer.close()  # safe: assign() never joins the group
     return saved

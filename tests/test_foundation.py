@@ -49,3 +49,27 @@ def test_topics_created_with_partition_counts(broker):
     assert created == all_topic_partitions()
     assert existing_topics(admin_client(broker.bootstrap))["ecommerce.events"] == 6
     assert ensure_topics(broker.bootstrap) == created  # idempotent
+
+
+def test_recover_group_keeps_committed_offsets(broker):
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from salespulse.kafka import committed_offsets, consumer_config, recover_group
+
+    ensure_topics(broker.bootstrap)
+    group = f"stuck-{uuid.uuid4().hex[:8]}"
+    offsets = [TopicPartition("ecommerce.events", 0, 5), TopicPartition("restaurant.orders", 1, 7)]
+    consumer = Consumer(consumer_config(broker.bootstrap, group))
+    consumer.assign(offsets)
+    consumer.commit(offsets=offsets, asynchronous=False)
+    consumer.close()
+
+    saved = recover_group(broker.bootstrap, group)
+
+    def as_pairs(tps):
+        return sorted((tp.topic, tp.partition, tp.offset) for tp in tps if tp.offset >= 0)
+
+    assert as_pairs(saved) == [("ecommerce.events", 0, 5), ("restaurant.orders", 1, 7)]
+    assert as_pairs(committed_offsets(broker.bootstrap, group)) == as_pairs(saved)

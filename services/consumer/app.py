@@ -164,7 +164,11 @@ class ConsumerService:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
-        port = self.settings.metrics_port if self.settings.metrics_port is not None else DEFAULT_METRICS_PORT
+        port = self.settings.metrics_port
+        if port is None:
+            port = getattr(self.settings, "consumer_metrics_port", None)
+        if port is None:
+            port = DEFAULT_METRICS_PORT
         self._server = serve_health_and_metrics(port, self.health)
         self.metrics_port = self._server.server_port
         DB_UP.set(1)

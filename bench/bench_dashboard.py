@@ -14,7 +14,8 @@ Modes: ``closed`` (Python threads; each client sends its next request as soon
 as the last one answered: saturation), ``paced`` (each client waits --think-ms
 between requests, like a dashboard polling), ``wrk`` (closed loop driven by
 wrk, a C load generator, so the client takes little CPU from the server; apt
-package ``wrk``, in scripts/setup.sh). All run by default.
+package ``wrk``, in scripts/setup.sh), ``serial`` (one client: the cost of a
+request without queueing). All run by default, for each --cache-ttl value.
 """
 
 from __future__ import annotations
@@ -332,9 +333,9 @@ def main() -> int:
     ap.add_argument("--cache-ttl", type=lambda v: [float(x) for x in v.split(",")], default=[2.0, 0.0],
                     help="DASHBOARD_CACHE_TTL values to run, comma-separated (0 = cache off); default 2,0")
     ap.add_argument("--think-ms", type=float, default=200.0, help="pause between a paced client's requests")
-    ap.add_argument("--modes", default="closed,paced,wrk" if shutil.which("wrk") else "closed,paced",
-                    help="closed (Python threads, no think time), paced (Python threads, --think-ms), "
-                         "wrk (closed loop with wrk, if installed)")
+    ap.add_argument("--modes", default="serial,closed,paced,wrk" if shutil.which("wrk") else "serial,closed,paced",
+                    help="serial (1 client), closed (Python threads, no think time), paced (Python threads, "
+                         "--think-ms), wrk (closed loop with wrk, if installed)")
     args = ap.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="salespulse-bench-", dir="/var/tmp"))
@@ -368,6 +369,9 @@ def main() -> int:
                     print(f"\n== {r['mode']}: {r['ok']:,} OK requests, {r['errors']} errors -> {r['rps']:.0f} req/s")
                     print(f"   latency ms: p50 {r['p50']:.1f}  p95 {r['p95']:.1f}  p99 {r['p99']:.1f}  "
                           f"mean {r['mean']:.1f}  max {r['max']:.1f}")
+                elif mode == "serial":
+                    r = report("serial (1 client: per-request cost without queueing)",
+                               load(port, 1, min(args.duration, 15.0), 0), per_endpoint=True)
                 else:
                     think = 0.0 if mode == "closed" else args.think_ms
                     label = f"{mode} ({args.clients} clients" + (

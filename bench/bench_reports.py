@@ -4,7 +4,7 @@ Seeds 1 M e-commerce events (plus their transactions) across a few hours into
 its own embedded PostgreSQL with ``generate_series`` (no Kafka involved), then
 times the refresh of one minute window:
 
-(a) through a warm Spark Connect server (after one warm-up refresh);
+(a) through a warm Spark Connect server (after a few warm-up refreshes);
 (b) through a cold classic local Spark session (``local[2]``; a new Python
     process + JVM, the cost of "a JVM per run");
 (c) plain SQL doing the same aggregation (``sql_reference.sql_ecommerce_aggregates``,
@@ -87,7 +87,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--hours", type=float, default=4.0)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--cold-child", nargs=3, metavar=("URL", "START", "END"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold_child:
@@ -153,13 +154,24 @@ def main() -> int:
             t = time.perf_counter()
             warm_up = refresh_ecommerce_reports(spark, settings, minute(10), minute(11))
             figures["first_refresh_seconds"] = round(time.perf_counter() - t, 2)
-            warm, spark_part, source = [], [], []
+            for k in range(args.warmups - 1):  # JIT: a few more before timing
+                refresh_ecommerce_reports(spark, settings, minute(11 + k), minute(12 + k))
+            import orchestration.reports.common as common
+
+            warm, spark_part, source, sequential = [], [], [], []
             for m in minutes:
+                common.PARALLEL_JOBS = True
                 t = time.perf_counter()
                 result = refresh_ecommerce_reports(spark, settings, m, m + timedelta(minutes=1))
                 warm.append(time.perf_counter() - t)
                 spark_part.append(result.spark_seconds)
                 source.append(result.source_rows)
+                common.PARALLEL_JOBS = False
+                t = time.perf_counter()
+                refresh_ecommerce_reports(spark, settings, m, m + timedelta(minutes=1))
+                sequential.append(time.perf_counter() - t)
+            common.PARALLEL_JOBS = True
+            figures["warm_minute_sequential_seconds"] = sequential
             figures["warm_minute_seconds"] = warm
             figures["warm_minute_spark_seconds"] = spark_part
             figures["rows_per_minute"] = source
@@ -207,6 +219,9 @@ def main() -> int:
     print(f"first refresh on a fresh server: {figures['first_refresh_seconds']} s")
     print(f"(a) warm Spark Connect refresh:  {stats(figures['warm_minute_seconds'])}")
     print(f"      of which Spark (read+agg+collect): {stats(figures['warm_minute_spark_seconds'])}")
+    print(f"    same, the two Spark jobs run one after the other: {stats(figures['warm_minute_sequential_seconds'])}")
+    with open("/proc/loadavg") as f:
+        print(f"load average at the end: {f.read().split()[:3]} (2 cores shared with other work)")
     print(f"(b) cold local session:          " + ", ".join(
         f"process {c['process_seconds']:.1f} s (session {c['session_seconds']:.1f} s + refresh "
         f"{c['refresh_seconds']:.1f} s)" for c in figures["cold"]))

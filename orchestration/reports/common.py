@@ -115,6 +115,24 @@ def shuffle_partitions_for(spark, start: datetime, end: datetime):
         spark.conf.set(key, previous)
 
 
+#: run a refresh's two independent Spark jobs concurrently (threads sharing the
+#: session; the server schedules both). ``bench/bench_reports.py`` measures both.
+PARALLEL_JOBS = True
+
+
+def run_jobs(*jobs):
+    """Run zero-argument callables, concurrently if ``PARALLEL_JOBS``; return their results."""
+    import orchestration.reports.common as this
+
+    if not this.PARALLEL_JOBS or len(jobs) < 2:
+        return [job() for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]
+
+
 # --- windows -------------------------------------------------------------------
 def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:

@@ -54,6 +54,7 @@ from orchestration.reports.common import (
     ratio_money,
     read_query,
     replace_windows,
+    run_jobs,
     shuffle_partitions_for,
     sql_ts,
 )
@@ -160,13 +161,8 @@ def sales_frame(spark, settings: Settings, start: datetime, end: datetime):
 
 def compute_ecommerce_rows(spark, settings: Settings, start: datetime, end: datetime):
     """Run the Spark part; return ``(rows per table, source_rows)`` ready to insert."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    # the two independent Spark jobs run concurrently on the server
-    with ThreadPoolExecutor(2) as pool:
-        f_events = pool.submit(lambda: event_overview_frame(spark, settings, start, end).collect())
-        f_sales = pool.submit(lambda: sales_frame(spark, settings, start, end).collect())
-        event_rows, sales_rows = f_events.result(), f_sales.result()
+    event_rows, sales_rows = run_jobs(lambda: event_overview_frame(spark, settings, start, end).collect(),
+                                      lambda: sales_frame(spark, settings, start, end).collect())
 
     totals = {r["minute"]: r for r in sales_rows if r["level"] == "total"}
     overview = []

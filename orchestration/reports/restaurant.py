@@ -44,6 +44,7 @@ from orchestration.reports.common import (
     ratio_money,
     read_query,
     replace_windows,
+    run_jobs,
     shuffle_partitions_for,
     sql_ts,
 )
@@ -137,12 +138,8 @@ def items_frame(spark, settings: Settings, start: datetime, end: datetime):
 
 
 def compute_restaurant_rows(spark, settings: Settings, start: datetime, end: datetime):
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        f_orders = pool.submit(lambda: orders_frame(spark, settings, start, end).collect())
-        f_items = pool.submit(lambda: items_frame(spark, settings, start, end).collect())
-        order_rows, item_rows = f_orders.result(), f_items.result()
+    order_rows, item_rows = run_jobs(lambda: orders_frame(spark, settings, start, end).collect(),
+                                     lambda: items_frame(spark, settings, start, end).collect())
 
     totals = {r["minute"]: r for r in order_rows if r["channel"] is None}
     items_total = {r["minute"]: r for r in item_rows if r["level"] == "total"}

@@ -259,3 +259,19 @@ def test_new_data_sensor_leaves_the_current_hour_to_a_running_schedule(database_
     covered = tick(new_data_sensor, instance, first.cursor, postgres=pg)
     assert covered.run_requests == []
     assert "scheduled refresh" in covered.skip_reason.skip_message
+
+
+def test_new_data_sensor_ignores_hours_outside_the_partitions_and_survives_a_reset(database_url, instance):
+    pg = PostgresResource(database_url=database_url)
+    first = tick(new_data_sensor, instance, None, postgres=pg)
+    future = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=3)
+    seed_ecommerce(database_url, future, minutes=(1,), per_minute=2)  # a skewed producer clock
+    seed_ecommerce(database_url, datetime(2020, 5, 1, tzinfo=timezone.utc), minutes=(1,), per_minute=2, seed=8)
+    result = tick(new_data_sensor, instance, first.cursor, postgres=pg)
+    assert result.run_requests == [] and result.skip_reason.skip_message == "no new rows"
+
+    # the cursor is ahead of the table (database reset): rows count again from 0
+    seed_restaurant(database_url, BASE_HOUR, minutes=(1,), per_minute=1)
+    ahead = json.dumps({**json.loads(result.cursor), "orders": 10_000})
+    again = tick(new_data_sensor, instance, ahead, postgres=pg)
+    assert [(r.partition_key, set(r.asset_selection)) for r in again.run_requests] == [("2026-03-10-09:00", {RO})]

@@ -15,6 +15,7 @@ from dagster import HourlyPartitionsDefinition
 
 PARTITION_START = "2024-01-01-00:00"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
+FIRST_PARTITION = PARTITION_START  # keys sort as text in time order
 
 HOURLY = HourlyPartitionsDefinition(start_date=PARTITION_START, timezone="UTC", end_offset=1)
 

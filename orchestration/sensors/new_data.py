@@ -27,7 +27,7 @@ from dagster import (
 )
 
 from orchestration.assets.jobs import refresh_job
-from orchestration.assets.partitions import partition_key_for
+from orchestration.assets.partitions import FIRST_PARTITION, partition_key_for
 from orchestration.assets.reports import ecommerce_reports, restaurant_reports
 from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.assets.views import VIEW_KEYS
@@ -65,23 +65,35 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
         ids = _max_ids(cur)
         if previous is not None:
             for table, report_key in TRIGGERS.items():
-                if ids[table] <= previous.get(table, 0):
+                seen = previous.get(table, 0)
+                if ids[table] < seen:  # the table was emptied / recreated: start over
+                    seen = 0
+                if ids[table] <= seen:
                     continue
                 cur.execute(
                     f"""SELECT date_trunc('hour', "timestamp"), max("timestamp") FROM {table}
                         WHERE id > %s AND id <= %s GROUP BY 1 ORDER BY 1""",
-                    (previous.get(table, 0), ids[table]),
+                    (seen, ids[table]),
                 )
                 for hour, latest in cur.fetchall():
                     touched.setdefault(partition_key_for(hour), set()).add(report_key)
                     newest[table] = max(latest, newest.get(table, latest))
     cursor = json.dumps(ids, sort_keys=True)
+    current_hour = partition_key_for(datetime.now(timezone.utc))
+    # rows stamped before the partitions begin or in a future hour (a skewed
+    # clock) have no partition to refresh
+    outside = sorted(k for k in touched if not FIRST_PARTITION <= k <= current_hour)
+    if outside:
+        context.log.warning(f"new rows in hours outside the partitions, not reported: {outside}")
+        for key in outside:
+            del touched[key]
 
     observations = []
     for table, max_id in ids.items():
         metadata = {"max_id": MetadataValue.int(max_id)}
         if previous is not None:
-            metadata["new_rows"] = MetadataValue.int(max(max_id - previous.get(table, 0), 0))
+            seen = previous.get(table, 0)
+            metadata["new_rows"] = MetadataValue.int(max_id - seen if max_id >= seen else max_id)
         if table in newest:
             metadata["newest_timestamp"] = MetadataValue.text(newest[table].isoformat())
         observations.append(AssetObservation(asset_key=RAW_TABLE_KEYS[table], metadata=metadata))
@@ -93,7 +105,6 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
         return SensorResult(asset_events=observations, cursor=cursor, skip_reason="no new rows")
 
     waiting = waiting_runs_by_partition(context.instance, refresh_job.name)
-    current_hour = partition_key_for(datetime.now(timezone.utc))
     latest_ecommerce = max((k for k, v in touched.items() if ecommerce_reports.key in v), default=None)
     run_requests = []
     for key in sorted(touched):

@@ -46,6 +46,7 @@ def dagster_config(settings: Settings, database: str = "dagster") -> dict:
             "class": "QueuedRunCoordinator",
             "config": {
                 "max_concurrent_runs": MAX_CONCURRENT_RUNS,
+                "dequeue_interval_seconds": 2,  # the minute schedule's runs wait less (default 5)
                 # one run per job and partition at a time
                 "tag_concurrency_limits": [
                     {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},

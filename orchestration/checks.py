@@ -28,7 +28,6 @@ from decimal import Decimal
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     MetadataValue,
     asset_check,
 )

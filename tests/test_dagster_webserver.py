@@ -54,6 +54,15 @@ query($id: String!) {
     ... on PythonError { message }
   }
 }"""
+SENSOR_TICKS = """
+query($name: String!) {
+  sensorOrError(sensorSelector: {repositoryName: "__repository__", repositoryLocationName: "salespulse",
+                                 sensorName: $name}) {
+    __typename
+    ... on Sensor { sensorState { status ticks(limit: 5) { status timestamp } } }
+    ... on PythonError { message }
+  }
+}"""
 LOCATIONS = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name
     locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -129,6 +138,17 @@ def dagster_stack(postgres, database_url, broker, spark_remote, tmp_path):
 @pytest.mark.slow
 def test_backfill_of_three_hours_launched_through_graphql(database_url, dagster_stack):
     port, logs = dagster_stack
+    # the run status sensor starts from its first tick: let it tick once first
+    deadline = time.monotonic() + 120
+    while True:
+        sensor = graphql(port, SENSOR_TICKS, {"name": "record_run_successes"})["sensorOrError"]
+        assert sensor["__typename"] == "Sensor", sensor
+        assert sensor["sensorState"]["status"] == "RUNNING"  # running by default
+        if sensor["sensorState"]["ticks"]:
+            break
+        assert time.monotonic() < deadline, "record_run_successes never ticked"
+        time.sleep(2)
+
     for hour in [HOURS[0] - timedelta(hours=1), *HOURS, HOURS[-1] + timedelta(hours=1)]:
         seed_ecommerce(database_url, hour)
         seed_restaurant(database_url, hour)
@@ -160,3 +180,14 @@ def test_backfill_of_three_hours_launched_through_graphql(database_url, dagster_
                                   WHERE window_start >= %s AND window_start < %s""", (start, end))[0] == (15, 15)
     assert query(database_url, """SELECT count(*), count(DISTINCT window_start) FROM report_restaurant_overview_minute
                                   WHERE window_start >= %s AND window_start < %s""", (start, end))[0] == (12, 12)
+
+    # the daemon's run status sensor recorded the backfill's (single) run for the dashboard
+    deadline = time.monotonic() + 120
+    while True:
+        rows = query(database_url, "SELECT status, job_name FROM pipeline_runs WHERE partition = %s",
+                     (f"{KEYS[0]}...{KEYS[-1]}",))
+        if rows:
+            break
+        assert time.monotonic() < deadline, "the backfill run was not recorded in pipeline_runs"
+        time.sleep(3)
+    assert rows == [("SUCCESS", "__ASSET_JOB")]

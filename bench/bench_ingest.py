@@ -313,6 +313,8 @@ def main() -> int:
     ap.add_argument("--latency-batch-size", type=int, default=100)
     ap.add_argument("--latency-max-wait-ms", default="500,50",
                     help="comma-separated max-wait settings to measure latency with")
+    ap.add_argument("--modes", default="pipelined",
+                    help="comma-separated: pipelined (default) and/or sync (CONSUMER_PIPELINE=0), for A/B runs")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
@@ -337,10 +339,13 @@ def main() -> int:
                   f"{split['consume_us']:.1f} us, parse/validate (pydantic) {split['parse_us']:.1f} us, "
                   f"COPY row building {split['copy_rows_us']:.1f} us", flush=True)
             results["throughput"] = []
-            for bs in [int(x) for x in args.batch_sizes.split(",") if x]:
+            runs = [(int(x), mode) for x in args.batch_sizes.split(",") if x for mode in args.modes.split(",")]
+            for bs, mode in runs:
+                os.environ["CONSUMER_PIPELINE"] = "0" if mode == "sync" else "1"
                 r = throughput(pg, broker, bs, in_topic)
+                r["mode"] = mode
                 results["throughput"].append(r)
-                print(f"ingest batch={bs:5d}: {r['rows']} rows in {r['wall_s']:.2f}s = {r['events_per_s']:,.0f} events/s "
+                print(f"ingest batch={bs:5d} {mode:9s}: {r['rows']} rows in {r['wall_s']:.2f}s = {r['events_per_s']:,.0f} events/s "
                       f"({r['batches']} batches)\n"
                       f"   busy time (main thread parse/validate and the writer thread overlap): parse/validate "
                       f"{r['parse_s']:.2f}s, db write {r['db_s']:.2f}s, dlq {r['dlq_s']:.2f}s, offset commit "

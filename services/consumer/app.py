@@ -16,6 +16,7 @@ Nothing is skipped and no offset moves until the rows are committed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -108,6 +109,8 @@ class ConsumerService:
             raise ValueError("batch size and max wait must be positive")
         self.topics = list(TOPICS)
         self.writer = BatchWriter(settings.role_url(ROLE_INGEST))
+        # CONSUMER_PIPELINE=0: write each batch before consuming the next (for A/B benchmarks)
+        self.pipeline = os.environ.get("CONSUMER_PIPELINE", "1") != "0"
 
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
@@ -202,6 +205,8 @@ class ConsumerService:
                 self._complete()
                 if self._pending and not self._stop.is_set():
                     self._submit()
+                    if not self.pipeline:
+                        self._complete()
                 self._housekeeping()
                 if self.stop_at_end and self._at_end():
                     log.info("reached the end of every assigned partition", extra={"event": "end_reached"})

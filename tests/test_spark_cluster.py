@@ -120,6 +120,29 @@ def test_foreground_server_stops_cleanly_on_sigterm(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_cached_session_reconnects_after_server_restart(tmp_path):
+    """The stack supervisor may restart the server: ``spark_session()`` notices
+    the dead cached session and hands out a new one on the new server."""
+    port = free_port()
+    first = SparkConnectServer(port, master="local[1]", log_dir=tmp_path / "one")
+    second = SparkConnectServer(port, master="local[1]", log_dir=tmp_path / "two")
+    try:
+        first.start()
+        old = spark_session(first.remote)
+        assert old.range(3).count() == 3
+        first.stop()
+        second.start()
+        new = spark_session(second.remote)
+        assert new is not old
+        assert new.range(4).count() == 4
+        assert spark_session(second.remote) is new  # cached again
+    finally:
+        close_sessions()
+        first.stop()
+        second.stop()
+    wait_jvms_gone_under(tmp_path, 30)
+
+
 def snapshot(url: str) -> dict[str, list[tuple]]:
     out = {}
     with psycopg2.connect(url) as conn, conn.cursor() as cur:

@@ -432,3 +432,35 @@ def test_sql_revenue_rejects_unknown_domain(db):
     url, _settings = db
     with psycopg2.connect(url) as conn, pytest.raises(ValueError):
         sql_revenue(conn, "bakery", T0, END)
+
+
+def test_long_range_reads_in_partitions_with_the_same_result(db, spark):
+    """A backfill-sized range is read in several JDBC partitions (stride
+    predicates on "timestamp"); the reports equal the small-range run."""
+    url, settings = db
+    s = Seeder(url)
+    seed_ecommerce(s)
+    seed_restaurant(s)
+    refresh_ecommerce_reports(spark, settings, T0, END)
+    refresh_restaurant_reports(spark, settings, T0, END)
+    small = {t: report(url, t, "*", "1, 2") for t in ECOM_TABLES + REST_TABLES}
+
+    wide_start, wide_end = T0 - timedelta(hours=3), T0 + timedelta(hours=3)
+    plan = read_query(spark, jdbc_for(settings), events_query(wide_start, wide_end), wide_start, wide_end) \
+        ._explain_string(mode="formatted")
+    assert "numPartitions=3" in plan, plan
+    e = refresh_ecommerce_reports(spark, settings, wide_start, wide_end)
+    r = refresh_restaurant_reports(spark, settings, wide_start, wide_end)
+    # the wide range also holds the edge rows just outside [T0, END): two more minutes
+    assert e.rows["report_ecommerce_overview_minute"] == 3 + 2
+    assert r.rows["report_restaurant_overview_minute"] == 3 + 2
+    for table in ECOM_TABLES + REST_TABLES:
+        strip = (lambda rows: [x[:-1] for x in rows]) if table.endswith("overview_minute") else (lambda rows: rows)
+        assert strip(report(url, table, "*", "1, 2")) == strip(small[table])  # same rows inside [T0, END)
+    assert_same_rows(report(url, "report_ecommerce_overview_minute", OVERVIEW_COLS, "window_start"),
+                     expected_ecommerce_overview(url))
+    with psycopg2.connect(url) as conn:
+        for domain in ("ecommerce", "restaurant"):
+            table = f"report_{domain}_overview_minute"
+            (total,) = fetch(url, f"SELECT sum(revenue) FROM {table}")[0]
+            assert total == sql_revenue(conn, domain, wide_start, wide_end)

@@ -194,15 +194,32 @@ def jdbc_for(settings: Settings, role: str = ROLE_ANALYTICS) -> Jdbc:
     return Jdbc(url, unquote(parts.username or ""), unquote(parts.password or ""))
 
 
-def read_query(spark, jdbc: Jdbc, query: str):
+#: long ranges (backfills) are read in parallel: one JDBC partition per this
+#: much time, at most MAX_READ_PARTITIONS. An hour partition is one read.
+READ_PARTITION_SPAN = timedelta(hours=2)
+MAX_READ_PARTITIONS = 4
+
+
+def read_partitions(start: datetime, end: datetime) -> int:
+    spans = -(-(end - start) // READ_PARTITION_SPAN)  # ceil
+    return max(1, min(MAX_READ_PARTITIONS, spans))
+
+
+def read_query(spark, jdbc: Jdbc, query: str, start: datetime | None = None, end: datetime | None = None):
     """A DataFrame over ``(query) AS src`` read through the PostgreSQL JDBC driver.
 
     The SELECT (with its WHERE on the time range) runs inside PostgreSQL, which
     uses the ``"timestamp"`` indexes; Spark only receives the range's rows. The
     physical plan shows it: ``Scan JDBCRelation((SELECT ... WHERE "timestamp" >=
-    ... AND "timestamp" < ...) AS src)``, see ``explain_source``.
+    ... AND "timestamp" < ...) AS src)`` (asserted in ``tests/test_reports.py``).
+
+    With ``start``/``end`` spanning more than ``READ_PARTITION_SPAN`` the read is
+    split on the query's ``"timestamp"`` column into up to
+    ``MAX_READ_PARTITIONS`` JDBC partitions (Spark adds stride predicates on top
+    of the query's own range; the first and last strides are open-ended, so each
+    row is read exactly once whatever the bounds).
     """
-    return (
+    reader = (
         spark.read.format("jdbc")
         .option("url", jdbc.url)
         .option("user", jdbc.user)
@@ -210,8 +227,14 @@ def read_query(spark, jdbc: Jdbc, query: str):
         .option("driver", "org.postgresql.Driver")
         .option("dbtable", f"({query}) AS src")
         .option("fetchsize", "10000")
-        .load()
     )
+    if start is not None and end is not None and read_partitions(start, end) > 1:
+        fmt = "%Y-%m-%d %H:%M:%S"
+        reader = (reader.option("partitionColumn", "timestamp")
+                  .option("lowerBound", as_utc(start).strftime(fmt))
+                  .option("upperBound", as_utc(end).strftime(fmt))
+                  .option("numPartitions", str(read_partitions(start, end))))
+    return reader.load()
 
 
 # --- write ---------------------------------------------------------------------

@@ -100,7 +100,8 @@ def event_overview_frame(spark, settings: Settings, start: datetime, end: dateti
     """
     from pyspark.sql import functions as F
 
-    events = read_query(spark, jdbc_for(settings), events_query(start, end), start, end).withColumn("minute", _minute(F))
+    events = read_query(spark, jdbc_for(settings), events_query(start, end), start, end)
+    events = events.withColumn("minute", _minute(F))
     is_type = {t: F.when(F.col("event_type") == t, 1).otherwise(0) for t in EVENT_TYPES}
     per_session = events.groupBy("minute", "session_id").agg(
         F.count(F.lit(1)).alias("n"),
@@ -132,7 +133,8 @@ def sales_frame(spark, settings: Settings, start: datetime, end: datetime):
     from pyspark.sql import functions as F
 
     money_type = "decimal(38,2)"
-    tx = read_query(spark, jdbc_for(settings), transactions_query(start, end), start, end).withColumn("minute", _minute(F))
+    tx = read_query(spark, jdbc_for(settings), transactions_query(start, end), start, end)
+    tx = tx.withColumn("minute", _minute(F))
     product = tx.groupBy("minute", "product_id", "product_name", "category").agg(
         F.sum("total_amount").cast(money_type).alias("revenue"),
         F.sum("quantity").cast("long").alias("units"),

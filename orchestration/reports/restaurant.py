@@ -83,7 +83,8 @@ def orders_frame(spark, settings: Settings, start: datetime, end: datetime):
     """Per minute and channel (``channel`` null = all channels) in one result."""
     from pyspark.sql import functions as F
 
-    orders = read_query(spark, jdbc_for(settings), orders_query(start, end), start, end).withColumn("minute", _minute(F))
+    orders = read_query(spark, jdbc_for(settings), orders_query(start, end), start, end)
+    orders = orders.withColumn("minute", _minute(F))
     by_channel = orders.groupBy("minute", "channel").agg(
         F.count(F.lit(1)).alias("orders"),
         F.sum("total_amount").cast(MONEY).alias("revenue"),
@@ -101,7 +102,8 @@ def items_frame(spark, settings: Settings, start: datetime, end: datetime):
     from pyspark.sql import functions as F
     from pyspark.sql.window import Window
 
-    items = read_query(spark, jdbc_for(settings), items_query(start, end), start, end).withColumn("minute", _minute(F))
+    items = read_query(spark, jdbc_for(settings), items_query(start, end), start, end)
+    items = items.withColumn("minute", _minute(F))
     # one shuffle over the scanned lines; every level below is derived from it
     # (Spark reuses that exchange, so PostgreSQL is scanned once per refresh)
     base = items.groupBy("minute", "order_id", "item_id", "name", "category").agg(

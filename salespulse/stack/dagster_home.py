@@ -58,7 +58,9 @@ def dagster_config(settings: Settings, database: str = "dagster") -> dict:
             "schedule": {"purge_after_days": {"skipped": 1, "success": 7, "failure": 30}},
             "sensor": {"purge_after_days": {"skipped": 1, "success": 7, "failure": 30}},
         },
-        "code_servers": {"local_startup_timeout": 180},
+        # the webserver/daemon wait for the code servers they started before exiting,
+        # so a supervisor's SIGKILL-after-grace reaches them in the same process group
+        "code_servers": {"local_startup_timeout": 180, "wait_for_local_processes_on_shutdown": True},
     }
 
 

@@ -98,6 +98,9 @@ def chart_info(page, chart_id):
           points: (el.data || []).reduce((n, t) => n + ((t.y || t.values || t.x || []).length), 0),
           svg: el.querySelectorAll('.main-svg').length,
           drawn: el.querySelectorAll('.trace, .slice, .point').length,
+          // marks with a real size on screen (bars, slices, line paths), not just trace groups
+          visible: Array.from(el.querySelectorAll('.point path, .slice path, .js-line, .point'))
+                     .filter(n => { const r = n.getBoundingClientRect(); return r.width > 1 || r.height > 1; }).length,
           state: el.closest('.panel').dataset.state,
           width: el.getBoundingClientRect().width,
         };
@@ -117,7 +120,7 @@ def test_page_renders_every_chart_with_data(browser, served, path):
         for chart in CHARTS[path]:
             info = chart_info(page, chart)
             assert info["svg"] >= 1 and info["traces"] >= 1 and info["points"] >= 1, (chart, info)
-            assert info["drawn"] >= 1, (chart, info)
+            assert info["drawn"] >= 1 and info["visible"] >= 1, (chart, info)
             assert info["state"] == "ready", (chart, info)
         cards = page.eval_on_selector_all("[data-card]", "els => els.map(e => e.textContent.trim())")
         assert cards and all(c and c != "–" for c in cards), cards
@@ -200,7 +203,7 @@ def test_phone_width_layout(browser, served, path):
         assert overflow <= 0, f"horizontal overflow of {overflow}px"
         for chart in CHARTS[path]:
             info = chart_info(page, chart)
-            assert info["svg"] >= 1 and 0 < info["width"] <= 390, (chart, info)
+            assert info["svg"] >= 1 and 0 < info["width"] <= 390 and info["visible"] >= 1, (chart, info)
         widths = page.eval_on_selector_all(".panel", "ps => ps.map(p => p.getBoundingClientRect().right)")
         assert max(widths) <= 390
         page.wait_for_timeout(300)

@@ -74,7 +74,14 @@
 
   function plot(id, traces, layout) {
     var el = document.getElementById(id);
-    var merged = Object.assign({}, baseLayout, layout || {});
+    // fresh objects on every call: Plotly writes computed values (axis type, range) into the layout it is given
+    layout = layout || {};
+    var merged = Object.assign({}, baseLayout, layout, {
+      margin: Object.assign({}, baseLayout.margin, layout.margin),
+      legend: Object.assign({}, baseLayout.legend, layout.legend),
+      xaxis: Object.assign({ automargin: true }, layout.xaxis),
+      yaxis: Object.assign({ automargin: true }, layout.yaxis)
+    });
     if (el.clientWidth && el.clientWidth < 500) { merged.margin = Object.assign({}, merged.margin, { l: 40, r: merged.yaxis2 ? 44 : 8 }); }
     return window.Plotly.react(el, traces, merged, config);
   }

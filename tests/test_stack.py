@@ -118,3 +118,20 @@ def test_stack_up_flows_both_domains_and_stops_cleanly(tmp_path):
         subprocess.run(["rm", "-rf", str(state)], check=False)
     assert rc in (0, 143, -15), log.read_text(errors="replace")[-3000:]
     assert leftovers == [], f"processes left after SIGTERM: {leftovers}"
+
+
+def test_embedded_services_are_reached_on_the_stack_ports():
+    from salespulse.settings import Settings
+    from salespulse.stack.runner import embedded_urls, plan
+
+    settings = Settings(embedded_pg_port=41001, embedded_broker_port=41002, spark_connect_port=41003)
+    assert embedded_urls(settings, environ={}) == {
+        "DATABASE_URL": "postgresql://salespulse:salespulse@127.0.0.1:41001/salespulse",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:41002",
+        "SPARK_REMOTE": "sc://127.0.0.1:41003",
+    }
+    # a URL in the environment means: use that service, start no embedded one
+    given = {"DATABASE_URL": "postgresql://u:p@db.example:5432/x", "SPARK_REMOTE": "sc://spark.example:15002"}
+    assert embedded_urls(settings, environ=given) == {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:41002"}
+    names = [s.name for s in plan(settings, environ=given)]
+    assert "postgres" not in names and "spark" not in names and "broker" in names

@@ -30,11 +30,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import honcho.manager
 from honcho.printer import Printer
 
-from salespulse.settings import Settings, get_settings
+from salespulse.settings import LOCAL_DATABASE_URL, Settings, get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -101,9 +102,28 @@ def _metered(name: str, command: list[str], port: int) -> Service:
     return Service(name, command, url=f"http://127.0.0.1:{port}/metrics", env={"METRICS_PORT": str(port)})
 
 
+def embedded_urls(settings: Settings, environ=os.environ) -> dict[str, str]:
+    """The connection variables of the embedded services this stack starts.
+
+    Every client process gets them, so the stack's own ports (``EMBEDDED_PG_PORT``,
+    ``EMBEDDED_BROKER_PORT``, ``SPARK_CONNECT_PORT``) are the only place to move it.
+    """
+    embedded = embedded_flags(environ)
+    urls = {}
+    if embedded["postgres"]:
+        urls["DATABASE_URL"] = urlunsplit(urlsplit(LOCAL_DATABASE_URL)._replace(
+            netloc=f"salespulse:salespulse@127.0.0.1:{settings.embedded_pg_port}"))
+    if embedded["broker"]:
+        urls["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{settings.embedded_broker_port}"
+    if embedded["spark"]:
+        urls["SPARK_REMOTE"] = f"sc://127.0.0.1:{settings.spark_connect_port}"
+    return urls
+
+
 def child_environment(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **embedded_urls(settings)}
     env["DAGSTER_HOME"] = str(settings.dagster_home_path)
+    env.setdefault("DAGSTER_UI_URL", f"http://127.0.0.1:{settings.dagster_port}")  # the dashboard's link
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("JAVA_HOME", settings.java_home)
     env["PYTHONUNBUFFERED"] = "1"

@@ -29,6 +29,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """In-process CLI calls install the JSON log handler on the root logger; undo it
+    after each test, so one test's logging set-up never leaks into the next."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def state_dir():
     # /var/tmp: reachable by the postgres user even when the checkout is not

@@ -274,6 +274,90 @@ def test_failed_deliveries_are_retried_five_times_then_counted():
     assert publisher.rebuilds >= 1 and publisher.failing()
 
 
+class _FatalThenHealthyProducer:
+    """Unit-test fake of confluent_kafka.Producer: the first instance goes fatal
+    (as an idempotent producer does on UnknownProducerId after a broker restart:
+    it fails what it holds with _FATAL, refuses purge and produce); later
+    instances deliver everything."""
+
+    instances: list = []
+
+    def __init__(self, config):
+        from confluent_kafka import KafkaError
+
+        self.fatal_error = KafkaError(KafkaError._FATAL, "Unknown Producer Id", fatal=True)
+        self.config, self.queue, self.delivered = config, [], []
+        self.fatal = not self.instances
+        self.instances.append(self)
+
+    def __len__(self):
+        return len(self.queue)
+
+    def produce(self, topic, value, key, on_delivery=None):
+        from confluent_kafka import KafkaException
+
+        if self.fatal and self.delivered is None:
+            raise KafkaException(self.fatal_error)
+        self.queue.append((topic, value, key, on_delivery or self.config["on_delivery"]))
+
+    def poll(self, _timeout=0.0):
+        queue, self.queue = self.queue, []
+        if self.fatal and queue:
+            self.config["error_cb"](self.fatal_error)
+            self.delivered = None  # from now on produce() raises
+        for topic, value, key, cb in queue:
+            msg = _FakeMessage(topic, value, key)
+            if self.fatal:
+                cb(self.fatal_error, msg)
+            else:
+                self.delivered.append(value)
+                cb(None, msg)
+        return len(queue)
+
+    flush = poll
+
+    def purge(self, **_kwargs):
+        from confluent_kafka import KafkaException
+
+        if self.fatal:
+            raise KafkaException(self.fatal_error)
+
+
+class _FakeMessage:
+    def __init__(self, topic, value, key):
+        self._t, self._v, self._k = topic, value, key
+
+    def topic(self):
+        return self._t
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return self._k
+
+    def latency(self):
+        return 0.001
+
+
+def test_fatal_client_is_rebuilt_and_its_messages_resent_once(monkeypatch):
+    import services.producer.publisher as publisher_module
+
+    _FatalThenHealthyProducer.instances = []
+    monkeypatch.setattr(publisher_module, "Producer", _FatalThenHealthyProducer)
+    publisher = Publisher("127.0.0.1:1")
+    values = [f'{{"n": {i}}}'.encode() for i in range(20)]
+    for i, value in enumerate(values[:10]):
+        publisher.send(ECOMMERCE_TOPIC.name, f"USER{i}", value)
+    publisher.poll(0)  # the client goes fatal: its messages fail with _FATAL, purge refuses
+    for i, value in enumerate(values[10:]):
+        publisher.send(ECOMMERCE_TOPIC.name, f"USER{i}", value)  # produce() raises: kept for the rebuild
+    assert publisher.flush(5) == 0
+    healthy = _FatalThenHealthyProducer.instances[-1]
+    assert sorted(healthy.delivered) == sorted(values)  # each message exactly once
+    assert (publisher.delivered, publisher.failed, publisher.rebuilds) == (20, 0, 1)
+
+
 def test_send_does_not_block_once_stopping_with_a_full_queue():
     stop = threading.Event()
     publisher = Publisher(f"127.0.0.1:{free_port()}", stop_event=stop,

@@ -44,6 +44,10 @@ from services.producer import metrics as m
 log = logging.getLogger(__name__)
 
 PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+#: Delivery errors caused by the client, not the message: re-sent through the
+#: next (rebuilt) producer without spending an attempt. ``_FATAL``: an idempotent
+#: producer that hit UnknownProducerId after a broker restart fails everything it holds.
+CLIENT_FAILURES = PURGED | {KafkaError._FATAL}
 
 #: Defaults this publisher sets on top of ``salespulse.kafka.producer_config``.
 PUBLISHER_DEFAULTS = {
@@ -183,8 +187,9 @@ class Publisher:
                     tm.latency.observe(latency)
             return
         topic, key, value = msg.topic(), msg.key(), msg.value()
-        if err.code() in PURGED:  # our own rebuild purged it: re-send at once, not an attempt
-            self._schedule(topic, key, value, attempt, 0.0)
+        if err.code() in CLIENT_FAILURES:  # purged by our rebuild, or failed by a fatal client
+            self._fatal = self._fatal or err.code() == KafkaError._FATAL
+            self._schedule(topic, key, value, attempt, 0.0)  # re-send at once, not an attempt
             return
         self.errors += 1
         self.consecutive_failures += 1
@@ -273,7 +278,10 @@ class Publisher:
             except Exception as exc:  # best effort: the broker may still be down
                 log.warning("could not ensure topics before the rebuild: %s", exc)
         self._producer = Producer(self._config)
-        old.purge(in_queue=True, in_flight=True, blocking=False)
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        except KafkaException as exc:  # a fatal client refuses; it fails its messages itself
+            log.warning("could not purge the old producer: %s", exc)
         for _ in range(100):  # purge reports arrive through poll; each goes back to the retry heap
             old.poll(0.01)
             if len(old) == 0:

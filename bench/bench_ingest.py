@@ -16,7 +16,9 @@ Starts its own EmbeddedPostgres + EmbeddedBroker on free ports (state under
    the COMMIT right after, ~1 ms later). Prints p50/p95/p99/max.
 
 Usage: ``.venv/bin/python bench/bench_ingest.py [--events 200000] [--batch-sizes 1000,5000]
-[--rate 1000] [--seconds 20] [--latency-batch-size 100] [--latency-max-wait-ms 500,50]``
+[--rate 1000] [--seconds 20] [--latency-batch-size 100] [--latency-settings 500/10,500/0]``
+(``--latency-settings``: max-wait/linger in ms per latency run; linger 0 = fill
+to size or max wait)
 """
 
 from __future__ import annotations
@@ -193,16 +195,16 @@ def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, ex
 
 
 def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, seconds: float, batch_size: int,
-            max_wait_ms: int) -> dict:
-    url = pg.create_database(f"lat_{max_wait_ms}_{uuid.uuid4().hex[:6]}")
+            max_wait_ms: int, linger_ms: int) -> dict:
+    url = pg.create_database(f"lat_{max_wait_ms}_{linger_ms}_{uuid.uuid4().hex[:6]}")
     migrate(Settings(database_url=url))
     group = f"bench-lat-{uuid.uuid4().hex[:8]}"
-    log_path = state / f"consumer-lat-{max_wait_ms}.log"
+    log_path = state / f"consumer-lat-{max_wait_ms}-{linger_ms}.log"
     metrics_port = free_port()
     env = dict(os.environ, DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, METRICS_PORT=str(metrics_port),
                CONSUMER_GROUP=group)
     proc = subprocess.Popen([sys.executable, "-m", "services.consumer", "--batch-size", str(batch_size),
-                             "--max-wait-ms", str(max_wait_ms)], cwd=REPO, env=env,
+                             "--max-wait-ms", str(max_wait_ms), "--linger-ms", str(linger_ms)], cwd=REPO, env=env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # the fresh group starts at the earliest offset: wait until it has caught up with
@@ -254,7 +256,7 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
             proc.wait()
     q = statistics.quantiles(lat_ms, n=100)
     return {"rate": rate, "sent": len(sent_at), "achieved_rate": len(sent_at) / send_seconds,
-            "batch_size": batch_size, "max_wait_ms": max_wait_ms,
+            "batch_size": batch_size, "max_wait_ms": max_wait_ms, "linger_ms": linger_ms,
             "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": lat_ms[-1], "mean_ms": statistics.mean(lat_ms),
             **stages}
 
@@ -311,8 +313,8 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--latency-batch-size", type=int, default=100)
-    ap.add_argument("--latency-max-wait-ms", default="500,50",
-                    help="comma-separated max-wait settings to measure latency with")
+    ap.add_argument("--latency-settings", default="500/10,500/0",
+                    help="comma-separated max-wait/linger (ms) pairs to measure latency with")
     ap.add_argument("--modes", default="pipelined",
                     help="comma-separated: pipelined (default) and/or sync (CONSUMER_PIPELINE=0), for A/B runs")
     ap.add_argument("--skip-throughput", action="store_true")
@@ -356,10 +358,11 @@ def main() -> int:
                 assert r["rows"] == in_topic, f"expected {in_topic} rows, got {r['rows']}"
         if not args.skip_latency:
             results["latency"] = []
-            for mw in [int(x) for x in args.latency_max_wait_ms.split(",") if x]:
-                r = latency(pg, broker.bootstrap, state, args.rate, args.seconds, args.latency_batch_size, mw)
+            for pair in [x for x in args.latency_settings.split(",") if x]:
+                mw, linger = (int(v) for v in pair.split("/"))
+                r = latency(pg, broker.bootstrap, state, args.rate, args.seconds, args.latency_batch_size, mw, linger)
                 results["latency"].append(r)
-                print(f"latency at {r['achieved_rate']:.0f} events/s (batch {r['batch_size']}, max-wait {mw} ms, "
+                print(f"latency at {r['achieved_rate']:.0f} events/s (batch {r['batch_size']}, max-wait {mw} ms, linger {linger} ms, "
                       f"{r['sent']} events): p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
                       f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms; {r['batches']} batches of {r['mean_batch']:.0f}, "
                       f"per batch: parse {r['parse_ms_per_batch']:.1f} ms, db {r['db_ms_per_batch']:.1f} ms, "

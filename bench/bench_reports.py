@@ -32,30 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from seed_sql import ECOMMERCE_SEED_SQL  # noqa: E402 (bench/ is the script's folder)
+
 BASE = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
 
-SEED_SQL = """
-INSERT INTO products (product_id, product_name, category, price)
-SELECT 'p' || g, 'Product ' || g, 'category-' || (g %% 12), round((5 + (g * 37) %% 400)::numeric + 0.99, 2)
-FROM generate_series(0, 299) g;
-
-INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id)
-SELECT md5('ev' || i)::uuid,
-       CASE WHEN r < 55 THEN 'page_view' WHEN r < 68 THEN 'search' WHEN r < 84 THEN 'add_to_cart'
-            WHEN r < 90 THEN 'remove_from_cart' ELSE 'purchase' END,
-       ts, 'u' || u, 'u' || u || '-' || floor(extract(epoch FROM ts) / 900)::bigint,
-       CASE WHEN r BETWEEN 55 AND 67 THEN NULL ELSE 'p' || ((i * 13) %% 300) END
-FROM (SELECT i, (i * 31) %% 100 AS r, (i * 7919) %% 25000 AS u,
-             %(base)s::timestamptz + (i * %(step)s) * interval '1 microsecond' AS ts
-      FROM generate_series(0::bigint, %(n)s - 1) i) s;
-
-INSERT INTO transactions (transaction_id, event_id, product_id, quantity, total_amount, payment_method, "timestamp")
-SELECT e.event_id::text, e.event_id, e.product_id, 1 + (e.id %% 3), p.price * (1 + (e.id %% 3)),
-       'card', e."timestamp"
-FROM events e JOIN products p USING (product_id) WHERE e.event_type = 'purchase';
-
-ANALYZE;
-"""
+SEED_SQL = ECOMMERCE_SEED_SQL + "ANALYZE;\n"
 
 
 def cold_child(database_url: str, start: str, end: str) -> None:

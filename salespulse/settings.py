@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     consumer_group: str = "salespulse-ingest"
     consumer_batch_size: int = Field(100, ge=1)
     consumer_batch_max_wait_ms: int = Field(500, ge=1)
+    # write the batch once the stream pauses this long (0 = wait for size/max wait)
+    consumer_batch_linger_ms: int = Field(10, ge=0)
     metrics_port: int | None = None  # per process; None = service default
 
     # --- dashboard ---------------------------------------------------------

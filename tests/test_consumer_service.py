@@ -244,3 +244,19 @@ def test_stop_right_after_start_leaves_the_group_usable(settings, database_url, 
     nxt = ConsumerService(service_settings(settings), group_id=group, stop_at_end=True)
     ServiceThread(nxt).start().join(180)
     assert count_events(database_url, [e["event_id"] for e in events]) == 50
+
+
+def test_linger_writes_a_paused_stream_without_waiting_for_size_or_max_wait(settings, database_url, broker):
+    """Batch size 10,000 and max wait 10 min: only the linger can write 3 events
+    while the service runs (with ``linger_ms=0`` this test times out)."""
+    svc = ConsumerService(service_settings(settings), group_id=unique_group("linger"),
+                          batch_size=10_000, max_wait_ms=600_000, linger_ms=10)
+    runner = ServiceThread(svc).start()
+    try:
+        assert svc.ready.wait(60)
+        events = [ecommerce_event(i, run="linger") for i in range(3)]
+        produce_events(broker.bootstrap, events)
+        wait_until(lambda: count_events(database_url, [e["event_id"] for e in events]) == 3, 90,
+                   what="3 events stored while the batch is far from full")
+    finally:
+        runner.stop()

@@ -161,6 +161,17 @@ def sql_ts(value: datetime) -> str:
     return f"TIMESTAMPTZ '{as_utc(value).isoformat()}'"
 
 
+def in_range(column: str, start: datetime, end: datetime) -> str:
+    """SQL predicate ``start <= column < end`` (pushed down to PostgreSQL with the JDBC query)."""
+    return f"{column} >= {sql_ts(start)} AND {column} < {sql_ts(end)}"
+
+
+def minute_column(F):
+    """The ``timestamp`` column's minute as epoch seconds (floor of the instant,
+    independent of the Spark session's time zone); ``F`` is ``pyspark.sql.functions``."""
+    return (F.floor(F.unix_seconds(F.col("timestamp")) / 60) * 60).cast("long")
+
+
 def money(value) -> Decimal:
     return (Decimal(value) if value is not None else ZERO).quantize(CENT, rounding=ROUND_HALF_UP)
 

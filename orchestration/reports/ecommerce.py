@@ -48,7 +48,9 @@ from orchestration.reports.common import (
     ReportResult,
     Stopwatch,
     align_range,
+    in_range,
     jdbc_for,
+    minute_column,
     minute_of,
     money,
     ratio_money,
@@ -56,7 +58,6 @@ from orchestration.reports.common import (
     replace_windows,
     run_jobs,
     shuffle_partitions_for,
-    sql_ts,
 )
 from salespulse.settings import Settings
 
@@ -77,18 +78,13 @@ PRODUCT_COLUMNS = ("window_start", "product_id", "product_name", "category", "re
 
 def events_query(start: datetime, end: datetime) -> str:
     return (f'SELECT event_type, "timestamp", user_id, session_id FROM events '
-            f'WHERE "timestamp" >= {sql_ts(start)} AND "timestamp" < {sql_ts(end)}')
+            'WHERE ' + in_range('"timestamp"', start, end))
 
 
 def transactions_query(start: datetime, end: datetime) -> str:
     return (f'SELECT t.product_id, p.product_name, p.category, t.quantity, t.total_amount, t."timestamp" '
             f'FROM transactions t JOIN products p ON p.product_id = t.product_id '
-            f'WHERE t."timestamp" >= {sql_ts(start)} AND t."timestamp" < {sql_ts(end)}')
-
-
-def _minute(F):
-    # epoch-second floor of the instant: independent of the session time zone
-    return (F.floor(F.unix_seconds(F.col("timestamp")) / 60) * 60).cast("long")
+            'WHERE ' + in_range('t."timestamp"', start, end))
 
 
 def event_overview_frame(spark, settings: Settings, start: datetime, end: datetime):
@@ -101,7 +97,7 @@ def event_overview_frame(spark, settings: Settings, start: datetime, end: dateti
     from pyspark.sql import functions as F
 
     events = read_query(spark, jdbc_for(settings), events_query(start, end), start, end)
-    events = events.withColumn("minute", _minute(F))
+    events = events.withColumn("minute", minute_column(F))
     is_type = {t: F.when(F.col("event_type") == t, 1).otherwise(0) for t in EVENT_TYPES}
     per_session = events.groupBy("minute", "session_id").agg(
         F.count(F.lit(1)).alias("n"),
@@ -134,7 +130,7 @@ def sales_frame(spark, settings: Settings, start: datetime, end: datetime):
 
     money_type = "decimal(38,2)"
     tx = read_query(spark, jdbc_for(settings), transactions_query(start, end), start, end)
-    tx = tx.withColumn("minute", _minute(F))
+    tx = tx.withColumn("minute", minute_column(F))
     product = tx.groupBy("minute", "product_id", "product_name", "category").agg(
         F.sum("total_amount").cast(money_type).alias("revenue"),
         F.sum("quantity").cast("long").alias("units"),

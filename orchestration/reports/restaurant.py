@@ -38,7 +38,9 @@ from orchestration.reports.common import (
     ReportResult,
     Stopwatch,
     align_range,
+    in_range,
     jdbc_for,
+    minute_column,
     minute_of,
     money,
     ratio_money,
@@ -46,7 +48,6 @@ from orchestration.reports.common import (
     replace_windows,
     run_jobs,
     shuffle_partitions_for,
-    sql_ts,
 )
 from salespulse.settings import Settings
 
@@ -66,17 +67,13 @@ MONEY = "decimal(38,2)"
 
 def orders_query(start: datetime, end: datetime) -> str:
     return (f'SELECT order_id::text AS order_id, "timestamp", channel, total_amount FROM orders '
-            f'WHERE "timestamp" >= {sql_ts(start)} AND "timestamp" < {sql_ts(end)}')
+            'WHERE ' + in_range('"timestamp"', start, end))
 
 
 def items_query(start: datetime, end: datetime) -> str:
     return (f'SELECT i.order_id::text AS order_id, o."timestamp", i.item_id, i.name, i.category, i.quantity, '
             f'i.line_total FROM order_items i JOIN orders o ON o.order_id = i.order_id '
-            f'WHERE o."timestamp" >= {sql_ts(start)} AND o."timestamp" < {sql_ts(end)}')
-
-
-def _minute(F):
-    return (F.floor(F.unix_seconds(F.col("timestamp")) / 60) * 60).cast("long")
+            'WHERE ' + in_range('o."timestamp"', start, end))
 
 
 def orders_frame(spark, settings: Settings, start: datetime, end: datetime):
@@ -84,7 +81,7 @@ def orders_frame(spark, settings: Settings, start: datetime, end: datetime):
     from pyspark.sql import functions as F
 
     orders = read_query(spark, jdbc_for(settings), orders_query(start, end), start, end)
-    orders = orders.withColumn("minute", _minute(F))
+    orders = orders.withColumn("minute", minute_column(F))
     by_channel = orders.groupBy("minute", "channel").agg(
         F.count(F.lit(1)).alias("orders"),
         F.sum("total_amount").cast(MONEY).alias("revenue"),
@@ -103,7 +100,7 @@ def items_frame(spark, settings: Settings, start: datetime, end: datetime):
     from pyspark.sql.window import Window
 
     items = read_query(spark, jdbc_for(settings), items_query(start, end), start, end)
-    items = items.withColumn("minute", _minute(F))
+    items = items.withColumn("minute", minute_column(F))
     # one shuffle over the scanned lines; every level below is derived from it
     # (Spark reuses that exchange, so PostgreSQL is scanned once per refresh)
     base = items.groupBy("minute", "order_id", "item_id", "name", "category").agg(

@@ -1,4 +1,4 @@
-"""``python -m services.consumer [--batch-size N] [--max-wait-ms M] [--group G]``
+"""``python -m services.consumer [--batch-size N] [--max-wait-ms M] [--linger-ms L] [--group G]``
 
 Runs the ingestion consumer until SIGTERM/SIGINT (finish the current batch,
 commit, close). A second signal exits at once (nothing is lost: offsets of an
@@ -26,16 +26,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="max messages per batch/transaction (CONSUMER_BATCH_SIZE, default %(default)s)")
     parser.add_argument("--max-wait-ms", type=int, default=settings.consumer_batch_max_wait_ms,
                         help="max time to fill a batch (CONSUMER_BATCH_MAX_WAIT_MS, default %(default)s)")
+    parser.add_argument("--linger-ms", type=int, default=settings.consumer_batch_linger_ms,
+                        help="write the batch once no message came for this long; 0 = fill to size or max wait "
+                             "(CONSUMER_BATCH_LINGER_MS, default %(default)s)")
     parser.add_argument("--group", default=settings.consumer_group,
                         help="consumer group (CONSUMER_GROUP, default %(default)s)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.max_wait_ms < 1:
-        parser.error("--batch-size and --max-wait-ms must be positive")
+    if args.batch_size < 1 or args.max_wait_ms < 1 or args.linger_ms < 0:
+        parser.error("--batch-size and --max-wait-ms must be positive, --linger-ms not negative")
     configure_logging(args.log_level)
 
     service = ConsumerService(settings, group_id=args.group, batch_size=args.batch_size,
-                              max_wait_ms=args.max_wait_ms)
+                              max_wait_ms=args.max_wait_ms, linger_ms=args.linger_ms)
     signals_seen = []
 
     def on_signal(signum, _frame):

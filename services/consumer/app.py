@@ -1,7 +1,9 @@
 """The consumer service: Kafka -> validate -> PostgreSQL, offsets after the DB commit.
 
 Loop (one thread): ``consume(num_messages=batch_size, timeout=...)`` until the
-batch is full or ``max_wait_ms`` has passed since it started; parse every
+batch is full, ``max_wait_ms`` has passed since it started, or no message came
+for ``linger_ms`` (so a slow stream is written at once, a fast one in full
+batches); parse every
 message against its contract; write the batch in ONE transaction (valid rows +
 dead letters, idempotent); publish the dead letters to ``<topic>.dlq`` and
 flush; only then commit the batch's offsets synchronously.
@@ -95,6 +97,7 @@ class ConsumerService:
         stop_at_end: bool = False,
         batch_size: int | None = None,
         max_wait_ms: int | None = None,
+        linger_ms: int | None = None,
     ):
         self.settings = settings
         # assign() mode (replays) commits under its own group by default, so a replay
@@ -105,8 +108,9 @@ class ConsumerService:
         self.stop_at_end = stop_at_end
         self.batch_size = int(batch_size or settings.consumer_batch_size)
         self.max_wait = (max_wait_ms if max_wait_ms is not None else settings.consumer_batch_max_wait_ms) / 1000.0
-        if self.batch_size < 1 or self.max_wait <= 0:
-            raise ValueError("batch size and max wait must be positive")
+        self.linger = (linger_ms if linger_ms is not None else settings.consumer_batch_linger_ms) / 1000.0
+        if self.batch_size < 1 or self.max_wait <= 0 or self.linger < 0:
+            raise ValueError("batch size and max wait must be positive, linger not negative")
         self.topics = list(TOPICS)
         self.writer = BatchWriter(settings.role_url(ROLE_INGEST))
         # CONSUMER_PIPELINE=0: write each batch before consuming the next (for A/B benchmarks)
@@ -179,6 +183,7 @@ class ConsumerService:
         log.info("consumer starting", extra={
             "event": "start", "group": self.group_id, "metrics_port": self.metrics_port,
             "batch_size": self.batch_size, "max_wait_ms": int(self.max_wait * 1000),
+            "linger_ms": int(self.linger * 1000),
             "mode": "assign" if self.assignment is not None else "subscribe", "bootstrap": bootstrap})
         try:
             # an unknown topic would auto-create with the wrong partition count (defect 6)
@@ -216,7 +221,9 @@ class ConsumerService:
             self._shutdown()
 
     def _fill_batch(self) -> None:
-        """Consume until the batch is full or max_wait has passed since it started."""
+        """Consume until the batch is full, max_wait has passed since it started, or
+        (with a linger) a ``consume`` call got fewer messages than it asked for
+        within the linger: the local queue is drained and the stream paused."""
         consumer = self._consumer
         deadline = None
         while not self._stop.is_set():
@@ -224,19 +231,25 @@ class ConsumerService:
             if room <= 0:
                 return
             if deadline is None:
-                timeout = min(0.5, self.max_wait)
+                # consume() blocks until num_messages or the timeout: with a linger,
+                # return on the first message, then gather the rest of the burst
+                wanted, timeout = (1 if self.linger else room), min(0.5, self.max_wait)
             else:
-                timeout = deadline - time.monotonic()
+                wanted, timeout = room, deadline - time.monotonic()
                 if timeout <= 0:
                     return
+                if self.linger:
+                    timeout = min(timeout, self.linger)
             started = time.monotonic()
-            msgs = consumer.consume(num_messages=room, timeout=timeout)
+            msgs = consumer.consume(num_messages=wanted, timeout=timeout)
             self._accept(msgs)
             if not self._pending:
                 return  # idle: back to the main loop (stop, end and lag checks)
             if deadline is None:
                 self._batch_started = started
                 deadline = started + self.max_wait
+            elif self.linger and len(msgs) < wanted:
+                return  # nothing more within the linger: write what we have
             if self.stop_at_end and self._eof and self._at_end(ignore_pending=True):
                 return
 

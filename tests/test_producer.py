@@ -277,7 +277,7 @@ def test_failed_deliveries_are_retried_five_times_then_counted():
 class _FatalThenHealthyProducer:
     """Unit-test fake of confluent_kafka.Producer: the first instance goes fatal
     (as an idempotent producer does on UnknownProducerId after a broker restart:
-    it fails what it holds with _FATAL, refuses purge and produce); later
+    it fails what it holds with _FATAL, then raises from produce, poll and purge); later
     instances deliver everything."""
 
     instances: list = []
@@ -301,6 +301,10 @@ class _FatalThenHealthyProducer:
         self.queue.append((topic, value, key, on_delivery or self.config["on_delivery"]))
 
     def poll(self, _timeout=0.0):
+        from confluent_kafka import KafkaException
+
+        if self.fatal and self.delivered is None:
+            raise KafkaException(self.fatal_error)  # a fatal client raises from poll/flush too
         queue, self.queue = self.queue, []
         if self.fatal and queue:
             self.config["error_cb"](self.fatal_error)

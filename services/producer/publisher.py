@@ -215,9 +215,20 @@ class Publisher:
             log.warning("producer error: %s", err.str())
 
     # -- housekeeping -----------------------------------------------------------
+    def _serve(self, producer: Producer, timeout: float, *, flush: bool = False) -> None:
+        """``poll``/``flush`` the client; a fatal client raises there: note it for a rebuild."""
+        try:
+            producer.flush(timeout) if flush else producer.poll(timeout)
+        except KafkaException as exc:
+            if not exc.args[0].fatal():
+                raise
+            if not self._fatal:
+                log.error("fatal producer error: %s", exc.args[0].str())
+            self._fatal = True
+
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks, re-send due retries, rebuild when deliveries keep failing."""
-        self._producer.poll(timeout)
+        self._serve(self._producer, timeout)
         now = time.monotonic()
         if self.delivered != self._seen_delivered:  # progress: note it, reset the rebuild backoff
             self._seen_delivered = self.delivered
@@ -283,7 +294,7 @@ class Publisher:
         except KafkaException as exc:  # a fatal client refuses; it fails its messages itself
             log.warning("could not purge the old producer: %s", exc)
         for _ in range(100):  # purge reports arrive through poll; each goes back to the retry heap
-            old.poll(0.01)
+            self._serve(old, 0.01)
             if len(old) == 0:
                 break
         if len(old):
@@ -314,7 +325,7 @@ class Publisher:
                 self._sync_metrics(time.monotonic())
                 return pending
             if len(self._producer):
-                self._producer.flush(min(left, 0.2))
+                self._serve(self._producer, min(left, 0.2), flush=True)
             else:
                 time.sleep(min(left, 0.05))
 

@@ -135,3 +135,18 @@ def test_embedded_services_are_reached_on_the_stack_ports():
     assert embedded_urls(settings, environ=given) == {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:41002"}
     names = [s.name for s in plan(settings, environ=given)]
     assert "postgres" not in names and "spark" not in names and "broker" in names
+
+
+def test_stack_processes_know_what_the_supervisor_started(monkeypatch):
+    from salespulse.settings import Settings
+    from salespulse.stack.runner import child_environment, embedded_flags, plan
+
+    for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "SALESPULSE_STACK_EMBEDDED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPARK_REMOTE", "sc://spark.example:15002")
+    env = child_environment(Settings())
+    assert env["DATABASE_URL"].endswith("@127.0.0.1:55432/salespulse") and "KAFKA_BOOTSTRAP_SERVERS" in env
+    # inside the stack (the set-up process prints the summary) the URLs are set,
+    # yet postgres and the broker are still the stack's own
+    assert embedded_flags(env) == {"postgres": True, "broker": True, "spark": False}
+    assert [s.name for s in plan(Settings(), environ=env)][:2] == ["postgres", "broker"]

@@ -53,8 +53,16 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
 
 
+#: Set by ``stack up`` for its processes: the embedded services it started (their
+#: URLs are in the children's environment too, so the URLs alone no longer tell).
+EMBEDDED_ENV = "SALESPULSE_STACK_EMBEDDED"
+
+
 def embedded_flags(environ=os.environ) -> dict[str, bool]:
     """Which infrastructure the stack starts itself (no URL in the environment)."""
+    if EMBEDDED_ENV in environ:
+        started = set(environ[EMBEDDED_ENV].split(","))
+        return {name: name in started for name in ("postgres", "broker", "spark")}
     return {
         "postgres": "DATABASE_URL" not in environ,
         "broker": "KAFKA_BOOTSTRAP_SERVERS" not in environ,
@@ -122,6 +130,7 @@ def embedded_urls(settings: Settings, environ=os.environ) -> dict[str, str]:
 
 def child_environment(settings: Settings) -> dict[str, str]:
     env = {**os.environ, **embedded_urls(settings)}
+    env[EMBEDDED_ENV] = ",".join(name for name, on in embedded_flags().items() if on)
     env["DAGSTER_HOME"] = str(settings.dagster_home_path)
     env.setdefault("DAGSTER_UI_URL", f"http://127.0.0.1:{settings.dagster_port}")  # the dashboard's link
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hmac
+import threading
 
 from flask import Flask, request
 from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits.storage import MemoryStorage
 
 from dashboard.errors import json_error
 
@@ -19,6 +21,29 @@ OPEN_ENDPOINTS = {"health.health", "static", "pages.plotly_js", "openapi.openapi
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+class ThreadSafeMemoryStorage(MemoryStorage):
+    """limits' in-process storage with its expiry timer started under a lock.
+
+    limits 5.8.0 (the newest release) lets two threads of a gthread worker both
+    start the same ``threading.Timer`` ("threads can only be started once"),
+    which surfaced as a 500 under load; fixed upstream in alisaifee/limits#352
+    (not released yet). Scheme: ``salespulse-memory://``.
+    """
+
+    STORAGE_SCHEME = ["salespulse-memory"]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
+        self._expiry_lock = threading.Lock()
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the parent's private hook
+        with self._expiry_lock:
+            if not self.timer.is_alive():
+                self.timer = threading.Timer(0.01, self._MemoryStorage__expire_events)
+                self.timer.daemon = True
+                self.timer.start()
 
 
 def init_security(app: Flask, settings) -> Limiter:
@@ -41,7 +66,8 @@ def init_security(app: Flask, settings) -> Limiter:
         app=app,
         # one budget per client address across every endpoint (not per route)
         application_limits=[settings.dashboard_rate_limit] if settings.dashboard_rate_limit else [],
-        storage_uri="memory://",
+        storage_uri="salespulse-memory://",
+        swallow_errors=True,  # a rate-limit storage failure lets the request through, never a 500
         headers_enabled=True,
         strategy="fixed-window",
     )

@@ -334,6 +334,21 @@ def test_rate_limit_gives_429_json(seeded):
     app.extensions["salespulse"]["db"].close()
 
 
+def test_rate_limit_storage_failure_is_not_a_500(seeded, monkeypatch):
+    """limits' memory storage can raise under concurrency (double-started timer);
+    a storage failure must let the request through, not answer 500."""
+    from dashboard.security import ThreadSafeMemoryStorage
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("threads can only be started once")
+
+    monkeypatch.setattr(ThreadSafeMemoryStorage, "incr", broken)
+    url, _ = seeded
+    app = create_app(make_settings(url, dashboard_rate_limit="3/minute"))
+    assert [app.test_client().get("/api/metrics/event-types").status_code for _ in range(4)] == [200] * 4
+    app.extensions["salespulse"]["db"].close()
+
+
 def test_cors_allow_list(seeded):
     url, _ = seeded
     app = create_app(make_settings(url, cors_origins="https://ok.example, https://also.example",

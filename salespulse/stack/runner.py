@@ -30,12 +30,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import honcho.manager
 from honcho.printer import Printer
 
-from salespulse.settings import LOCAL_DATABASE_URL, Settings, get_settings
+from salespulse.settings import Settings, get_settings
+from salespulse.stack.postgres import EmbeddedPostgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -119,8 +119,8 @@ def embedded_urls(settings: Settings, environ=os.environ) -> dict[str, str]:
     embedded = embedded_flags(environ)
     urls = {}
     if embedded["postgres"]:
-        urls["DATABASE_URL"] = urlunsplit(urlsplit(LOCAL_DATABASE_URL)._replace(
-            netloc=f"salespulse:salespulse@127.0.0.1:{settings.embedded_pg_port}"))
+        # the same cluster the stack's postgres process runs (see plan())
+        urls["DATABASE_URL"] = EmbeddedPostgres(settings.salespulse_state_dir, settings.embedded_pg_port).admin_url
     if embedded["broker"]:
         urls["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{settings.embedded_broker_port}"
     if embedded["spark"]:

@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, parse_message
@@ -283,32 +283,27 @@ class _FatalThenHealthyProducer:
     instances: list = []
 
     def __init__(self, config):
-        from confluent_kafka import KafkaError
-
         self.fatal_error = KafkaError(KafkaError._FATAL, "Unknown Producer Id", fatal=True)
         self.config, self.queue, self.delivered = config, [], []
         self.fatal = not self.instances
+        self.raising = False  # set once the fatal client has failed what it held
         self.instances.append(self)
 
     def __len__(self):
         return len(self.queue)
 
     def produce(self, topic, value, key, on_delivery=None):
-        from confluent_kafka import KafkaException
-
-        if self.fatal and self.delivered is None:
+        if self.raising:
             raise KafkaException(self.fatal_error)
         self.queue.append((topic, value, key, on_delivery or self.config["on_delivery"]))
 
     def poll(self, _timeout=0.0):
-        from confluent_kafka import KafkaException
-
-        if self.fatal and self.delivered is None:
+        if self.raising:
             raise KafkaException(self.fatal_error)  # a fatal client raises from poll/flush too
         queue, self.queue = self.queue, []
         if self.fatal and queue:
             self.config["error_cb"](self.fatal_error)
-            self.delivered = None  # from now on produce() raises
+            self.raising = True
         for topic, value, key, cb in queue:
             msg = _FakeMessage(topic, value, key)
             if self.fatal:
@@ -321,8 +316,6 @@ class _FatalThenHealthyProducer:
     flush = poll
 
     def purge(self, **_kwargs):
-        from confluent_kafka import KafkaException
-
         if self.fatal:
             raise KafkaException(self.fatal_error)
 

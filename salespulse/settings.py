@@ -13,6 +13,7 @@ swapping in the role's user name and password.
 from __future__ import annotations
 
 import functools
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -67,6 +68,12 @@ class Settings(BaseSettings):
     # write the batch once the stream pauses this long (0 = wait for size/max wait)
     consumer_batch_linger_ms: int = Field(10, ge=0)
     metrics_port: int | None = None  # per process; None = service default
+    # on SIGTERM keep consuming up to this long while lag > 0 (the local stack's
+    # broker keeps messages in memory only; 0 = finish the batch and stop)
+    consumer_drain_on_stop_s: float = Field(0.0, ge=0)
+    # accepted event-time window: not later than now + this, not earlier than that
+    event_max_future_seconds: int = Field(300, ge=0)
+    event_earliest: datetime = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
     # --- dashboard ---------------------------------------------------------
     dashboard_port: int = 5000

@@ -10,13 +10,15 @@ Rules beyond plain typing:
 * product events carry ``product``; ``purchase`` carries quantity, total and
   payment method; ``search`` carries ``search_query``;
 * a restaurant order's ``total_amount`` equals the sum of its items, and
-  ``table_number`` is set only for ``dine_in``.
+  ``table_number`` is set only for ``dine_in``;
+* event times lie in an accepted window (:class:`TimestampWindow`), checked by
+  ``parse_message`` when it is given one (the consumer always does).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Literal
 from uuid import UUID
@@ -173,11 +175,45 @@ class ContractError(ValueError):
         self.reason = reason
 
 
-def parse_message(topic: str, raw: bytes | None) -> _Contract:
-    """Validate one raw Kafka message value against its topic's contract.
+@dataclass(frozen=True)
+class TimestampWindow:
+    """The event times the pipeline accepts: not later than now + ``max_future_seconds``,
+    not earlier than ``earliest``.
+
+    Checked on parsing, not in the models, so the JSON Schema (and any client
+    built from it) stays a description of the message shape. Without it one
+    event dated 9999 would freeze its product's catalogue data (newer-data-wins)
+    and stay in every open-ended "latest" query.
+    """
+
+    max_future_seconds: int = 300
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "earliest", _to_utc(self.earliest))  # naive = UTC, like event times
+
+    @classmethod
+    def from_settings(cls, settings) -> "TimestampWindow":
+        """From ``EVENT_MAX_FUTURE_SECONDS`` / ``EVENT_EARLIEST``."""
+        return cls(settings.event_max_future_seconds, settings.event_earliest)
+
+    def violation(self, ts: datetime, now: datetime | None = None) -> str | None:
+        """The reason ``ts`` is outside the window, or None."""
+        latest = (now or datetime.now(timezone.utc)) + timedelta(seconds=self.max_future_seconds)
+        if ts > latest:
+            return (f"timestamp outside the accepted window: {ts.isoformat()} is more than "
+                    f"{self.max_future_seconds} s in the future")
+        if ts < self.earliest:
+            return f"timestamp outside the accepted window: {ts.isoformat()} is before {self.earliest.isoformat()}"
+        return None
+
+
+def parse_message(topic: str, raw: bytes | None, window: TimestampWindow | None = None) -> _Contract:
+    """Validate one raw Kafka message value against its topic's contract (and,
+    if given, its timestamp against ``window``).
 
     Raises :class:`ContractError` with a human-readable reason for empty,
-    non-UTF-8, non-JSON, wrong-typed or rule-breaking messages.
+    non-UTF-8, non-JSON, wrong-typed, rule-breaking or out-of-window messages.
     """
     if topic not in TOPICS:
         raise ContractError(f"unknown topic {topic!r}")
@@ -188,9 +224,14 @@ def parse_message(topic: str, raw: bytes | None) -> _Contract:
     except UnicodeDecodeError as exc:
         raise ContractError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return TOPICS[topic].model.model_validate_json(raw)
+        model = TOPICS[topic].model.model_validate_json(raw)
     except ValidationError as exc:
         raise ContractError(describe_validation_error(exc)) from None
+    if window is not None:
+        reason = window.violation(model.timestamp)
+        if reason:
+            raise ContractError(reason)
+    return model
 
 
 def describe_validation_error(exc: ValidationError) -> str:

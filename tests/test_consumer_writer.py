@@ -68,9 +68,10 @@ def test_valid_batch_both_domains_then_redelivery_is_noop(writer, database_url):
     assert query(database_url, "SELECT item_count FROM orders WHERE order_id = %s", (orders[5]["order_id"],))[0][0] \
         == sum(it["quantity"] for it in orders[5]["items"])
 
-    again = writer.write_raw(batch)  # the same messages re-delivered
+    # the same messages at other offsets (a replay, a client re-sending): identical content = duplicates
+    again = writer.write_raw([raw(m.topic, m.offset + 1000, m.value) for m in batch])
     assert again.topics[EC].stored == 0 and again.topics[EC].duplicates == 250
-    assert again.topics[RO].duplicates == 60
+    assert again.topics[RO].duplicates == 60 and again.dead_letters == []
     assert query(database_url, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM transactions), "
                                "(SELECT count(*) FROM orders), (SELECT count(*) FROM order_items)")[0] == (
         250, len(purchases), 60, n_items)
@@ -125,24 +126,53 @@ def test_invalid_messages_become_dead_letters_and_neighbours_are_stored(writer, 
     assert query(database_url, "SELECT count(*) FROM events")[0][0] == 4
     assert query(database_url, "SELECT count(*) FROM orders")[0][0] == 1
 
-    writer.write_raw(batch)  # a re-delivered bad message is stored once
-    assert query(database_url, "SELECT count(*) FROM dead_letters")[0][0] == 7
+    again = writer.write_raw([raw(m.topic, m.offset, m.value, key=m.key, partition=1) for m in batch])
+    assert again.topics[EC].dead_letters == 5 and again.topics[RO].dead_letters == 2  # other offsets: new rows
+    replay = BatchWriter(writer.url, group="replay")  # the same offsets read again by another group
+    try:
+        assert replay.write_raw(batch).dead_letters == []  # already stored: not published again
+    finally:
+        replay.close()
+    assert query(database_url, "SELECT count(*) FROM dead_letters")[0][0] == 14
 
 
-def test_rows_the_database_rejects_are_isolated_into_dead_letters(writer, database_url):
+def test_rows_no_column_can_hold_are_dead_letters_without_a_database_error(writer, database_url):
     events = [ecommerce_event(i, event_type="purchase") for i in range(5)]
     huge = ecommerce_event(99, event_type="purchase", total_amount=10 ** 12)  # > NUMERIC(12,2)
     nul = ecommerce_event(98, event_type="search", search_query="nul \u0000 inside")  # text cannot hold NUL
-    assert parse(raw(EC, 0, huge)).valid and parse(raw(EC, 0, nul)).valid  # the contract lets them through
     batch = [raw(EC, i, e) for i, e in enumerate(events)] + [raw(EC, 10, huge), raw(EC, 11, nul)]
+    assert all(parse(m).valid for m in batch)  # the contract lets them through
+
+    result = writer.write_raw(batch)
+    assert not result.isolated
+    assert result.topics[EC].stored == 5 and result.topics[EC].dead_letters == 2
+    errors = dict(query(database_url, 'SELECT "offset", error FROM dead_letters'))
+    assert errors[10] == "cannot be stored: amount 1000000000000.00 does not fit NUMERIC(12,2)"
+    assert errors[11] == "cannot be stored: text contains a NUL character, which PostgreSQL text cannot hold"
+    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 5
+
+
+def test_rows_the_database_rejects_are_isolated_into_dead_letters(writer, database_url):
+    admin = psycopg2.connect(database_url)
+    with admin, admin.cursor() as cur:  # a rule the contract does not know
+        cur.execute("ALTER TABLE events ADD CONSTRAINT no_mallory CHECK (user_id <> 'mallory')")
+    admin.close()
+    events = [ecommerce_event(i, event_type="purchase") for i in range(9)]
+    events[2]["user_id"] = events[7]["user_id"] = "mallory"
+    batch = [raw(EC, i, e) for i, e in enumerate(events)] + [raw(RO, 0, restaurant_order(1))]
 
     result = writer.write_raw(batch)
     assert result.isolated
-    assert result.topics[EC].stored == 5 and result.topics[EC].dead_letters == 2
+    assert result.topics[EC].stored == 7 and result.topics[EC].dead_letters == 2
+    assert result.topics[RO].stored == 1
+    assert {m.raw.offset for m in result.dead_letters} == {2, 7}
     errors = dict(query(database_url, 'SELECT "offset", error FROM dead_letters'))
-    assert set(errors) == {10, 11}
-    assert all(e.startswith("rejected by the database:") for e in errors.values())
-    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 5
+    assert set(errors) == {2, 7}
+    assert all(e.startswith("rejected by the database: new row for relation \"events\" violates check")
+               for e in errors.values())
+    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 7
+    assert query(database_url, "SELECT messages, stored, dead_lettered FROM ingest_ledger WHERE topic = %s",
+                 (EC,)) == [(9, 7, 2)]
 
 
 def test_products_keep_the_latest_catalogue_data_by_event_time(writer, database_url):

@@ -18,8 +18,8 @@ from salespulse.kafka import ensure_topics, recover_group
 from salespulse.observability import configure_logging
 from salespulse.settings import get_settings
 
-#: Modules adding their own subcommands (stack runner, status, operations).
-COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops"]
+#: Modules adding their own subcommands (stack runner, status, operations, Dagster daemon/runs).
+COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon"]
 
 
 def _cmd_migrate(args) -> int:

@@ -6,7 +6,8 @@ the same PostgreSQL server as the application data (the embedded PostgreSQL
 creates it), reached with the admin URL's host, port and credentials through
 dagster-postgres. SQLAlchemy 2.1 defaults to psycopg 3, so the scheme is set to
 ``postgresql+psycopg2``. Telemetry is off; at most 2 runs execute at once (2
-cores), the rest wait in the run queue; ticks of skipped schedule/sensor
+cores), the rest wait in the run queue (so a run left ``STARTED`` by a dead
+worker blocks a slot until ``salespulse dagster-daemon`` repairs it); ticks of skipped schedule/sensor
 evaluations are purged after a day.
 """
 
@@ -53,7 +54,11 @@ def dagster_config(settings: Settings, database: str = "dagster") -> dict:
                 ],
             },
         },
-        "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "poll_interval_seconds": 60},
+        # a run stuck STARTING or CANCELING is ended by the daemon; a STARTED one whose worker
+        # is gone by `salespulse dagster-daemon` (salespulse.dagster_runs), the minute job's
+        # runs also by their dagster/max_runtime tag
+        "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "cancel_timeout_seconds": 60,
+                           "poll_interval_seconds": 60},
         "retention": {
             "schedule": {"purge_after_days": {"skipped": 1, "success": 7, "failure": 30}},
             "sensor": {"purge_after_days": {"skipped": 1, "success": 7, "failure": 30}},

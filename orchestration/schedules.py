@@ -71,7 +71,7 @@ def refresh_every_minute(context: ScheduleEvaluationContext):
     job=health_checks_job,
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Every five minutes: report freshness and dead-letter rate checks.",
+    description="Every five minutes: report freshness, dead-letter rate, ingest ledger and raw-table consistency checks.",
 )
 def health_checks_every_5_minutes(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"health:{context.scheduled_execution_time.isoformat()}")

@@ -5,6 +5,7 @@ The window checks run in a partitioned run next to a stand-in report asset
 SQL — correct ones, or deliberately broken ones. (With the real Spark assets
 they run in tests/test_orchestration_reports.py.)"""
 
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,6 +17,9 @@ from orchestration.checks import (
     ecommerce_reports_fresh,
     ecommerce_revenue_reconciles,
     ecommerce_windows_complete,
+    ingest_ledger_contiguous,
+    integrity_checks,
+    raw_tables_consistent,
     restaurant_revenue_reconciles,
     restaurant_windows_complete,
 )
@@ -115,17 +119,22 @@ def test_completeness_fails_on_a_missing_window(seeded):
     assert not ro["windows_complete"].passed and not ro["revenue_reconciles"].passed
 
 
-def run_health(url, check):
+def run_checks_job(url, checks):
+    """``checks`` in a job of their own, as the health job runs them: ``asset:check`` -> evaluation."""
     defs = Definitions(
         assets=[stand_in("ecommerce_reports", url, write_ecommerce)],
-        asset_checks=[check],
-        jobs=[define_asset_job("health", selection=AssetSelection.checks(check))],
+        asset_checks=checks,
+        jobs=[define_asset_job("health", selection=AssetSelection.checks(*checks))],
         resources={"postgres": PostgresResource(database_url=url)},
         executor=in_process_executor,
     )
     result = defs.resolve_job_def("health").execute_in_process()
     assert result.success
-    (evaluation,) = result.get_asset_check_evaluations()
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
+
+
+def run_health(url, check):
+    (evaluation,) = run_checks_job(url, [check]).values()
     return evaluation
 
 
@@ -178,10 +187,72 @@ def test_health_job_of_the_code_location(database_url, monkeypatch):
         assert result.success
         evaluations = {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
         assert set(evaluations) == {"ecommerce_reports:reports_fresh", "restaurant_reports:reports_fresh",
-                                    "dead_letters:dead_letter_rate"}
+                                    "dead_letters:dead_letter_rate",
+                                    "events:ingest_ledger_contiguous", "orders:ingest_ledger_contiguous",
+                                    "events:raw_tables_consistent", "orders:raw_tables_consistent"}
         # e-commerce rows 90 minutes old were never reported: stale; no orders: fresh; no dead letters
         assert not evaluations["ecommerce_reports:reports_fresh"].passed
         assert evaluations["restaurant_reports:reports_fresh"].passed
         assert evaluations["dead_letters:dead_letter_rate"].passed
+        # seeded rows agree; an empty ledger has no gap
+        assert all(e.passed for key, e in evaluations.items() if key.startswith(("events:", "orders:")))
     finally:
         get_settings.cache_clear()
+
+
+# --- ingest integrity: ledger contiguity and raw-table consistency ------------
+
+def ledger(url, topic, partition, first, last, incarnation="inc-1"):
+    execute(url, """INSERT INTO ingest_ledger (consumer_group, topic, topic_incarnation, "partition", first_offset,
+                                               last_offset, messages, stored, duplicates, dead_lettered)
+                    VALUES ('salespulse-ingest', %s, %s, %s, %s, %s, %s, %s, 0, 0)""",
+            (topic, incarnation, partition, first, last, last - first + 1, last - first + 1))
+
+
+INTEGRITY_KEYS = {"events:ingest_ledger_contiguous", "orders:ingest_ledger_contiguous",
+                  "events:raw_tables_consistent", "orders:raw_tables_consistent"}
+
+
+@pytest.fixture
+def clean(seeded):
+    """Seeded raw tables that agree, and a contiguous ledger on both topics."""
+    for first, last in ((0, 99), (100, 149), (150, 150)):
+        ledger(seeded, "ecommerce.events", 0, first, last)
+    ledger(seeded, "ecommerce.events", 1, 0, 9)
+    ledger(seeded, "ecommerce.events", 1, 0, 4, incarnation="inc-2")  # broker restart: offsets from 0 again
+    ledger(seeded, "restaurant.orders", 3, 0, 39)
+    ledger(seeded, "restaurant.orders", 3, 40, 41)
+    return seeded
+
+
+def test_integrity_checks_pass_on_clean_data(clean):
+    results = run_checks_job(clean, integrity_checks)
+    assert set(results) == INTEGRITY_KEYS
+    for key, evaluation in results.items():
+        assert evaluation.passed, (key, evaluation.description)
+    assert results["events:ingest_ledger_contiguous"].metadata["ledger_rows"].value == 5
+    assert results["events:ingest_ledger_contiguous"].metadata["messages"].value == 166
+    assert results["orders:raw_tables_consistent"].metadata["violations"].value == 0
+
+
+def test_ledger_check_fails_on_a_gap(clean):
+    ledger(clean, "restaurant.orders", 3, 45, 50)  # 42..44 in no batch
+    results = run_checks_job(clean, [ingest_ledger_contiguous])
+    assert results["events:ingest_ledger_contiguous"].passed  # the other topic is contiguous
+    failed = results["orders:ingest_ledger_contiguous"]
+    assert not failed.passed and failed.metadata["discontinuities"].value == 1
+    assert "| gap | salespulse-ingest | restaurant.orders | inc-1 | 3 | 42 | 45 |" in failed.metadata["gaps"].value
+
+
+def test_consistency_check_fails_on_a_purchase_without_its_transaction(clean):
+    orphan = str(uuid.uuid4())
+    execute(clean, """INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id)
+                      VALUES (%s, 'purchase', %s, 'u-1', 's-1', 'p-1')""", (orphan, BASE_HOUR + timedelta(minutes=7)))
+    results = run_checks_job(clean, [raw_tables_consistent])
+    failed = results["events:raw_tables_consistent"]
+    assert not failed.passed and failed.metadata["violations"].value == 1
+    assert orphan in failed.metadata["first_violations"].value
+    assert results["orders:raw_tables_consistent"].passed
+    # an order whose item_count no longer matches its items fails the restaurant side
+    execute(clean, "UPDATE orders SET item_count = item_count + 1 WHERE id = (SELECT min(id) FROM orders)")
+    assert not run_checks_job(clean, [raw_tables_consistent])["orders:raw_tables_consistent"].passed

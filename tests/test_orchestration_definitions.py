@@ -91,6 +91,8 @@ def test_checks_schedules_and_sensors_run_by_default():
         "ecommerce_reports:windows_complete", "restaurant_reports:windows_complete",
         "ecommerce_reports:reports_fresh", "restaurant_reports:reports_fresh",
         "dead_letters:dead_letter_rate",
+        "events:ingest_ledger_contiguous", "orders:ingest_ledger_contiguous",
+        "events:raw_tables_consistent", "orders:raw_tables_consistent",
     }
     schedules = {s.name: s for s in repo.schedule_defs}
     assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes"}

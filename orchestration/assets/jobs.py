@@ -26,6 +26,7 @@ refresh_job = define_asset_job(
 health_checks_job = define_asset_job(
     "pipeline_health_checks_job",
     selection=AssetSelection.checks(*health_checks),
-    description="Report freshness (both domains) and the dead-letter rate of the last hour.",
+    description=("Report freshness (both domains), the dead-letter rate of the last hour, ingest ledger "
+                 "contiguity and raw-table consistency."),
     tags={"salespulse/job": "health"},
 )

@@ -7,6 +7,7 @@
 * ``salespulse lag``                 committed offsets vs cached high watermarks
 * ``salespulse replay --topic T``    re-ingest a topic from an offset or a time
 * ``salespulse reset-db --yes``      drop, re-create and re-migrate the database
+* ``salespulse audit``               ingest ledger per partition, gaps, raw-table consistency
 
 ``python -m salespulse.ops.healthcheck URL...`` is the containers' health probe.
 Submodules are imported when a command runs, so ``salespulse`` stays quick.
@@ -71,6 +72,11 @@ def register(subparsers) -> None:
                         help="partition to replay (repeatable; default: every partition)")
     replay.add_argument("--batch-size", type=int, default=None, help="messages per database transaction")
     replay.set_defaults(func=_run("replay", "cmd_replay"))
+
+    audit = subparsers.add_parser("audit", help="where every consumed offset went (ingest ledger); exit 1 on a gap")
+    audit.add_argument("--group", help="only this consumer group (default: every group in the ledger)")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    audit.set_defaults(func=_run("audit", "cmd_audit"))
 
     reset = subparsers.add_parser("reset-db", help="DROP the database, re-create it and migrate (destroys data)")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")

@@ -1,8 +1,11 @@
 """The batch writer against a real PostgreSQL (no Kafka): one transaction per
-batch, idempotent inserts, dead letters, database-rejected rows, outages."""
+batch, idempotent inserts, dead letters (whatever the message holds), isolation
+of rejected rows, conflicting re-sends, the event-time window, outages.
+The ingest ledger has its own tests (test_consumer_ledger.py)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from decimal import Decimal
@@ -12,7 +15,8 @@ import pytest
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.settings import ROLE_INGEST, Settings
-from services.consumer.writer import BatchWriter, DatabaseUnavailable, RawMessage, parse
+import services.consumer.writer as writer_module
+from services.consumer.writer import CONFLICT, BatchWriter, DatabaseUnavailable, RawMessage, parse
 from tests.test_consumer_support import (
     ecommerce_event,
     expected_items,
@@ -209,3 +213,132 @@ def test_lost_connection_raises_unavailable_then_reconnects(writer, database_url
     result = writer.write_raw(batch)
     assert result.topics[EC].stored == 3
     assert query(database_url, "SELECT count(*) FROM events")[0][0] == 4
+
+
+# --- hostile content: dead letters never fail because of what a message holds ---
+
+def test_nul_in_key_value_error_and_headers_is_stored_in_full(writer, database_url):
+    echoing = {**ecommerce_event(1), "event_id": "\u0000x"}  # the validation error echoes the NUL
+    headers = [("h\x00", b"\x00\xff raw"), ("empty", None), ("caf\u00e9", b"ok")]
+    batch = [
+        RawMessage(EC, 0, 0, b"k\x00", b"x", None),
+        RawMessage(EC, 0, 1, b"\xff\x00\xfe", json.dumps(echoing).encode(), headers),
+        RawMessage(EC, 0, 2, b"k", b"{\"event_id\": \"\\u0000\"}", [(b"\xc3\x28", b"v")]),
+        raw(EC, 3, ecommerce_event(3)),
+    ]
+    result = writer.write_raw(batch)
+    assert result.topics[EC].stored == 1 and result.topics[EC].dead_letters == 3
+    assert [m.raw.offset for m in result.dead_letters] == [0, 1, 2]
+    assert all("\x00" not in m.error for m in result.dead_letters)
+    rows = {off: rest for off, *rest in query(
+        database_url, 'SELECT "offset", key, key_bytes, payload, headers, error FROM dead_letters')}
+    key, key_bytes, payload, hdrs, error = rows[0]
+    assert (key, bytes(key_bytes), bytes(payload), hdrs) == ("k\\x00", b"k\x00", b"x", None)
+    key, key_bytes, payload, hdrs, error = rows[1]
+    assert key == "\\xff\\x00\\xfe" and bytes(key_bytes) == b"\xff\x00\xfe"
+    assert bytes(payload) == json.dumps(echoing).encode()
+    assert error.startswith("event_id:") and "\\x00" in error
+    assert [(h["key"], h["value_b64"] and base64.b64decode(h["value_b64"])) for h in hdrs] == [
+        ("h\\x00", b"\x00\xff raw"), ("empty", None), ("caf\u00e9", b"ok")]
+    assert rows[2][3] == [{"key": "\\xc3(", "value_b64": base64.b64encode(b"v").decode()}]
+
+
+def test_a_large_bad_value_is_stored_in_full(writer, database_url):
+    big = b"\x00" + bytes(range(256)) * 8192  # 2 MB, not UTF-8
+    result = writer.write_raw([RawMessage(RO, 0, 0, None, big, None), raw(RO, 1, restaurant_order(1))])
+    assert result.topics[RO].dead_letters == 1 and result.topics[RO].stored == 1
+    payload, sha = query(database_url, "SELECT payload, payload_sha256 FROM dead_letters")[0]
+    assert bytes(payload) == big and sha == hashlib.sha256(big).hexdigest()
+
+
+def test_an_unexpected_error_on_one_message_dead_letters_only_that_message(writer, database_url, monkeypatch):
+    events = [ecommerce_event(i) for i in range(10)]
+    culprit = events[6]["event_id"].encode()
+    real_copy = writer_module._copy
+
+    def copy_failing_on_culprit(cur, table, lines):
+        if any(culprit in line for line in lines):
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+        real_copy(cur, table, lines)
+
+    monkeypatch.setattr(writer_module, "_copy", copy_failing_on_culprit)
+    result = writer.write_raw([raw(EC, i, e) for i, e in enumerate(events)])
+    assert result.isolated
+    assert result.topics[EC].stored == 9 and [m.raw.offset for m in result.dead_letters] == [6]
+    assert query(database_url, "SELECT error FROM dead_letters")[0][0] == (
+        "cannot be stored: ValueError: A string literal cannot contain NUL (0x00) characters.")
+    assert query(database_url, "SELECT count(*) FROM events")[0][0] == 9
+
+
+def test_write_raises_nothing_but_database_unavailable(writer, database_url, monkeypatch):
+    def broken_ledger(self):
+        raise KeyError("a bug outside the row insert")
+
+    monkeypatch.setattr(writer_module._Attempt, "write_ledger", broken_ledger)
+    with pytest.raises(DatabaseUnavailable, match="unexpected error: KeyError"):
+        writer.write_raw([raw(EC, 0, ecommerce_event(0))])
+    assert query(database_url, "SELECT count(*) FROM events")[0][0] == 0  # nothing half-written
+    monkeypatch.undo()
+    assert writer.write_raw([raw(EC, 0, ecommerce_event(0))]).topics[EC].stored == 1
+
+
+# --- same id, other content ---------------------------------------------------
+
+def test_a_conflicting_resend_is_a_dead_letter_and_adds_no_child_rows(writer, database_url):
+    page_view = ecommerce_event(1, event_type="page_view")
+    order = restaurant_order(2, n_items=2)
+    writer.write_raw([raw(EC, 0, page_view), raw(RO, 0, order)])
+
+    purchase = ecommerce_event(4, event_type="purchase", event_id=page_view["event_id"])
+    bigger = restaurant_order(2, n_items=3, order_id=order["order_id"])
+    result = writer.write_raw([raw(EC, 1, purchase), raw(EC, 2, page_view), raw(RO, 1, bigger), raw(RO, 2, order)])
+    assert (result.topics[EC].dead_letters, result.topics[EC].duplicates) == (1, 1)
+    assert (result.topics[RO].dead_letters, result.topics[RO].duplicates) == (1, 1)
+    assert sorted((m.raw.topic, m.raw.offset) for m in result.dead_letters) == [(EC, 1), (RO, 1)]
+    assert {m.error for m in result.dead_letters} == {CONFLICT}
+    assert query(database_url, "SELECT event_type FROM events")[0][0] == "page_view"
+    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 0
+    assert query(database_url, "SELECT item_count, (SELECT count(*) FROM order_items) FROM orders")[0] == (
+        sum(it["quantity"] for it in order["items"]), 2)
+
+
+def test_inside_a_batch_the_first_copy_wins(writer, database_url):
+    first = ecommerce_event(1, event_type="purchase")
+    other = {**first, "total_amount": first["total_amount"] + 1}
+    reordered = json.dumps(dict(reversed(list(first.items())))).encode()  # same content, other bytes
+    order = restaurant_order(3)
+    batch = [raw(EC, 0, first), raw(EC, 1, other), raw(EC, 2, reordered), raw(RO, 0, order),
+             raw(RO, 1, {**order, "payment_method": "other"})]
+    result = writer.write_raw(batch)
+    assert (result.topics[EC].stored, result.topics[EC].duplicates, result.topics[EC].dead_letters) == (1, 1, 1)
+    assert (result.topics[RO].stored, result.topics[RO].dead_letters) == (1, 1)
+    assert sorted((m.raw.topic, m.raw.offset, m.error) for m in result.dead_letters) == [
+        (EC, 1, CONFLICT), (RO, 1, CONFLICT)]
+    assert query(database_url, "SELECT total_amount FROM transactions")[0][0] == Decimal(str(first["total_amount"]))
+    assert query(database_url, "SELECT payment_method FROM orders")[0][0] == order["payment_method"]
+
+
+# --- event-time window -------------------------------------------------------
+
+def test_events_outside_the_timestamp_window_are_dead_letters(writer, database_url):
+    batch = [raw(EC, 0, ecommerce_event(0, timestamp="9999-12-31T23:59:59Z")),
+             raw(EC, 1, ecommerce_event(1, timestamp="1999-12-31T23:59:59Z")),
+             raw(RO, 0, restaurant_order(0, timestamp="9999-01-01T00:00:00+00:00")),
+             raw(EC, 2, ecommerce_event(2))]
+    result = writer.write_raw(batch)
+    assert result.topics[EC].stored == 1 and result.topics[EC].dead_letters == 2
+    assert result.topics[RO].dead_letters == 1
+    errors = [e for (e,) in query(database_url, 'SELECT error FROM dead_letters ORDER BY topic, "offset"')]
+    assert all(e.startswith("timestamp outside the accepted window: ") for e in errors), errors
+    assert "9999-12-31T23:59:59+00:00 is more than 300 s in the future" in errors[0]
+    assert "1999-12-31T23:59:59+00:00 is before 2000-01-01T00:00:00+00:00" in errors[1]
+    assert query(database_url, "SELECT count(*) FROM products WHERE catalog_as_of > now()")[0][0] == 0
+
+
+# --- the cost of a batch -----------------------------------------------------
+
+def test_a_clean_batch_costs_a_fixed_number_of_statements(writer):
+    batch = [raw(EC, i, ecommerce_event(i)) for i in range(300)] + [raw(RO, i, restaurant_order(i)) for i in range(50)]
+    # lock+ledger read, COPY + insert events, COPY orders + items + insert, ledger row(s): whatever the size
+    assert writer.write_raw(batch).statements == 7
+    assert writer.write_raw([raw(EC, 300 + i, ecommerce_event(i)) for i in range(40)]).statements == 4

@@ -1,10 +1,11 @@
 """The event contracts (salespulse.contracts): valid examples accepted, invalid
-ones rejected with a readable reason. Uses the contracts module only."""
+ones rejected with a readable reason, event times checked against the window.
+Uses the contracts module (and Settings for the window's configuration) only."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -16,9 +17,11 @@ from salespulse.contracts import (
     ContractError,
     EcommerceEvent,
     RestaurantOrder,
+    TimestampWindow,
     json_schemas,
     parse_message,
 )
+from salespulse.settings import Settings
 
 ECO = ECOMMERCE_TOPIC.name
 REST = RESTAURANT_TOPIC.name
@@ -314,3 +317,33 @@ def test_json_schemas_cover_every_topic():
     assert set(schemas) == set(TOPICS)
     assert "event_type" in schemas[ECO]["properties"]
     assert "items" in schemas[REST]["properties"]
+
+
+# --------------------------------------------------------------------------- timestamp window
+
+
+def test_timestamp_window_rejects_far_future_and_ancient_events():
+    window = TimestampWindow()  # default: now + 300 s, 2000-01-01
+    now = datetime.now(timezone.utc)
+    for topic, valid in ((ECO, ECOMMERCE_VALID["purchase"]), (REST, ORDER_VALID)):
+        for ts in ("9999-12-31T23:59:59Z", "1999-12-31T23:59:59Z", (now + timedelta(seconds=400)).isoformat()):
+            with pytest.raises(ContractError, match="^timestamp outside the accepted window: "):
+                parse_message(topic, raw({**valid, "timestamp": ts}), window)
+        for ts in ("2000-01-01T00:00:00Z", (now + timedelta(seconds=200)).isoformat()):
+            assert parse_message(topic, raw({**valid, "timestamp": ts}), window)
+        # without a window only the shape is checked (the schema is unaffected)
+        assert parse_message(topic, raw({**valid, "timestamp": "9999-12-31T23:59:59Z"}))
+
+
+def test_timestamp_window_is_configurable_and_naive_earliest_means_utc():
+    window = TimestampWindow(max_future_seconds=0, earliest=datetime(2026, 1, 1))
+    assert window.earliest == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    assert window.violation(now, now=now) is None
+    assert "is more than 0 s in the future" in window.violation(now + timedelta(seconds=1), now=now)
+    assert window.violation(datetime(2025, 12, 31, 23, 59, tzinfo=timezone.utc), now=now) == (
+        "timestamp outside the accepted window: 2025-12-31T23:59:00+00:00 is before 2026-01-01T00:00:00+00:00")
+    settings = Settings(event_max_future_seconds=60, event_earliest="2010-05-01T00:00:00Z")
+    assert TimestampWindow.from_settings(settings) == TimestampWindow(60, datetime(2010, 5, 1, tzinfo=timezone.utc))
+    assert json_schemas()[ECO]["properties"]["timestamp"] == {"format": "date-time", "title": "Timestamp",
+                                                              "type": "string"}  # the schema knows no window

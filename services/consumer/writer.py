@@ -467,6 +467,7 @@ class _Attempt:
         self.rows_inserted = {"products": 0, "events": 0, "transactions": 0, "orders": 0, "order_items": 0}
         self.new_dead: set[tuple] = set()
         self.ledger: list[tuple] = []
+        self.temp_used = False  # the temp tables hold rows of an earlier insert
 
     def part(self, m: ParsedMessage) -> tuple:
         return m.raw.topic, self.inc(m), m.raw.partition
@@ -496,38 +497,52 @@ class _Attempt:
 
     # -- 2. valid rows --------------------------------------------------------
     def store_valid(self) -> None:
-        firsts: dict[tuple, _Row] = {}
-        followers: list[tuple[int, _Row, bool]] = []  # (index, first copy, identical?)
+        pending: list[_Row] = []
         for i, m in enumerate(self.todo):
             if not m.valid:
                 self.outcome[i] = m.error or "invalid"
                 continue
             try:
-                row = build_row(i, m.model)
+                pending.append(build_row(i, m.model))
             except Exception as exc:
                 self.outcome[i] = reason(f"cannot be stored: {_describe(exc)}")
-                continue
-            first = firsts.get((row.kind, row.ident))
-            if first is None:
-                firsts[(row.kind, row.ident)] = row
-            else:
-                followers.append((i, first, first.digest == row.digest))
+        while pending:  # more than one round only if a first copy was dead-lettered
+            pending = self._store_round(pending)
+
+    def _store_round(self, pending: list[_Row]) -> list[_Row]:
+        """Store the first copy of each id; settle the later copies against it.
+        Returns the later copies still open: different from a first copy that
+        was not stored (they get a round of their own)."""
+        firsts: dict[tuple, _Row] = {}
+        followers: list[tuple[_Row, _Row]] = []
+        for row in pending:
+            first = firsts.setdefault((row.kind, row.ident), row)
+            if first is not row:
+                followers.append((row, first))
         rows = list(firsts.values())
-        inserted = self._insert(rows) if not self.isolate else self._insert_isolating(rows)
+        inserted = self._insert_isolating(rows) if self.isolate else self._insert(rows)
         conflicts = self._conflicts([r for r in rows if (r.kind, r.ident) not in inserted
                                      and r.index not in self.outcome])
         for r in rows:
             if r.index not in self.outcome:
                 key = (r.kind, r.ident)
                 self.outcome[r.index] = STORED if key in inserted else CONFLICT if key in conflicts else DUPLICATE
-        for i, first, same in followers:
-            fate = self.outcome[first.index]
-            self.outcome[i] = (DUPLICATE if fate in (STORED, DUPLICATE) else fate) if same else CONFLICT
+        still_open = []
+        for row, first in followers:
+            fate, same = self.outcome[first.index], first.digest == row.digest
+            if fate in (STORED, DUPLICATE):
+                self.outcome[row.index] = DUPLICATE if same else CONFLICT
+            elif same:
+                self.outcome[row.index] = fate  # the same content fails the same way
+            else:
+                still_open.append(row)
+        return still_open
 
     def _insert(self, rows: list[_Row]) -> set[tuple]:
         """COPY ``rows`` into the temp tables and move them; the keys inserted."""
-        if self.isolate:
+        if self.temp_used:
             self.cur.execute(_TRUNCATE_TEMP)
+        self.temp_used = True
         inserted: set[tuple] = set()
         events = [r.line for r in rows if r.kind == "e"]
         orders = [r for r in rows if r.kind == "o"]

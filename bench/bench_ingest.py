@@ -157,14 +157,15 @@ def cpu_split(bootstrap: str, sample: int = 20_000) -> dict:
             "copy_rows_us": 1e6 * rows_cpu / n}
 
 
-def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, expected: int) -> dict:
+def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, expected: int,
+               pipeline: bool = True) -> dict:
     bootstrap = broker.bootstrap
     url = pg.create_database(f"bench_{batch_size}_{uuid.uuid4().hex[:6]}")
     settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap, metrics_port=0)
     migrate(settings)
     assignment = [TopicPartition(name, p, 0) for name, t in TOPICS.items() for p in range(t.partitions)]
     svc = ConsumerService(settings, group_id=f"bench-{uuid.uuid4().hex[:8]}", assignment=assignment,
-                          stop_at_end=True, batch_size=batch_size, max_wait_ms=1000)
+                          stop_at_end=True, batch_size=batch_size, max_wait_ms=1000, pipeline=pipeline)
     before, batches_before = stage_sums(), batches_written()
     cpu0, pg0, br0 = time.process_time(), tree_cpu(pg._proc.pid), tree_cpu(broker._proc.pid)
     t0 = time.perf_counter()
@@ -316,7 +317,7 @@ def main() -> int:
     ap.add_argument("--latency-settings", default="500/10,500/0",
                     help="comma-separated max-wait/linger (ms) pairs to measure latency with")
     ap.add_argument("--modes", default="pipelined",
-                    help="comma-separated: pipelined (default) and/or sync (CONSUMER_PIPELINE=0), for A/B runs")
+                    help="comma-separated: pipelined (default) and/or sync (write each batch before consuming the next), for A/B runs")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
@@ -343,8 +344,7 @@ def main() -> int:
             results["throughput"] = []
             runs = [(int(x), mode) for x in args.batch_sizes.split(",") if x for mode in args.modes.split(",")]
             for bs, mode in runs:
-                os.environ["CONSUMER_PIPELINE"] = "0" if mode == "sync" else "1"
-                r = throughput(pg, broker, bs, in_topic)
+                r = throughput(pg, broker, bs, in_topic, pipeline=mode != "sync")
                 r["mode"] = mode
                 results["throughput"].append(r)
                 print(f"ingest batch={bs:5d} {mode:9s}: {r['rows']} rows in {r['wall_s']:.2f}s = {r['events_per_s']:,.0f} events/s "

@@ -3,22 +3,26 @@
 Loop (one thread): ``consume(num_messages=batch_size, timeout=...)`` until the
 batch is full, ``max_wait_ms`` has passed since it started, or no message came
 for ``linger_ms`` (so a slow stream is written at once, a fast one in full
-batches); parse every
-message against its contract; write the batch in ONE transaction (valid rows +
-dead letters, idempotent); publish the dead letters to ``<topic>.dlq`` and
-flush; only then commit the batch's offsets synchronously.
+batches); parse every message against its contract; write the batch in ONE
+transaction (valid rows, dead letters and the ingest ledger; see writer.py);
+publish the dead letters to ``<topic>.dlq`` (dead_letters.py); only then
+commit the batch's offsets synchronously.
 
-A database outage holds the batch: the assigned partitions are paused, the
+A failing write holds the batch: the assigned partitions are paused, the
 consumer keeps being polled (so ``max.poll.interval.ms`` is never exceeded and
 the group keeps its members), and the write is retried with capped
 exponential backoff until it succeeds; /health says "unhealthy" meanwhile.
-Nothing is skipped and no offset moves until the rows are committed.
+Nothing is skipped and no offset moves until the rows are committed. If the
+loop itself fails, no offset is committed any more: what was not written is
+re-delivered to the next consumer.
+
+Each message is labelled with the incarnation (topic id) of the topic it was
+read from, so offsets of a re-created topic never collide with old ones.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
@@ -26,14 +30,28 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from prometheus_client import Counter, Gauge, Histogram
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from salespulse.contracts import TOPICS
-from salespulse.kafka import cached_lag, consumer_config, ensure_topics, producer_config
+from salespulse.contracts import TOPICS, TimestampWindow
+from salespulse.kafka import cached_lag, consumer_config, ensure_topics
 from salespulse.observability import serve_health_and_metrics
 from salespulse.settings import ROLE_INGEST, Settings
 
+from .dead_letters import DeadLetterPublisher
+from .incarnations import TopicIncarnations
+from .metrics import (
+    ASSIGNED,
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    COMMIT_FAILURES,
+    DB_RETRIES,
+    DB_UP,
+    DEAD_LETTERS,
+    DLQ_RETRIES,
+    LAG,
+    MESSAGES,
+    REBALANCES,
+)
 from .writer import BatchWriter, DatabaseUnavailable, ParsedMessage, RawMessage, WriteResult, parse
 
 log = logging.getLogger("services.consumer")
@@ -44,35 +62,29 @@ BACKOFF_MAX_S = 15.0
 REVOKE_WRITE_ATTEMPTS = 3
 JOIN_GRACE_S = 20.0
 # librdkafka's default (500 ms) is a latency floor with a broker that holds a
-# fetch for its full max wait when no data is there at first (tansu does);
-# Apache Kafka answers as soon as data arrives, so 100 ms only costs idle polls.
-FETCH_WAIT_MAX_MS = 100  # on stop before the first assignment: wait this long for it (defect 4)
+# fetch for its full max wait when no data is there at first (the embedded
+# broker does); Apache Kafka answers as soon as data arrives.
+FETCH_WAIT_MAX_MS = 100
 
-# -- metrics (process-wide registry; shared by every service instance) ---------
-MESSAGES = Counter("salespulse_consumer_messages_total",
-                   "Messages processed, by topic and outcome (stored, duplicate, dead_letter)",
-                   ["topic", "outcome"])
-DEAD_LETTERS = Counter("salespulse_consumer_dead_letters_total", "Messages sent to the dead-letter queue", ["topic"])
-BATCH_SECONDS = Histogram("salespulse_consumer_batch_seconds",
-                          "Time per batch and stage (parse, db, dlq, commit, total)", ["stage"],
-                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-BATCH_SIZE = Histogram("salespulse_consumer_batch_messages", "Messages per written batch",
-                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
-LAG = Gauge("salespulse_consumer_lag", "Messages behind the high watermark (cached), by topic", ["topic"])
-DB_RETRIES = Counter("salespulse_consumer_db_retries_total", "Failed batch writes that were retried")
-DB_UP = Gauge("salespulse_consumer_db_up", "1 while the database accepts writes, 0 during an outage")
-DLQ_RETRIES = Counter("salespulse_consumer_dlq_retries_total", "Failed dead-letter publications that were retried")
-REBALANCES = Counter("salespulse_consumer_rebalances_total", "Partition assignment changes", ["kind"])
-ASSIGNED = Gauge("salespulse_consumer_assigned_partitions", "Partitions assigned to this process")
-COMMIT_FAILURES = Counter("salespulse_consumer_commit_failures_total", "Offset commits that failed")
-
-# Consumers that must not be closed (stopped before their first assignment,
-# tansu defect 4): referenced here so they are never destroyed (destroy = close).
+# Consumers that must not be closed (stopped before their first assignment: a
+# close while joining a group with no other live member can wedge the group on
+# the embedded broker): referenced here so they are never destroyed (destroy = close).
 _ABANDONED: list[Consumer] = []
 
 
 def _tp(tp) -> tuple[str, int]:
     return tp.topic, tp.partition
+
+
+def read_message(msg, incarnation: str, window: TimestampWindow) -> ParsedMessage:
+    """A Kafka message as a parsed message; never raises, whatever the message holds
+    (e.g. header names that are not UTF-8 make ``msg.headers()`` raise)."""
+    try:
+        raw = RawMessage.from_kafka(msg, incarnation=incarnation)
+    except Exception as exc:  # unreadable metadata: keep key and value, dead-letter it
+        raw = RawMessage(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), None, incarnation)
+        return ParsedMessage(raw, error=f"unreadable message headers: {type(exc).__name__}: {exc}")
+    return parse(raw, window=window)
 
 
 @dataclass
@@ -98,6 +110,7 @@ class ConsumerService:
         batch_size: int | None = None,
         max_wait_ms: int | None = None,
         linger_ms: int | None = None,
+        pipeline: bool = True,
     ):
         self.settings = settings
         # assign() mode (replays) commits under its own group by default, so a replay
@@ -111,14 +124,21 @@ class ConsumerService:
         self.linger = (linger_ms if linger_ms is not None else settings.consumer_batch_linger_ms) / 1000.0
         if self.batch_size < 1 or self.max_wait <= 0 or self.linger < 0:
             raise ValueError("batch size and max wait must be positive, linger not negative")
+        self.drain_seconds = 0.0 if stop_at_end else settings.consumer_drain_on_stop_s
+        self.window = TimestampWindow(max_future_seconds=settings.event_max_future_seconds,
+                                      earliest=settings.event_earliest)
         self.topics = list(TOPICS)
-        self.writer = BatchWriter(settings.role_url(ROLE_INGEST))
-        # CONSUMER_PIPELINE=0: write each batch before consuming the next (for A/B benchmarks)
-        self.pipeline = os.environ.get("CONSUMER_PIPELINE", "1") != "0"
+        self.writer = BatchWriter(settings.role_url(ROLE_INGEST), group=self.group_id)
+        self.dead_letters = DeadLetterPublisher(settings.kafka_bootstrap_servers)
+        self.incarnations = TopicIncarnations(settings.kafka_bootstrap_servers, self.topics)
+        # pipeline=False: write each batch before consuming the next (for A/B benchmarks)
+        self.pipeline = pipeline
 
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stop consuming now
+        self._stop_requested = threading.Event()  # stop once drained (or at once without a drain)
+        self._drain_deadline: float | None = None
+        self._failed = False  # the loop failed: commit nothing more
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
         self._server = None
         self.metrics_port: int | None = None
 
@@ -130,6 +150,7 @@ class ConsumerService:
         self._assigned: set[tuple[str, int]] = set()
         self._ever_assigned = False
         self._eof: set[tuple[str, int]] = set()
+        self._last_offset: dict[tuple[str, int], int] = {}
         self._paused = False
         self._flushing = False
         self._db_ok = True
@@ -141,17 +162,21 @@ class ConsumerService:
         self._last_lag_update = 0.0
         self._totals = defaultdict(int)
         self._last_progress_log = time.monotonic()
-        self.abandoned = False  # True if the consumer was left unclosed (defect 4)
+        self.abandoned = False  # True if the consumer was left unclosed (see _shutdown)
         self.ready = threading.Event()  # set once the consumer is subscribed/assigned
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
-        """Ask the loop to finish the current batch, commit and close (thread-safe)."""
-        self._stop.set()
+        """Ask the loop to stop (thread-safe): with a drain, once the assigned
+        partitions are caught up or the drain time is over; then finish the
+        current batch, commit and close."""
+        self._stop_requested.set()
+        if self.drain_seconds <= 0:
+            self._stop.set()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop_requested.is_set()
 
     def health(self) -> tuple[bool, dict]:
         ok = self._db_ok and self._dlq_ok
@@ -173,9 +198,7 @@ class ConsumerService:
     def run(self) -> None:
         port = self.settings.metrics_port
         if port is None:
-            port = getattr(self.settings, "consumer_metrics_port", None)
-        if port is None:
-            port = DEFAULT_METRICS_PORT
+            port = self.settings.consumer_metrics_port or DEFAULT_METRICS_PORT
         self._server = serve_health_and_metrics(port, self.health)
         self.metrics_port = self._server.server_port
         DB_UP.set(1)
@@ -183,11 +206,12 @@ class ConsumerService:
         log.info("consumer starting", extra={
             "event": "start", "group": self.group_id, "metrics_port": self.metrics_port,
             "batch_size": self.batch_size, "max_wait_ms": int(self.max_wait * 1000),
-            "linger_ms": int(self.linger * 1000),
+            "linger_ms": int(self.linger * 1000), "drain_on_stop_s": self.drain_seconds,
             "mode": "assign" if self.assignment is not None else "subscribe", "bootstrap": bootstrap})
         try:
-            # an unknown topic would auto-create with the wrong partition count (defect 6)
+            # an unknown topic would auto-create with the broker's default partition count
             ensure_topics(bootstrap)
+            self.incarnations.refresh()
             extra = {"fetch.wait.max.ms": FETCH_WAIT_MAX_MS}
             if self.stop_at_end:
                 extra["enable.partition.eof"] = True
@@ -213,12 +237,36 @@ class ConsumerService:
                     if not self.pipeline:
                         self._complete()
                 self._housekeeping()
+                self._check_drained()
                 if self.stop_at_end and self._at_end():
                     log.info("reached the end of every assigned partition", extra={"event": "end_reached"})
                     break
             self._flush()  # stop requested: finish the batch in flight and the one being filled
+        except BaseException:
+            self._failed = True  # from here on nothing is committed: the rest is re-delivered
+            log.exception("consumer loop failed; uncommitted batches will be re-delivered",
+                          extra={"event": "loop_failed"})
+            raise
         finally:
             self._shutdown()
+
+    def _check_drained(self) -> None:
+        """After a stop request with a drain: stop once caught up or out of time."""
+        if not self._stop_requested.is_set() or self._stop.is_set():
+            return
+        now = time.monotonic()
+        if self._drain_deadline is None:
+            self._drain_deadline = now + self.drain_seconds
+            log.info("stop requested: draining the assigned partitions", extra={
+                "event": "drain_started", "max_seconds": self.drain_seconds})
+        lag = self._current_lag()
+        # caught up: a known watermark for every assigned partition, none ahead of us
+        caught_up = (lag is not None and len(lag) == len(self._assigned) and sum(lag.values()) == 0
+                     and not self._pending)
+        if caught_up or now >= self._drain_deadline or (self._ever_assigned and not self._assigned):
+            log.info("drain finished", extra={"event": "drain_finished", "caught_up": caught_up,
+                                              "lag": sum(lag.values()) if lag else None})
+            self._stop.set()
 
     def _fill_batch(self) -> None:
         """Consume until the batch is full, max_wait has passed since it started, or
@@ -269,7 +317,11 @@ class ConsumerService:
             if key not in self._assigned and self.assignment is None and self._ever_assigned:
                 continue  # stale message of a partition revoked meanwhile
             self._eof.discard(key)
-            self._pending.append(parse(RawMessage.from_kafka(msg)))
+            offset = msg.offset()
+            if offset <= self._last_offset.get(key, -1):
+                self.incarnations.refresh()  # offsets went back: re-delivery, or a re-created topic
+            self._last_offset[key] = offset
+            self._pending.append(read_message(msg, self.incarnations.get(key[0]), self.window))
         self._parse_seconds += time.perf_counter() - t0
 
     def _at_end(self, ignore_pending: bool = False) -> bool:
@@ -287,8 +339,8 @@ class ConsumerService:
 
     def _flush(self, max_attempts: int | None = None) -> bool:
         """Synchronously finish the batch in flight and the pending one."""
-        if self._flushing:
-            return True
+        if self._flushing or self._failed:
+            return not self._failed
         if not self._complete(max_attempts):
             return False
         if self._pending:
@@ -297,32 +349,31 @@ class ConsumerService:
         return True
 
     def _complete(self, max_attempts: int | None = None) -> bool:
-        """Finish the batch in flight: wait for its write (retrying a failing
-        database with capped exponential backoff: forever, unless
-        ``max_attempts`` or a stop request), publish its dead letters, then
-        commit its offsets. Returns False if it was given up: its messages go
-        back in front of the pending batch, offsets uncommitted."""
+        """Finish the batch in flight: wait for its write (retrying with capped
+        exponential backoff: forever, unless ``max_attempts`` or a stop), publish
+        its dead letters, then commit its offsets. Returns False if it was given
+        up: its messages go back in front of the pending batch, offsets
+        uncommitted. The batch stays in ``_inflight`` until its offsets are
+        committed, so nothing after it can be committed if this fails."""
         inflight = self._inflight
-        if inflight is None or self._flushing:
-            return True
+        if inflight is None or self._flushing or self._failed:
+            return inflight is None
         self._flushing = True
-        self._inflight = None
         try:
             batch = inflight.batch
             try:
                 result = inflight.future.result()
-            except DatabaseUnavailable as exc:
-                result = self._write_with_retry(batch, str(exc), max_attempts)
+            except Exception as exc:
+                result = self._write_with_retry(batch, exc, max_attempts)
                 if result is None:
-                    self._give_back(batch)
-                    return False
+                    return self._give_back(inflight)
             self._db_up()
             t_db = time.perf_counter()
             if not self._publish_dead_letters(result.dead_letters, max_attempts):
-                self._give_back(batch)
-                return False
+                return self._give_back(inflight)
             t_dlq = time.perf_counter()
             self._commit(batch)
+            self._inflight = None
             t_end = time.perf_counter()
             self._record(batch, result, inflight.parse_seconds, inflight.started, t_db, t_dlq, t_end)
             if self._paused:
@@ -331,11 +382,10 @@ class ConsumerService:
         finally:
             self._flushing = False
 
-    def _write_with_retry(self, batch: list[ParsedMessage], error: str,
+    def _write_with_retry(self, batch: list[ParsedMessage], error: Exception,
                           max_attempts: int | None) -> WriteResult | None:
         attempt = 1
-        DB_RETRIES.inc()
-        self._db_down(error, attempt, len(batch))
+        self._write_failed(error, attempt, len(batch))
         while True:
             if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
                 log.warning("batch not written; its offsets stay uncommitted (it will be re-delivered)",
@@ -344,15 +394,17 @@ class ConsumerService:
             self._wait(min(BACKOFF_INITIAL_S * 2 ** (attempt - 1), BACKOFF_MAX_S))
             try:
                 return self.writer.write(batch)
-            except DatabaseUnavailable as exc:
+            except Exception as exc:
                 attempt += 1
-                DB_RETRIES.inc()
-                self._db_down(str(exc), attempt, len(batch))
+                self._write_failed(exc, attempt, len(batch))
 
-    def _give_back(self, batch: list[ParsedMessage]) -> None:
+    def _give_back(self, inflight: _InFlight) -> bool:
+        """An unfinished batch goes back in front of the pending one (partitions still ours)."""
+        self._inflight = None
         owned = self._assigned if self.assignment is None else None
-        keep = [m for m in batch if owned is None or (m.raw.topic, m.raw.partition) in owned]
+        keep = [m for m in inflight.batch if owned is None or (m.raw.topic, m.raw.partition) in owned]
         self._pending = keep + self._pending
+        return False
 
     def _record(self, batch, result: WriteResult, parse_seconds, t_start, t_db, t_dlq, t_end) -> None:
         BATCH_SECONDS.labels("parse").observe(parse_seconds)
@@ -368,6 +420,9 @@ class ConsumerService:
                     self._totals[outcome] += n
             if c.dead_letters:
                 DEAD_LETTERS.labels(topic).inc(c.dead_letters)
+        for m in result.skipped:
+            MESSAGES.labels(m.raw.topic, "skipped").inc()
+            self._totals["skipped"] += 1
         self._last_batch_at = time.time()
         if result.dead_letters:
             log.warning("dead letters in batch", extra={
@@ -390,23 +445,30 @@ class ConsumerService:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            # rows are committed; a re-delivery of these messages is a no-op
+            # rows and ledger are committed; a re-delivery of these messages is skipped
             COMMIT_FAILURES.inc()
-            log.warning("offset commit failed (rows are stored; re-delivery will be a no-op)",
+            log.warning("offset commit failed (rows are stored; re-delivery will be skipped)",
                         extra={"event": "commit_failed", "error": str(exc)})
 
     # ------------------------------------------------------------------ outages
-    def _db_down(self, error: str, attempt: int, size: int) -> None:
-        self._last_error = error
+    def _write_failed(self, error: Exception, attempt: int, size: int) -> None:
+        DB_RETRIES.inc()
+        text = str(error).strip() or type(error).__name__
+        self._last_error = text
+        if not isinstance(error, DatabaseUnavailable):
+            # the writer isolates bad messages itself; anything else is a bug: keep the
+            # batch (never drop it, never commit past it) and say so loudly
+            log.error("unexpected error writing a batch; holding it and retrying", exc_info=error,
+                      extra={"event": "write_error", "attempt": attempt, "messages": size})
         if self._db_ok:
             self._db_ok = False
             self._outage_since = time.monotonic()
             DB_UP.set(0)
             log.error("database unavailable; holding the batch and retrying",
-                      extra={"event": "db_outage", "error": error, "messages": size})
+                      extra={"event": "db_outage", "error": text, "messages": size})
         else:
             log.warning("batch write retry failed", extra={"event": "db_retry_failed", "attempt": attempt,
-                                                          "error": error, "messages": size})
+                                                          "error": text, "messages": size})
 
     def _db_up(self) -> None:
         if not self._db_ok:
@@ -428,6 +490,7 @@ class ConsumerService:
             if remaining <= 0:
                 return
             self._accept(self._consumer.consume(num_messages=self.batch_size, timeout=min(remaining, 0.5)))
+            self._check_drained()
 
     def _pause(self) -> None:
         parts = self._consumer.assignment()
@@ -442,41 +505,12 @@ class ConsumerService:
         self._paused = False
 
     # ------------------------------------------------------------------ dead letters
-    def _dlq_producer(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(producer_config(self.settings.kafka_bootstrap_servers,
-                                                      **{"linger.ms": 0, "message.timeout.ms": 10_000}))
-        return self._producer
-
     def _publish_dead_letters(self, dead: list[ParsedMessage], max_attempts: int | None) -> bool:
         """Produce every dead letter to its topic's DLQ and flush (before offsets move)."""
-        if not dead:
-            return True
         attempt = 0
-        while True:
-            failures: list[str] = []
-
-            def delivered(err, _msg):
-                if err is not None:
-                    failures.append(str(err))
-
-            producer = self._dlq_producer()
-            try:
-                for m in dead:
-                    topic = TOPICS[m.raw.topic].dlq if m.raw.topic in TOPICS else f"{m.raw.topic}.dlq"
-                    headers = list(m.raw.headers or []) + [
-                        ("dlq.error", (m.error or "invalid").encode("utf-8", "backslashreplace")[:4000]),
-                        ("dlq.source.topic", m.raw.topic.encode()),
-                        ("dlq.source.partition", str(m.raw.partition).encode()),
-                        ("dlq.source.offset", str(m.raw.offset).encode()),
-                    ]
-                    producer.produce(topic, value=m.raw.value, key=m.raw.key, headers=headers, on_delivery=delivered)
-                    producer.poll(0)
-                left = producer.flush(15)
-            except (BufferError, KafkaException) as exc:
-                failures.append(str(exc))
-                left = -1
-            if left == 0 and not failures:
+        while dead:
+            failures = self.dead_letters.publish(dead)
+            if not failures:
                 if not self._dlq_ok:
                     log.info("dead-letter queue reachable again", extra={"event": "dlq_recovered"})
                 self._dlq_ok = True
@@ -484,14 +518,12 @@ class ConsumerService:
             attempt += 1
             DLQ_RETRIES.inc()
             self._dlq_ok = False
-            log.error("dead letters not delivered; rebuilding the producer and retrying", extra={
-                "event": "dlq_failed", "attempt": attempt, "undelivered": left,
-                "errors": failures[:3]})
-            # an idempotent producer never recovers from a broker restart (defect 2)
-            self._producer = None
+            log.error("dead letters not delivered; retrying", extra={
+                "event": "dlq_failed", "attempt": attempt, "errors": failures[:3]})
             if self._stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
                 return False
             self._wait(min(BACKOFF_INITIAL_S * 2 ** (attempt - 1), BACKOFF_MAX_S))
+        return True
 
     # ------------------------------------------------------------------ rebalances
     def _on_assign(self, consumer, partitions) -> None:
@@ -499,6 +531,9 @@ class ConsumerService:
         new = {_tp(tp) for tp in partitions}
         self._assigned |= new
         self._eof -= new
+        for key in new:
+            self._last_offset.pop(key, None)
+        self.incarnations.refresh()
         ASSIGNED.set(len(self._assigned))
         REBALANCES.labels("assign").inc()
         log.info("partitions assigned", extra={"event": "assigned", "partitions": sorted(f"{t}[{p}]" for t, p in new),
@@ -528,14 +563,19 @@ class ConsumerService:
         ASSIGNED.set(len(self._assigned))
 
     # ------------------------------------------------------------------ housekeeping
+    def _current_lag(self) -> dict[tuple[str, int], int] | None:
+        if not self._assigned or self._consumer is None:
+            return None
+        try:
+            return cached_lag(self._consumer, [TopicPartition(t, p) for t, p in self._assigned])
+        except KafkaException:
+            return None
+
     def _housekeeping(self) -> None:
         now = time.monotonic()
         if now - self._last_lag_update >= 1.0 and self._assigned:
             self._last_lag_update = now
-            try:
-                lag = cached_lag(self._consumer, [TopicPartition(t, p) for t, p in self._assigned])
-            except KafkaException:
-                lag = None
+            lag = self._current_lag()
             if lag is not None:
                 per_topic: dict[str, int] = {t: 0 for t in self.topics}
                 for (t, _p), n in lag.items():
@@ -552,21 +592,19 @@ class ConsumerService:
         consumer = self._consumer
         try:
             if consumer is not None:
-                if self.assignment is None and not self._ever_assigned:
+                if self.assignment is None and not self._ever_assigned and not self._failed:
                     self._await_first_assignment(consumer)
                 if self.assignment is None and not self._ever_assigned:
                     # closing while joining a group with no other live member can
-                    # wedge the group for good (defect 4): exit without close()
+                    # wedge the group on the embedded broker: exit without close()
                     _ABANDONED.append(consumer)
                     self.abandoned = True
                     log.warning("stopping before the first assignment: consumer left unclosed",
                                 extra={"event": "exit_without_close"})
                 else:
-                    self._flush(max_attempts=REVOKE_WRITE_ATTEMPTS)
+                    self._flush(max_attempts=REVOKE_WRITE_ATTEMPTS)  # a no-op after a failure
                     consumer.close()  # on_revoke runs here; leaves the group
-            if self._producer is not None:
-                self._producer.flush(10)
-                self._producer = None  # destroyed: its broker connections close now
+            self.dead_letters.close(timeout=10)
         finally:
             if self._inflight is not None:  # given up (e.g. stop during an outage): let the write end
                 try:
@@ -581,7 +619,8 @@ class ConsumerService:
             if self._server is not None:
                 self._server.shutdown()
                 self._server.server_close()
-            log.info("consumer stopped", extra={"event": "stop", "totals": dict(self._totals)})
+            log.info("consumer stopped", extra={"event": "stop", "totals": dict(self._totals),
+                                                "uncommitted": len(self._pending), "failed": self._failed})
 
     def _await_first_assignment(self, consumer: Consumer) -> None:
         deadline = time.monotonic() + JOIN_GRACE_S
@@ -589,4 +628,3 @@ class ConsumerService:
             self._accept(consumer.consume(num_messages=self.batch_size, timeout=0.2))
         if self._pending:
             self._flush(max_attempts=REVOKE_WRITE_ATTEMPTS)
-

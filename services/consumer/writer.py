@@ -274,7 +274,8 @@ class _Row:
 def build_row(index: int, model: EcommerceEvent | RestaurantOrder) -> _Row:
     """COPY lines plus content hash; raises for a message no column can hold."""
     if isinstance(model, EcommerceEvent):
-        kind, ident, main, items = "e", str(model.event_id), _encode(_event_line(model)), []
+        line = _event_line(model)
+        kind, ident, main, items = "e", line[:36], _encode(line), []  # the line starts with the event id
         content = main
     else:
         order, item_lines = _order_lines(model)
@@ -393,7 +394,7 @@ INSERT INTO dead_letters (topic, topic_incarnation, "partition", "offset", key, 
                           payload_sha256, error)
 VALUES %s
 ON CONFLICT (topic, topic_incarnation, "partition", "offset", payload_sha256) DO NOTHING
-RETURNING "partition", "offset", payload_sha256, topic, topic_incarnation
+RETURNING topic, topic_incarnation, "partition", "offset", payload_sha256
 """
 _DEAD_LETTER_CHUNK_BYTES = 32 << 20  # raw payload bytes per INSERT statement
 
@@ -404,15 +405,21 @@ VALUES %s
 """
 
 
-def dead_letter_row(m: ParsedMessage, incarnation: str = "", error: str | None = None) -> tuple:
+def _dead_letter_key(m: ParsedMessage, incarnation: str) -> tuple:
+    """The de-duplication key of a dead letter (its unique constraint)."""
     raw = m.raw
-    value, key = _as_bytes(raw.value), _as_bytes(raw.key)
-    headers = headers_json(raw.headers)
+    return (safe_text(str(raw.topic)), incarnation, raw.partition, raw.offset,
+            hashlib.sha256(_as_bytes(raw.value) or b"").hexdigest())
+
+
+def dead_letter_row(m: ParsedMessage, incarnation: str = "", error: str | None = None) -> tuple:
+    topic, incarnation, partition, offset, sha = _dead_letter_key(m, incarnation)
+    value, key = _as_bytes(m.raw.value), _as_bytes(m.raw.key)
+    headers = headers_json(m.raw.headers)
     return (
-        safe_text(str(raw.topic)), incarnation, raw.partition, raw.offset, decode_key(key),
-        None if key is None else psycopg2.Binary(key), None if headers is None else Json(headers),
-        None if value is None else psycopg2.Binary(value),
-        hashlib.sha256(value or b"").hexdigest(), reason(error or m.error or "invalid"),
+        topic, incarnation, partition, offset, decode_key(key), None if key is None else psycopg2.Binary(key),
+        None if headers is None else Json(headers), None if value is None else psycopg2.Binary(value),
+        sha, reason(error or m.error or "invalid"),
     )
 
 
@@ -458,9 +465,12 @@ class _Attempt:
     def __init__(self, writer: "BatchWriter", cur, batch: Sequence[ParsedMessage],
                  incarnations: Mapping[str, str], isolate: bool):
         self.w, self.cur, self.isolate = writer, cur, isolate
-        self.inc = lambda m: m.raw.incarnation or incarnations.get(m.raw.topic, "")
         self.batch = batch
+        # (topic, incarnation, partition) of each message of the batch
+        self.parts = [(m.raw.topic, m.raw.incarnation or incarnations.get(m.raw.topic, ""), m.raw.partition)
+                      for m in batch]
         self.todo: list[ParsedMessage] = []
+        self.todo_parts: list[tuple] = []
         self.skipped: list[ParsedMessage] = []
         self.covered: dict[tuple, list[tuple[int, int]]] = {}
         self.outcome: dict[int, str] = {}  # todo index -> STORED | DUPLICATE | dead-letter reason
@@ -469,15 +479,17 @@ class _Attempt:
         self.ledger: list[tuple] = []
         self.temp_used = False  # the temp tables hold rows of an earlier insert
 
-    def part(self, m: ParsedMessage) -> tuple:
-        return m.raw.topic, self.inc(m), m.raw.partition
-
     # -- 1. ledger coverage ---------------------------------------------------
     def skip_covered(self) -> None:
         spans: dict[tuple, list[int]] = {}
-        for m in self.batch:
-            lo_hi = spans.setdefault(self.part(m), [m.raw.offset, m.raw.offset])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], m.raw.offset), max(lo_hi[1], m.raw.offset)
+        for part, m in zip(self.parts, self.batch):
+            offset, span = m.raw.offset, spans.get(part)
+            if span is None:
+                spans[part] = [offset, offset]
+            elif offset < span[0]:
+                span[0] = offset
+            elif offset > span[1]:
+                span[1] = offset
         keys = sorted(spans)
         self.cur.execute(_LOCK_AND_COVERAGE, {
             "locks": sorted(_lock_key(self.w.group, *k) for k in keys), "group": self.w.group,
@@ -486,21 +498,21 @@ class _Attempt:
         for topic, inc, p, lo, hi in self.cur.fetchall():
             self.covered.setdefault((topic, inc, p), []).append((lo, hi))
         seen: set[tuple] = set()
-        for m in self.batch:
-            k = (*self.part(m), m.raw.offset)
-            ranges = self.covered.get(k[:3], ())
-            if k in seen or any(lo <= m.raw.offset <= hi for lo, hi in ranges):
+        for part, m in zip(self.parts, self.batch):
+            key, ranges = (part, m.raw.offset), self.covered.get(part)
+            if key in seen or (ranges and any(lo <= m.raw.offset <= hi for lo, hi in ranges)):
                 self.skipped.append(m)  # committed before (or the same offset twice in this batch)
             else:
-                seen.add(k)
+                seen.add(key)
                 self.todo.append(m)
+                self.todo_parts.append(part)
 
     # -- 2. valid rows --------------------------------------------------------
     def store_valid(self) -> None:
         pending: list[_Row] = []
         for i, m in enumerate(self.todo):
             if not m.valid:
-                self.outcome[i] = m.error or "invalid"
+                self.outcome[i] = reason(m.error or "invalid")
                 continue
             try:
                 pending.append(build_row(i, m.model))
@@ -599,11 +611,10 @@ class _Attempt:
 
     # -- 3. dead letters, 4. ledger ---------------------------------------------
     def store_dead_letters(self) -> None:
-        dead = [(m, self.outcome[i]) for i, m in enumerate(self.todo) if self.outcome[i] not in (STORED, DUPLICATE)]
         chunk: list[tuple] = []
         size = 0
-        for m, why in dead:
-            chunk.append(dead_letter_row(m, self.inc(m), why))
+        for m, part, why in self._dead():
+            chunk.append(dead_letter_row(m, part[1], why))
             size += len(m.raw.value or b"") + len(m.raw.key or b"")
             if size >= _DEAD_LETTER_CHUNK_BYTES:
                 self._insert_dead_letters(chunk)
@@ -612,14 +623,14 @@ class _Attempt:
 
     def _insert_dead_letters(self, rows: list[tuple]) -> None:
         if rows:
-            for p, off, sha, topic, inc in execute_values(self.cur, _INSERT_DEAD_LETTERS, rows,
+            for topic, inc, p, off, sha in execute_values(self.cur, _INSERT_DEAD_LETTERS, rows,
                                                            page_size=len(rows), fetch=True):
                 self.new_dead.add((topic, inc, p, off, sha.strip()))
 
     def write_ledger(self) -> None:
         by_part: dict[tuple, list[tuple[int, str]]] = {}
-        for i, m in enumerate(self.todo):
-            by_part.setdefault(self.part(m), []).append((m.raw.offset, self.outcome[i]))
+        for i, (m, part) in enumerate(zip(self.todo, self.todo_parts)):
+            by_part.setdefault(part, []).append((m.raw.offset, self.outcome[i]))
         for part, entries in sorted(by_part.items()):
             entries.sort()
             ranges = self.covered.get(part, ())
@@ -653,19 +664,22 @@ class _Attempt:
         for m in self.skipped:
             result.counts(m.raw.topic).skipped += 1
         for i, m in enumerate(self.todo):
-            counts, fate = result.counts(m.raw.topic), self.outcome[i]
+            fate = self.outcome[i]
             if fate == STORED:
-                counts.stored += 1
+                result.counts(m.raw.topic).stored += 1
             elif fate == DUPLICATE:
-                counts.duplicates += 1
-            else:
-                counts.dead_letters += 1
-                m.error = fate
-                raw = m.raw
-                sha = hashlib.sha256(_as_bytes(raw.value) or b"").hexdigest()
-                if (safe_text(str(raw.topic)), self.inc(m), raw.partition, raw.offset, sha) in self.new_dead:
-                    result.dead_letters.append(m)
+                result.counts(m.raw.topic).duplicates += 1
+        for m, part, why in self._dead():
+            result.counts(m.raw.topic).dead_letters += 1
+            m.error = why
+            if _dead_letter_key(m, part[1]) in self.new_dead:
+                result.dead_letters.append(m)
         return result
+
+    def _dead(self) -> Iterable[tuple[ParsedMessage, tuple, str]]:
+        for i, (m, part) in enumerate(zip(self.todo, self.todo_parts)):
+            if self.outcome[i] not in (STORED, DUPLICATE):
+                yield m, part, self.outcome[i]
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 # SalesPulse: `make run` starts the local stack, `make test` runs the tests.
 # Both set up what is missing first (apt packages, .venv, pip), idempotently.
-.PHONY: setup run test status bench clean-state
+.PHONY: setup run test status bench chaos clean-state
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,11 @@ test: setup
 
 bench: setup
 	.venv/bin/python bench/run_all.py
+
+# hostile-stream campaign (issue 8): 10,000 valid + 10,000 hostile messages, 10 consumer
+# SIGKILLs, 2 PostgreSQL restarts; CHAOS_ARGS="--seed 2 ..." to vary (see docs/chaos.md)
+chaos: setup
+	.venv/bin/python bench/chaos.py $(CHAOS_ARGS)
 
 clean-state:
 	.venv/bin/salespulse stack reset

@@ -30,6 +30,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings as hypothesis_settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, EcommerceEvent, RestaurantOrder, parse_message
 
@@ -380,7 +381,7 @@ def unstorable(model) -> str | None:
         elif isinstance(value, list | tuple):
             for item in value:
                 yield from texts(item)
-        elif hasattr(value, "model_fields"):
+        elif isinstance(value, BaseModel):
             for _name, item in value:
                 yield from texts(item)
 

@@ -163,20 +163,22 @@ def test_rows_the_database_rejects_are_isolated_into_dead_letters(writer, databa
     admin.close()
     events = [ecommerce_event(i, event_type="purchase") for i in range(9)]
     events[2]["user_id"] = events[7]["user_id"] = "mallory"
-    batch = [raw(EC, i, e) for i, e in enumerate(events)] + [raw(RO, 0, restaurant_order(1))]
+    fixed = {**events[2], "user_id": "alice"}  # a later copy of a rejected id, with other content
+    batch = [raw(EC, i, e) for i, e in enumerate(events)] + [raw(EC, 9, fixed), raw(RO, 0, restaurant_order(1))]
 
     result = writer.write_raw(batch)
     assert result.isolated
-    assert result.topics[EC].stored == 7 and result.topics[EC].dead_letters == 2
+    assert result.topics[EC].stored == 8 and result.topics[EC].dead_letters == 2
     assert result.topics[RO].stored == 1
     assert {m.raw.offset for m in result.dead_letters} == {2, 7}
     errors = dict(query(database_url, 'SELECT "offset", error FROM dead_letters'))
     assert set(errors) == {2, 7}
     assert all(e.startswith("rejected by the database: new row for relation \"events\" violates check")
                for e in errors.values())
-    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 7
+    assert query(database_url, "SELECT user_id FROM events WHERE event_id = %s", (fixed["event_id"],)) == [("alice",)]
+    assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 8
     assert query(database_url, "SELECT messages, stored, dead_lettered FROM ingest_ledger WHERE topic = %s",
-                 (EC,)) == [(9, 7, 2)]
+                 (EC,)) == [(10, 8, 2)]
 
 
 def test_products_keep_the_latest_catalogue_data_by_event_time(writer, database_url):

@@ -449,6 +449,11 @@ _UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.Int
                 psycopg2.ProgrammingError)
 
 
+def _unavailable(exc: BaseException) -> bool:
+    # a row beyond a size limit (e.g. of an index entry) is the data's fault
+    return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, psycopg2.errors.ProgramLimitExceeded)
+
+
 class _NeedsIsolation(Exception):
     """The row insert failed for a reason that may be one message's fault."""
 
@@ -586,9 +591,9 @@ class _Attempt:
         self.cur.execute("SAVEPOINT isolate")
         try:
             inserted = self._insert(rows)
-        except _UNAVAILABLE:
-            raise
         except Exception as exc:
+            if _unavailable(exc):
+                raise
             self.cur.execute("ROLLBACK TO SAVEPOINT isolate")
             self.rows_inserted = saved
             if len(rows) == 1:
@@ -801,10 +806,8 @@ class BatchWriter:
             attempt.skip_covered()
             try:
                 attempt.store_valid()
-            except _UNAVAILABLE:
-                raise
             except Exception as exc:
-                if isolate:
+                if isolate or _unavailable(exc):
                     raise
                 raise _NeedsIsolation() from exc
             attempt.store_dead_letters()

@@ -45,6 +45,7 @@ from dagster import (
 from orchestration.assets.reports import ecommerce_reports, restaurant_reports
 from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.resources import PostgresResource
+from orchestration.run_checks import run_checks
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 
 REPORT_FRESHNESS_MINUTES = int(os.environ.get("REPORT_FRESHNESS_MINUTES", "5"))
@@ -350,5 +351,6 @@ window_checks = [
     ecommerce_revenue_reconciles, restaurant_revenue_reconciles,
     ecommerce_windows_complete, restaurant_windows_complete,
 ]
-health_checks = [ecommerce_reports_fresh, restaurant_reports_fresh, dead_letter_rate_check, *integrity_checks]
+health_checks = [ecommerce_reports_fresh, restaurant_reports_fresh, dead_letter_rate_check, *integrity_checks,
+                 *run_checks]
 all_checks = [*window_checks, *health_checks]

@@ -20,6 +20,7 @@ from orchestration.assets import all_assets
 from orchestration.assets.jobs import health_checks_job, refresh_job
 from orchestration.checks import all_checks
 from orchestration.resources import KafkaResource, PostgresResource, SparkResource
+from orchestration.run_checks import reports_current_sensor
 from orchestration.schedules import all_schedules
 from orchestration.sensors import all_sensors
 
@@ -50,7 +51,7 @@ defs = Definitions(
     asset_checks=all_checks,
     jobs=[refresh_job, health_checks_job],
     schedules=all_schedules,
-    sensors=all_sensors,
+    sensors=[*all_sensors, reports_current_sensor],
     resources=build_resources(),
     executor=in_process_executor,
 )

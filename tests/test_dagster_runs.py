@@ -285,3 +285,28 @@ def test_real_refresh_run_killed_with_the_stack_is_repaired_and_reports_are_exac
     finally:
         stack.close()
 
+
+
+# ------------------------------------------------------------------ stale is visible
+def test_reports_current_fails_on_stale_reports_and_passes_when_current(database_url):
+    from orchestration.resources import PostgresResource
+    from orchestration.run_checks import evaluate
+    from tests.test_orchestration_support import query
+
+    postgres = PostgresResource(database_url=database_url)
+    minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    with DagsterInstance.ephemeral() as instance:
+        first = evaluate(instance, postgres)
+        assert all(passed for passed, _d, _m in first.values()), first  # no data: nothing owed
+        seed_ecommerce(database_url, minute.replace(minute=0))  # raw rows in this hour, no report yet
+        result = evaluate(instance, postgres)
+        assert not result["ecommerce"][0] and "STALE" in result["ecommerce"][1], result["ecommerce"]
+        assert result["restaurant"][0], result["restaurant"]
+        newest_raw = query(database_url, """SELECT date_trunc('minute', max("timestamp")) FROM events""")[0][0]
+        columns = query(database_url, """SELECT column_name, data_type FROM information_schema.columns
+                                         WHERE table_name = 'report_ecommerce_overview_minute'""")
+        values = {name: newest_raw if name == "window_start" else
+                  datetime.now(timezone.utc) if kind.startswith("timestamp") else 0 for name, kind in columns}
+        query(database_url, f"INSERT INTO report_ecommerce_overview_minute ({', '.join(values)}) "
+                            f"VALUES ({', '.join(['%s'] * len(values))})", list(values.values()))
+        assert evaluate(instance, postgres)["ecommerce"][0]

@@ -93,13 +93,15 @@ def test_checks_schedules_and_sensors_run_by_default():
         "dead_letters:dead_letter_rate",
         "events:ingest_ledger_contiguous", "orders:ingest_ledger_contiguous",
         "events:raw_tables_consistent", "orders:raw_tables_consistent",
+        "ecommerce_reports:reports_current", "restaurant_reports:reports_current",
     }
     schedules = {s.name: s for s in repo.schedule_defs}
     assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes"}
     assert schedules["refresh_every_minute"].cron_schedule == "* * * * *"
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name: s for s in repo.sensor_defs}
-    assert set(sensors) == {"new_data_sensor", "kafka_lag_sensor", "record_run_failures", "record_run_successes"}
+    assert set(sensors) == {"new_data_sensor", "kafka_lag_sensor", "record_run_failures", "record_run_successes",
+                            "reports_current_sensor"}
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
 
 

@@ -19,7 +19,9 @@ refresh_job = define_asset_job(
         "Recompute both domains' Spark reports for one hourly partition and refresh the "
         "materialized views; the partition's reconciliation and completeness checks run with them."
     ),
-    tags={"salespulse/job": "refresh"},
+    # run monitoring ends a run still going after 10 minutes (one hour's refresh takes seconds):
+    # it would hold one of the two run slots
+    tags={"salespulse/job": "refresh", "dagster/max_runtime": "600"},
 )
 
 #: checks that look at the pipeline as a whole rather than one partition

@@ -17,7 +17,7 @@ RANGES = ["15m", "1h", "6h", "24h", "7d"]
 def _render(template: str, page: str, ranges: list[str]):
     settings = current_app.extensions["salespulse"]["settings"]
     return render_template(template, page=page, ranges=ranges, dagster_ui_url=settings.dagster_ui_url,
-                           auth_required=bool(settings.dashboard_token))
+                           auth_required=current_app.extensions["salespulse"]["auth"] is not None)
 
 
 @pages_bp.get("/")

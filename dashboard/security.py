@@ -1,9 +1,8 @@
-"""Security: bearer-token auth, rate limiting (flask-limiter), CORS allow-list
-(flask-cors), and response headers."""
+"""Security: rate limiting (flask-limiter), access control (dashboard.auth),
+CORS allow-list (flask-cors), and response headers."""
 
 from __future__ import annotations
 
-import hmac
 import threading
 
 from flask import Flask, request
@@ -12,12 +11,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import MemoryStorage
 
-from dashboard.errors import json_error
-
-#: Paths that never need a token: the health check, the pages (they hold no
-#: data; their scripts send the token), static files and the API description.
-OPEN_ENDPOINTS = {"health.health", "static", "pages.plotly_js", "openapi.openapi_json",
-                  "pages.ecommerce", "pages.restaurant", "pages.pipeline"}
+from dashboard.auth import init_auth
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -47,26 +41,17 @@ class ThreadSafeMemoryStorage(MemoryStorage):
 
 
 def init_security(app: Flask, settings) -> Limiter:
-    token = settings.dashboard_token or None
-
-    @app.before_request
-    def _require_token():
-        if token is None or request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            resp = json_error(401, "unauthorized", "missing or invalid bearer token")
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="salespulse"'
-            return resp
-        return None
-
+    """The limiter first, then access control (dashboard.auth): Flask runs
+    before-request hooks in registration order, so a request with a wrong
+    token is counted by the limiter before it is refused."""
     limiter = Limiter(
         get_remote_address,
         app=app,
         # one budget per client address across every endpoint (not per route)
         application_limits=[settings.dashboard_rate_limit] if settings.dashboard_rate_limit else [],
-        storage_uri="salespulse-memory://",
+        # salespulse-memory:// keeps counters per process; compose points every
+        # worker and replica at one Redis (DASHBOARD_RATE_LIMIT_STORAGE)
+        storage_uri=settings.dashboard_rate_limit_storage,
         swallow_errors=True,  # a rate-limit storage failure lets the request through, never a 500
         headers_enabled=True,
         strategy="fixed-window",
@@ -75,6 +60,8 @@ def init_security(app: Flask, settings) -> Limiter:
     @limiter.request_filter
     def _exempt():
         return request.endpoint in {"health.health", "static", "pages.plotly_js"}
+
+    init_auth(app, settings, limiter)
 
     origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
     if origins:

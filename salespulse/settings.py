@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field
@@ -78,7 +79,14 @@ class Settings(BaseSettings):
     # --- dashboard ---------------------------------------------------------
     dashboard_port: int = 5000
     dashboard_token: str | None = None
+    # "token": every API request needs DASHBOARD_TOKEN (the dashboard refuses to
+    # start without one); "none": open. Unset: "token" when a token is set.
+    dashboard_auth: Literal["token", "none"] | None = None
     dashboard_rate_limit: str = "600/minute"
+    # wrong tokens per client address (login form, bearer header, stale cookie)
+    dashboard_auth_fail_limit: str = "10/minute"
+    # the limiter's counters: memory = per process; redis://... = shared by every worker and replica
+    dashboard_rate_limit_storage: str = "salespulse-memory://"
     cors_origins: str = ""  # comma-separated allow-list
     dagster_ui_url: str = "http://127.0.0.1:3000"
     dashboard_pool_size: int = Field(8, ge=1)  # max DB connections per dashboard process

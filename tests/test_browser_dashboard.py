@@ -240,21 +240,26 @@ def test_error_state_when_database_is_down(browser):
         server.stop()
 
 
-def test_token_from_query_param_is_kept_and_removed_from_url(browser, served):
+def test_sign_in_page_opens_every_page_without_a_token_in_the_url(browser, served):
     _, url = served
     server = Server(settings_for(url, dashboard_token="browser-token"))
     try:
-        ctx, page, _ = open_page(browser, server.url + "/pipeline")
+        ctx, page, _ = open_page(browser, server.url + "/pipeline?token=browser-token")
+        # a token in the URL is not accepted: the page says how to sign in
         assert "access token" in page.text_content("#banner")
         assert page.get_attribute('[data-panel="lag"]', "data-state") == "error"
-        page.goto(server.url + "/pipeline?token=browser-token")
+        page.click("#banner a")
+        page.wait_for_url("**/login?next=*")
+        page.fill("#token", "browser-token")
+        page.click("button[type=submit]")
+        page.wait_for_url(server.url + "/pipeline*")
         wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
-        assert "token" not in page.url
-        assert page.evaluate("localStorage.getItem('salespulse.token')") == "browser-token"
         assert page.get_attribute('[data-panel="lag"]', "data-state") == "ready"
-        page.goto(server.url + "/")  # other pages reuse the stored token
+        assert not page.evaluate("document.cookie")  # HttpOnly: not readable by scripts
+        page.goto(server.url + "/")  # other pages send the same cookie
         wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
         assert page.get_attribute('[data-panel="timeline"]', "data-state") == "ready"
+        assert "token" not in page.url
         ctx.close()
     finally:
         server.stop()

@@ -1,28 +1,19 @@
-/* SalesPulse dashboard core: auth token, polling, panel states, Plotly helpers.
+/* SalesPulse dashboard core: sign-in banner, polling, panel states, Plotly helpers.
    Plain JS, no build step. Each page script calls SP.start([...panels]). */
 (function () {
   "use strict";
   var POLL_MS = 5000;
-  var TOKEN_KEY = "salespulse.token";
   var RANGE_KEY = "salespulse.range." + document.body.dataset.page;
 
-  // --- token: ?token=... once -> localStorage, then removed from the URL ---
-  var q = new URLSearchParams(location.search);
-  if (q.has("token")) {
-    var t = q.get("token");
-    if (t) { localStorage.setItem(TOKEN_KEY, t); } else { localStorage.removeItem(TOKEN_KEY); }
-    q.delete("token");
-    history.replaceState(null, "", location.pathname + (q.toString() ? "?" + q : "") + location.hash);
-  }
+  // The token never travels in a URL: the login page (/login) sets an HttpOnly
+  // cookie that these same-origin requests carry; API clients send a header.
 
   function ApiError(status, message) { this.status = status; this.message = message; }
 
   function api(path, params) {
     var url = path + (params && Object.keys(params).length ? "?" + new URLSearchParams(params) : "");
     var headers = { "Accept": "application/json" };
-    var token = localStorage.getItem(TOKEN_KEY);
-    if (token) { headers["Authorization"] = "Bearer " + token; }
-    return fetch(url, { headers: headers, cache: "no-store" }).then(function (resp) {
+    return fetch(url, { headers: headers, cache: "no-store", credentials: "same-origin" }).then(function (resp) {
       return resp.json().catch(function () { return {}; }).then(function (body) {
         if (!resp.ok) { throw new ApiError(resp.status, body.message || resp.statusText); }
         return body;
@@ -144,7 +135,11 @@
       var auth = bad.filter(function (e) { return e.status === 401; });
       if (auth.length) {
         banner.hidden = false;
-        banner.textContent = "This dashboard needs an access token: open it once as " + location.pathname + "?token=YOUR_TOKEN (it is then kept in this browser).";
+        banner.textContent = "This dashboard needs an access token: ";
+        var signIn = document.createElement("a");
+        signIn.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+        signIn.textContent = "sign in";
+        banner.appendChild(signIn);
       } else if (bad.length) {
         banner.hidden = false;
         banner.textContent = "Some data could not be loaded (" + bad[0].message + "); retrying every 5 s.";

@@ -277,3 +277,28 @@ def report_lags(cur, now: datetime | None = None) -> list[ReportLag]:
         cur.execute(f"SELECT max(window_start) FROM {report}")
         lags.append(ReportLag(domain, newest_raw, cur.fetchone()[0]))
     return lags
+
+
+def status_lines(settings) -> list[tuple[str, bool, str]]:
+    """(name, ok, detail) for ``salespulse status``: each domain's report lag and the run queue."""
+    import psycopg2
+
+    lines = []
+    try:
+        conn = psycopg2.connect(settings.database_url, connect_timeout=3)
+        try:
+            with conn.cursor() as cur:
+                lines += [(f"reports {lag.domain}", not lag.stale, lag.summary()) for lag in report_lags(cur)]
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        lines.append(("reports", False, str(exc).strip().splitlines()[0]))
+    if not (settings.dagster_home_path / "dagster.yaml").exists():
+        return lines + [("dagster runs", False, f"no dagster.yaml in {settings.dagster_home_path}")]
+    try:
+        with DagsterInstance.from_config(str(settings.dagster_home_path)) as instance:
+            health = queue_health(instance)
+        lines.append(("dagster runs", not health.blocked, health.summary()))
+    except Exception as exc:  # the instance's database is down
+        lines.append(("dagster runs", False, str(exc).strip().splitlines()[0][:200]))
+    return lines

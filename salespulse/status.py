@@ -86,6 +86,13 @@ def _check_processes(settings: Settings) -> list[Check]:
     return [Check(f"process {p.name}", p.ok, f"{p.state.lower()}: {p.detail}") for p in states]
 
 
+def _check_reports(settings: Settings) -> list[Check]:
+    """Report lag per domain and the Dagster run queue (salespulse.dagster_runs)."""
+    from salespulse.dagster_runs import status_lines
+
+    return [Check(*line) for line in status_lines(settings)]
+
+
 def check_all(settings: Settings) -> list[Check]:
     spark = urlsplit(settings.spark_remote.replace("sc://", "http://", 1))
     return [
@@ -98,6 +105,7 @@ def check_all(settings: Settings) -> list[Check]:
         _check_http("dagster", f"http://127.0.0.1:{settings.dagster_port}/server_info"),
         _check_http("dashboard", f"http://127.0.0.1:{settings.dashboard_port}/health"),
         *_check_processes(settings),
+        *_check_reports(settings),
     ]
 
 

@@ -1,123 +1,23 @@
-"""The whole local stack, as `make run` starts it, on free ports.
+"""The local stack's plan, supervisord configuration and process wrappers (fast tests).
 
-Starts ``salespulse stack up`` (embedded PostgreSQL, broker, Spark Connect,
-producers, consumer, Dagster webserver + daemon, dashboard), waits until events
-of both domains are in PostgreSQL and every part reports healthy, then sends
-SIGTERM and checks that every process of the stack is gone.
+The whole stack with real processes (start, restart, ordered stop) is
+exercised by tests/test_stack_supervision.py.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
-import psycopg2
-import pytest
+from confluent_kafka.admin import AdminClient
 
+from salespulse.contracts import all_topic_partitions
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _stack_processes(marker: str) -> list[int]:
-    """PIDs whose environment carries this test's marker (the stack's processes)."""
-    pids = []
-    needle = f"SALESPULSE_TEST_MARKER={marker}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"stack exited early (rc={proc.returncode}) waiting for {what}:\n"
-                                 + log.read_text(errors="replace")[-5000:])
-        result = predicate()
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}:\n" + log.read_text(errors="replace")[-5000:])
-
-
-def _count(url: str, table: str) -> int:
-    try:
-        with psycopg2.connect(url, connect_timeout=2) as conn, conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {table}")
-            return cur.fetchone()[0]
-    except psycopg2.Error:
-        return 0
-
-
-@pytest.mark.slow
-def test_stack_up_flows_both_domains_and_stops_cleanly(tmp_path):
-    state = Path(f"/var/tmp/salespulse-stack-{uuid.uuid4().hex[:8]}")
-    marker = uuid.uuid4().hex
-    ports = {name: free_port() for name in (
-        "EMBEDDED_PG_PORT", "EMBEDDED_BROKER_PORT", "SPARK_CONNECT_PORT", "DAGSTER_PORT", "DASHBOARD_PORT",
-        "PRODUCER_ECOMMERCE_METRICS_PORT", "PRODUCER_RESTAURANT_METRICS_PORT", "CONSUMER_METRICS_PORT")}
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "DAGSTER_HOME")}
-    env.update({k: str(v) for k, v in ports.items()})
-    admin_url = f"postgresql://salespulse:salespulse@127.0.0.1:{ports['EMBEDDED_PG_PORT']}/salespulse"
-    env.update({
-        "SALESPULSE_STATE_DIR": str(state),
-        "SALESPULSE_TEST_MARKER": marker,
-        # the stack derives these from the ports when it starts them; the
-        # status command run below needs them spelled out
-    })
-    log = tmp_path / "stack.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "salespulse.cli", "stack", "up"], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for(lambda: _count(admin_url, "events") > 0, 180, "e-commerce events in PostgreSQL", proc, log)
-        _wait_for(lambda: _count(admin_url, "orders") > 0, 90, "restaurant orders in PostgreSQL", proc, log)
-        status_env = {**env, "DATABASE_URL": admin_url,
-                      "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['EMBEDDED_BROKER_PORT']}",
-                      "SPARK_REMOTE": f"sc://127.0.0.1:{ports['SPARK_CONNECT_PORT']}"}
-
-        def all_up():
-            run = subprocess.run([sys.executable, "-m", "salespulse.cli", "status"], cwd=REPO, env=status_env,
-                                 capture_output=True, text=True)
-            return run.returncode == 0 and run.stdout
-
-        status = _wait_for(all_up, 180, "every part healthy in `salespulse status`", proc, log)
-        assert "DOWN" not in status
-        output = log.read_text(errors="replace")
-        assert "what runs where" in output
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
-        deadline = time.monotonic() + 10
-        while _stack_processes(marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leftovers = _stack_processes(marker)
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["rm", "-rf", str(state)], check=False)
-    assert rc in (0, 143, -15), log.read_text(errors="replace")[-3000:]
-    assert leftovers == [], f"processes left after SIGTERM: {leftovers}"
 
 
 def test_embedded_services_are_reached_on_the_stack_ports():
@@ -150,3 +50,78 @@ def test_stack_processes_know_what_the_supervisor_started(monkeypatch):
     # yet postgres and the broker are still the stack's own
     assert embedded_flags(env) == {"postgres": True, "broker": True, "spark": False}
     assert [s.name for s in plan(Settings(), environ=env)][:2] == ["broker", "postgres"]
+
+
+def test_stop_order_is_the_reverse_of_the_priorities_and_bounded():
+    from salespulse.settings import Settings
+    from salespulse.stack.runner import plan, worst_case_stop_seconds
+
+    services = plan(Settings(), environ={})
+    by_priority = [s.name for s in sorted(services, key=lambda s: s.priority, reverse=True)]
+    assert by_priority == ["producer-ecommerce", "producer-restaurant", "consumer", "dagster-webserver",
+                           "dagster-daemon", "dashboard", "setup", "spark", "postgres", "broker"]
+    assert {s.group for s in services if s.group} == {"producers", "dagster"}
+    assert worst_case_stop_seconds(services) <= 60
+    consumer = next(s for s in services if s.name == "consumer")
+    assert consumer.env["CONSUMER_DRAIN_ON_STOP_S"] == "15" and consumer.stop_wait > 15
+    # an explicit drain is kept, and the stop wait follows it
+    consumer = next(s for s in plan(Settings(consumer_drain_on_stop_s=5), environ={"CONSUMER_DRAIN_ON_STOP_S": "5"})
+                    if s.name == "consumer")
+    assert consumer.env["CONSUMER_DRAIN_ON_STOP_S"] == "5" and consumer.stop_wait == 8
+
+
+def test_supervisord_config_has_restart_policy_groups_and_escaped_values(tmp_path):
+    from salespulse.stack.runner import Service
+    from salespulse.stack.supervise import render_config
+
+    services = [Service("a", ["/bin/echo", "100% sure", "x y"], 10, env={"K": "v%1"}),
+                Service("b1", ["/bin/true"], 20, group="bees", stop_wait=7),
+                Service("b2", ["/bin/true"], 20, group="bees", stop_wait=7)]
+    conf = render_config(services, tmp_path, tmp_path)
+    section_a = conf.split("[program:a]")[1].split("[program:")[0]
+    assert "command=/bin/echo '100%% sure' 'x y'" in section_a
+    assert 'environment=K="v%%1"' in section_a
+    for line in ("autorestart=true", "stopasgroup=true", "killasgroup=true", "priority=10",
+                 "stdout_logfile=/dev/stdout"):
+        assert line in section_a
+    assert "[group:bees]\nprograms=b1,b2\npriority=20" in conf
+    assert "stopwaitsecs=7" in conf.split("[program:b1]")[1]
+
+
+def test_stack_exec_prefixes_every_line_with_the_process_name():
+    run = subprocess.run([sys.executable, "-m", "salespulse.cli", "stack", "exec", "demo", "--",
+                          "sh", "-c", "echo one; echo two >&2"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = sorted(run.stdout.splitlines())
+    assert [l.split("|", 1)[0].strip() for l in lines] == ["demo", "demo"]
+    assert sorted(l.split("| ", 1)[1] for l in lines) == ["one", "two"]
+
+
+def test_the_cli_works_without_supervisor_or_honcho():
+    """The production image ships neither: every other command must still run."""
+    code = ("import sys; sys.modules['supervisor'] = None; sys.modules['honcho'] = None; "
+            "from salespulse.cli import main; sys.exit(main(['contracts']))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "ecommerce.events" in json.loads(run.stdout)
+
+
+def test_the_embedded_broker_opens_its_port_only_with_its_topics():
+    """Clients bootstrap through the public port; the broker they then use already has every topic."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "salespulse.stack.broker", str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "ready on" in line:
+                break
+        assert any("broker topics:" in l for l in lines), lines  # created before the port opened
+        metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+        assert {t: len(metadata.topics[t].partitions) for t in all_topic_partitions()} == all_topic_partitions()
+        assert [b.port for b in metadata.brokers.values()] != [port]  # the private, advertised port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    assert rc == 0

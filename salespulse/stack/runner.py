@@ -12,13 +12,13 @@ configuration for :func:`plan` and execs supervisord in the foreground
   consumer (which drains the in-memory broker, ``CONSUMER_DRAIN_ON_STOP_S``),
   Dagster, dashboard, set-up monitor, Spark, PostgreSQL, broker.
 * every process's output goes to the terminal, each line prefixed with the
-  process's name (``salespulse stack exec``).
+  process's name (:mod:`salespulse.stack.launch`).
 
 The infrastructure (broker, PostgreSQL, Spark Connect) starts at once; the
 ``setup`` process waits for it, applies migrations, checks the topics and
 writes the Dagster instance config, then stays up as the stack's health
-monitor. Every client runs as ``salespulse stack exec NAME --wait -- CMD``,
-which blocks until that set-up is done and then execs CMD.
+monitor. Every client runs as ``python -m salespulse.stack.launch --wait
+MARKER NAME -- CMD``, which blocks until that set-up is done and then execs CMD.
 
 A service whose URL is given in the environment (``DATABASE_URL``,
 ``KAFKA_BOOTSTRAP_SERVERS``, ``SPARK_REMOTE``) is used as is: its embedded
@@ -31,13 +31,13 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from salespulse.dagster_daemon import stop_seconds
 from salespulse.settings import Settings, get_settings
 from salespulse.stack.postgres import EmbeddedPostgres
 
@@ -46,8 +46,8 @@ BIN = Path(sys.executable).parent
 #: How long the stack's consumer keeps consuming after SIGTERM while it has lag
 #: (the embedded broker holds messages in memory only); unless set explicitly.
 STACK_CONSUMER_DRAIN_S = 15.0
-#: Width of the name prefixed to each output line.
-NAME_WIDTH = 19
+#: Seconds the Dagster daemon's runs in flight, then the daemon itself, get at stop.
+RUN_GRACE_S, DAEMON_GRACE_S = 4, 5
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Service:
     command: list[str]
     priority: int  # start in ascending, stop in descending order
     url: str = ""
-    needs_setup: bool = True  # held by `stack exec --wait` until set-up is done
+    needs_setup: bool = True  # held by `launch --wait` until set-up is done
     env: dict[str, str] = field(default_factory=dict)
     group: str = ""  # programs of one group start and stop together
     stop_wait: int = 5  # seconds from SIGTERM to SIGKILL (of the process group)
@@ -92,7 +92,7 @@ def plan(settings: Settings, environ=os.environ) -> list[Service]:
     if embedded["broker"]:
         port = settings.embedded_broker_port
         services.append(Service("broker", [py, "-m", "salespulse.stack.broker", str(port)], 10,
-                                url=f"kafka://127.0.0.1:{port}", needs_setup=False, stop_wait=3))
+                                url=f"kafka://127.0.0.1:{port}", needs_setup=False, stop_wait=2))
     if embedded["postgres"]:
         services.append(Service(
             "postgres", [py, "-m", "salespulse.stack.postgres", str(settings.salespulse_state_dir),
@@ -102,23 +102,26 @@ def plan(settings: Settings, environ=os.environ) -> list[Service]:
         services.append(Service("spark", [py, "-m", "salespulse.stack.spark"], 30,
                                 url=f"sc://127.0.0.1:{settings.spark_connect_port}", needs_setup=False, stop_wait=8))
     services.append(Service("setup", [py, "-m", "salespulse.cli", "stack", "setup", "--watch"], 40,
-                            needs_setup=False, stop_wait=2))
+                            needs_setup=False, stop_wait=3))
     services.append(Service("dashboard", [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{settings.dashboard_port}",
-                                          "-w", "2", "--threads", "4", "--graceful-timeout", "4",
+                                          "-w", "2", "--threads", "4", "--graceful-timeout", "3",
                                           "dashboard:create_app()"], 50,
-                            url=f"http://127.0.0.1:{settings.dashboard_port}", stop_wait=6))
+                            url=f"http://127.0.0.1:{settings.dashboard_port}", stop_wait=4))
     workspace = str(REPO_ROOT / "workspace.yaml")
+    daemon_stop = stop_seconds(RUN_GRACE_S, DAEMON_GRACE_S)
     services += [
         Service("dagster-webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1",
                                       "-p", str(settings.dagster_port), "-w", workspace], 60,
-                url=f"http://127.0.0.1:{settings.dagster_port}", group="dagster", stop_wait=6),
-        Service("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], 60,
-                group="dagster", stop_wait=6),
+                url=f"http://127.0.0.1:{settings.dagster_port}", group="dagster", stop_wait=daemon_stop),
+        # the daemon behind a wrapper that ends the runs in flight before it stops it
+        Service("dagster-daemon", [py, "-m", "salespulse.cli", "dagster-daemon", "--run-grace", str(RUN_GRACE_S),
+                                   "--daemon-grace", str(DAEMON_GRACE_S), "--", "-w", workspace], 60,
+                group="dagster", stop_wait=daemon_stop),
     ]
     drain = settings.consumer_drain_on_stop_s if "CONSUMER_DRAIN_ON_STOP_S" in environ else STACK_CONSUMER_DRAIN_S
     consumer = _metered("consumer", [py, "-m", "services.consumer"], settings.consumer_metrics_port, 70)
     consumer.env["CONSUMER_DRAIN_ON_STOP_S"] = f"{drain:g}"
-    consumer.stop_wait = int(drain) + 5  # the drain, then finish the batch, commit, leave the group
+    consumer.stop_wait = int(drain) + 3  # the drain, then finish the batch, commit, leave the group
     services.append(consumer)
     for domain, port in (("ecommerce", settings.producer_ecommerce_metrics_port),
                          ("restaurant", settings.producer_restaurant_metrics_port)):
@@ -182,8 +185,8 @@ def up(args) -> int:
     settings.salespulse_state_dir.chmod(0o755)
     services = plan(settings)
     for service in services:
-        wait = ["--wait"] if service.needs_setup else []
-        service.command = [sys.executable, "-m", "salespulse.cli", "stack", "exec", *wait, service.name,
+        wait = ["--wait", str(ready_marker(settings))] if service.needs_setup else []
+        service.command = [sys.executable, "-m", "salespulse.stack.launch", *wait, service.name,
                            "--", *service.command]
     config = supervise.supervisor_dir(settings.salespulse_state_dir) / "supervisord.conf"
     config.parent.mkdir(exist_ok=True)
@@ -236,19 +239,28 @@ def watch(settings: Settings) -> int:
     """Stay up as the stack's health monitor: one status line a minute."""
     from salespulse.status import check_all
 
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
-    next_check = time.monotonic() + 30
-    while not stop:
-        time.sleep(0.5)
-        if time.monotonic() >= next_check:
-            results = check_all(settings)
-            down = [r.name for r in results if not r.ok]
-            print("health: " + ("all up" if not down else "DOWN: " + ", ".join(down)), flush=True)
-            next_check = time.monotonic() + 60
-    ready_marker(settings).unlink(missing_ok=True)
-    return 0
+    def _stop(signum, frame):
+        raise _Stopping  # at once, even in the middle of a health check
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        time.sleep(30)
+        while True:
+            try:
+                down = [r.name for r in check_all(settings) if not r.ok]
+                print("health: " + ("all up" if not down else "DOWN: " + ", ".join(down)), flush=True)
+            except Exception as exc:  # noqa: BLE001 - a monitor that dies would stop nothing but itself
+                print(f"health: check failed: {exc!r}", flush=True)
+            time.sleep(60)
+    except _Stopping:
+        return 0
+    finally:
+        ready_marker(settings).unlink(missing_ok=True)
+
+
+class _Stopping(Exception):
+    """Raised by the set-up monitor's signal handler."""
 
 
 def ready_marker(settings: Settings) -> Path:
@@ -256,36 +268,12 @@ def ready_marker(settings: Settings) -> Path:
 
 
 def exec_process(args) -> int:
-    """Run a process of the stack: optionally wait for set-up, prefix its output, exec it.
+    """``stack exec [--wait] NAME -- CMD``: what supervisord runs (see :mod:`salespulse.stack.launch`)."""
+    from salespulse.stack.launch import launch
 
-    ``--wait`` blocks until this run's set-up is done (the ready marker holds
-    our run id). The output prefix is a ``sed`` process reading a pipe that
-    becomes the command's stdout and stderr; it ignores SIGTERM/SIGINT, so it
-    outlives the command's last line and exits when the pipe closes. The
-    command itself is exec'd (same pid: the one supervisord signals) with
-    default signal dispositions.
-    """
-    command = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
-    if args.wait:
-        settings = get_settings()
-        marker = ready_marker(settings)
-        run_id = os.environ.get("SALESPULSE_STACK_RUN", "manual")
-        while not (marker.exists() and marker.read_text() == run_id):
-            time.sleep(0.3)
-    if args.name:
-        prefix = subprocess.Popen(["sed", "-u", f"s/^/{args.name:<{NAME_WIDTH}} | /"], stdin=subprocess.PIPE,
-                                  preexec_fn=_ignore_stop_signals)
-        os.dup2(prefix.stdin.fileno(), 1)
-        os.dup2(prefix.stdin.fileno(), 2)
-        prefix.stdin.close()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    os.execvp(command[0], command)
-
-
-def _ignore_stop_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    launch(args.name, command, ready_marker(get_settings()) if args.wait else None)
+    return 1  # not reached: launch execs
 
 
 def wait_then_exec(args) -> int:

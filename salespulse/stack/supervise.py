@@ -46,7 +46,7 @@ def render_config(services: list["Service"], state_dir: Path, cwd: Path) -> str:
 
     Every program's output goes to supervisord's stdout (the terminal of
     ``make run``); each process prefixes its own lines with its name (see
-    ``salespulse stack exec``). Programs sharing a ``group`` start and stop
+    :mod:`salespulse.stack.launch`). Programs sharing a ``group`` start and stop
     together at the group's priority.
     """
     sup = supervisor_dir(state_dir)
@@ -117,12 +117,17 @@ def rpc(state_dir: Path):
 
 def process_states(state_dir: Path) -> list[ProcessState] | None:
     """Each supervised process's state, or None when no local stack runs here."""
+    from xmlrpc.client import Fault
+
     try:
         infos = rpc(state_dir).supervisor.getAllProcessInfo()
     except ImportError:
         return None  # supervisor not installed: no local stack on this machine
     except OSError:
         return None  # no socket, or a stale one: the stack is not running
+    except Fault as fault:  # SHUTDOWN_STATE while the stack stops
+        detail = "the stack is stopping" if "SHUTDOWN" in fault.faultString else fault.faultString
+        return [ProcessState("supervisord", "STOPPING", detail)]
     return [_describe(info) for info in infos]
 
 

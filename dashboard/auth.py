@@ -52,6 +52,9 @@ def required_token(settings) -> str | None:
     if not settings.dashboard_token:
         raise RuntimeError("DASHBOARD_AUTH=token needs DASHBOARD_TOKEN (or set DASHBOARD_AUTH=none "
                            "for a dashboard only reachable from a private network)")
+    if settings.dashboard_token.startswith("change-me"):
+        raise RuntimeError("DASHBOARD_TOKEN is still the .env.example placeholder: generate one "
+                           "(python3 -c \"import secrets;print(secrets.token_urlsafe(32))\")")
     return settings.dashboard_token
 
 

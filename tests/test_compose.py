@@ -58,7 +58,11 @@ THIRD_PARTY_ENV = {
     # postgres image: POSTGRES_*; DAGSTER_PG_* are read by docker/postgres/initdb/10-dagster.sql
     "postgres": (re.compile(r"^POSTGRES_(USER|PASSWORD|DB|INITDB_ARGS)$"),
                  {"DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}),
+    # redis image: redis-cli (the health check) reads its password from REDISCLI_AUTH
+    "redis": (re.compile(r"^REDISCLI_AUTH$"), set()),
 }
+#: Third-party images given a command line: redis-server needs its password as an argument.
+THIRD_PARTY_COMMANDS = {"redis": "redis-server"}
 #: Read by docker/dagster/dagster.yaml ({env: ...}) in the Dagster containers.
 DAGSTER_STORAGE_ENV = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USERNAME",
                        "DAGSTER_PG_PASSWORD"}
@@ -204,10 +208,33 @@ def test_env_example_has_placeholders_not_secrets():
 
 
 def test_required_credentials_fail_loudly_when_missing(raw, env_example):
-    env = dict(env_example)
-    del env["POSTGRES_PASSWORD"]
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
-        interpolate(raw, env)
+    for name in [k for k in env_example if "PASSWORD" in k]:
+        env = dict(env_example)
+        del env[name]
+        with pytest.raises(KeyError, match=name):
+            interpolate(raw, env)
+
+
+def test_no_password_has_a_default():
+    for name, uses in referenced_variables(COMPOSE_FILE.read_text()).items():
+        if re.search(r"PASSWORD|SECRET", name):
+            assert all(op == ":?" for op, _ in uses), f"${{{name}}} must be required (${{{name}:?...}})"
+
+
+def test_dashboard_is_closed_unless_opened_explicitly(raw, env_example):
+    """Interpolated as a user without a token gets it: DASHBOARD_AUTH=token and
+    no token, which the app refuses to start with (tests/test_dashboard_auth.py)."""
+    from dashboard.auth import required_token
+
+    env = {k: v for k, v in env_example.items() if k not in ("DASHBOARD_TOKEN", "DASHBOARD_AUTH")}
+    dash = interpolate(raw, env)["services"]["dashboard"]["environment"]
+    settings = Settings(**{k.lower(): v for k, v in dash.items() if k.lower() in Settings.model_fields})
+    with pytest.raises(RuntimeError, match="DASHBOARD_TOKEN"):
+        required_token(settings)
+    with pytest.raises(RuntimeError, match="placeholder"):  # .env.example copied as is
+        required_token(Settings(dashboard_auth="token", dashboard_token=env_example["DASHBOARD_TOKEN"]))
+    assert dash["DASHBOARD_RATE_LIMIT_STORAGE"].startswith("redis://")
+    assert urlsplit(dash["DASHBOARD_RATE_LIMIT_STORAGE"]).hostname == "redis"
 
 
 # ---------------------------------------------------------------- images
@@ -247,7 +274,7 @@ def test_every_image_is_pinned(services):
 # ---------------------------------------------------------------- health and order
 def test_every_long_running_service_has_a_healthcheck(services):
     long_running = [n for n, s in services.items() if not one_shot(s)]
-    assert set(long_running) >= {"kafka", "postgres", "spark-master", "spark-worker", "spark-connect",
+    assert set(long_running) >= {"kafka", "postgres", "redis", "spark-master", "spark-worker", "spark-connect",
                                  "dagster-code", "dagster-webserver", "dagster-daemon",
                                  "producer-ecommerce", "producer-restaurant", "consumer", "dashboard"}
     for name in long_running:
@@ -289,6 +316,8 @@ def test_only_the_uis_are_published_and_the_consumer_scales(services, compose):
             host, _, container = text.rpartition(":")
             published[int(container.split("/")[0])] = name
             assert host, f"{name}: publish {text} with an explicit host port"
+            if name == "dagster-webserver":  # no authentication of its own: this machine only
+                assert host.startswith("127.0.0.1:"), f"{name}: publish on 127.0.0.1 only, not {text}"
     assert published == UI_PORTS
     consumer = services["consumer"]
     assert "ports" not in consumer and "hostname" not in consumer
@@ -404,7 +433,10 @@ def test_every_command_names_a_real_entry_point(services):
     scripts = console_scripts()
     for name, service in services.items():
         if not our_image(service):
-            assert "command" not in service, f"{name}: third-party image runs its own entry point"
+            if name in THIRD_PARTY_COMMANDS:
+                assert command_of(service)[0] == THIRD_PARTY_COMMANDS[name], name
+            else:
+                assert "command" not in service, f"{name}: third-party image runs its own entry point"
             continue
         argv = command_of(service)
         assert argv, f"{name}: no command"

@@ -143,6 +143,8 @@ def test_closed_unless_opened_explicitly(database_url):
         create_app(make_settings(database_url, dashboard_auth="token", dashboard_token=None))
     with pytest.raises(RuntimeError, match="DASHBOARD_TOKEN"):
         create_app(make_settings(database_url, dashboard_auth="token", dashboard_token=""))
+    with pytest.raises(RuntimeError, match="placeholder"):
+        create_app(make_settings(database_url, dashboard_token="change-me-dashboard-token"))
     app = create_app(make_settings(database_url, dashboard_auth="none", dashboard_token=None))
     try:
         c = client_of(app)

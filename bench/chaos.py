@@ -28,6 +28,7 @@ The short form of the same code runs in ``make test`` (tests/test_chaos.py).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -100,10 +101,9 @@ class Planned:
 
 def build_plan(n_valid: int, n_hostile: int, seed: int) -> list[Planned]:
     """Valid and hostile messages interleaved (seeded), each with its expected fate."""
-    import hashlib
-
     rng = random.Random(seed)
-    sims = {ECOMMERCE_TOPIC.name: EcommerceSimulation(seed=seed), RESTAURANT_TOPIC.name: RestaurantSimulation(seed=seed)}
+    sims = {ECOMMERCE_TOPIC.name: EcommerceSimulation(seed=seed),
+            RESTAURANT_TOPIC.name: RestaurantSimulation(seed=seed)}
     bases = {ECOMMERCE_TOPIC.name: EcommerceSimulation(seed=seed + 1),
              RESTAURANT_TOPIC.name: RestaurantSimulation(seed=seed + 1)}
     recipes = iter(draw_recipes(n_hostile, seed))
@@ -128,10 +128,8 @@ def build_plan(n_valid: int, n_hostile: int, seed: int) -> list[Planned]:
             key, value = bases[topic].next_message()
             msg, origin = materialize(recipe, Message(topic, key.encode(), value), sent[topic]), recipe.kind
         fate = oracle.fate(msg.topic, msg.value)
-        plan.append(Planned(i, origin, msg.topic, msg.key, msg.value, msg.headers, fate.fate, fate.hint,
-                            fate.model,
-                            hashlib.sha256(msg.value or b"").hexdigest(),
-                            -1 if msg.value is None else len(msg.value)))
+        plan.append(Planned(i, origin, msg.topic, msg.key, msg.value, msg.headers, fate.fate, fate.hint, fate.model,
+                            hashlib.sha256(msg.value or b"").hexdigest(), -1 if msg.value is None else len(msg.value)))
     return plan
 
 

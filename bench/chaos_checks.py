@@ -323,7 +323,8 @@ def _check_dead_letter(out: Outcome, m, row: dict, broker) -> None:
     check = "dead letters keep raw key, value, headers and a reason"
     length = row["length"] if row["length"] is not None else -1
     if row["sha"] != m.sha256 or length not in ((m.size,) if m.size > 0 else (0, -1)):
-        out.fail(check, f"{m.describe()}: payload {length} B sha {row['sha'][:12]} (sent sha {m.sha256[:12]})", m.origin)
+        out.fail(check, f"{m.describe()}: payload {length} B sha {row['sha'][:12]} (sent {m.sha256[:12]})",
+                 m.origin)
     if not row["error"] or (m.hint and m.hint not in row["error"]):
         out.fail(check, f"{m.describe()}: reason {row['error'][:200]!r}, expected to say {m.hint!r}", m.origin)
     if broker is None:

@@ -106,8 +106,8 @@ def _path(kind_fields: dict) -> st.SearchStrategy[int]:
 
 
 def _big(bounds: tuple[int, int]) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({"size": st.integers(*bounds), "shape": st.sampled_from(["padded_valid", "long_field", "garbage"]),
-                                  "fill": st.integers(0, 2**31)})
+    shapes = st.sampled_from(["padded_valid", "long_field", "garbage"])
+    return st.fixed_dictionaries({"size": st.integers(*bounds), "shape": shapes, "fill": st.integers(0, 2**31)})
 
 
 STRATEGIES: dict[str, st.SearchStrategy[Recipe]] = {
@@ -121,8 +121,8 @@ STRATEGIES: dict[str, st.SearchStrategy[Recipe]] = {
     "none_value": _recipe("none_value"),
     "near_limit_value": st.builds(lambda o, p: Recipe("near_limit_value", o, p), _topics, _big(NEAR_LIMIT)),
     "oversized_value": st.builds(lambda o, p: Recipe("oversized_value", o, p), _topics, _big(OVERSIZED)),
-    "deep_nesting": _recipe("deep_nesting", depth=st.one_of(st.integers(2, 300), st.sampled_from([1_000, 10_000, 100_000])),
-                            brace=st.booleans(), whole=st.booleans()),
+    "deep_nesting": _recipe("deep_nesting", brace=st.booleans(), whole=st.booleans(),
+                            depth=st.one_of(st.integers(2, 300), st.sampled_from([1_000, 10_000, 100_000]))),
     "huge_number": _recipe("huge_number", field=_path(NUMBER_FIELDS), number=st.one_of(
         st.integers(10**10, 10**400).map(str), st.floats(min_value=1e10, allow_infinity=False).map(repr))),
     "negative_number": _recipe("negative_number", field=_path(NUMBER_FIELDS), number=st.one_of(
@@ -140,7 +140,8 @@ STRATEGIES: dict[str, st.SearchStrategy[Recipe]] = {
                               suffix=st.text(max_size=20)),
     "garbage": _recipe("garbage", value=invalid_values),
     "conflicting_resend": _recipe("conflicting_resend", target=_fraction, mutation=st.integers(0, 2),
-                                  text=st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=20)),
+                                  text=st.text(st.characters(codec="ascii", categories=["L", "N"]),
+                                               min_size=1, max_size=20)),
     "exact_resend": _recipe("exact_resend", target=_fraction),
 }
 #: relative weights (the big ones are rare: each carries 1-2 MB through broker and database)
@@ -289,7 +290,8 @@ def materialize(recipe: Recipe, base: Message, sent: list[Message]) -> Message:
         nested = opener * d + b"1" + closer * d
         if p["whole"]:
             return Message(topic, key, nested)
-        return Message(topic, key, _with_raw(doc, ("product",) if topic == ECOMMERCE_TOPIC.name else ("items",), nested))
+        where = ("product",) if topic == ECOMMERCE_TOPIC.name else ("items",)
+        return Message(topic, key, _with_raw(doc, where, nested))
     if kind in ("huge_number", "negative_number", "nan_infinity"):
         path = _pick(NUMBER_FIELDS, topic, p["field"], doc)
         return Message(topic, key, _with_raw(doc, path, (p.get("number") or p.get("token")).encode()))

@@ -40,6 +40,7 @@ from tests.test_orchestration_support import (  # noqa: F401  (fixtures)
     seed_restaurant,
     spark_remote,
 )
+from tests.test_consumer_support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -274,6 +275,10 @@ def test_real_refresh_run_killed_with_the_stack_is_repaired_and_reports_are_exac
         stack.start()
         stack.wait_for([orphan], {DagsterRunStatus.FAILURE})
         assert "Run worker gone" in stack.messages(orphan)
+        # the failed run is re-executed by the daemon (run retries), so its hour is refreshed again
+        retry = wait_until(lambda: [r.run_id for r in stack.instance.get_runs(
+            RunsFilter(tags={"dagster/parent_run_id": orphan}))], timeout=180, what="a retry of the orphan")
+        stack.wait_for(retry, {DagsterRunStatus.SUCCESS}, timeout=240)
         again = stack.launch("refresh_reports_job", {"dagster/partition": keys[0]})
         backfill = stack.backfill("refresh_reports_job", keys)
         stack.wait_for([again, *backfill], {DagsterRunStatus.SUCCESS}, timeout=240)

@@ -20,8 +20,12 @@ refresh_job = define_asset_job(
         "materialized views; the partition's reconciliation and completeness checks run with them."
     ),
     # run monitoring ends a run still going after 10 minutes (one hour's refresh takes seconds):
-    # it would hold one of the two run slots
-    tags={"salespulse/job": "refresh", "dagster/max_runtime": "600"},
+    # it would hold one of the two run slots. A run that failed as a whole (its worker gone,
+    # found by `salespulse dagster-daemon`) is re-executed once, so the partition it covered
+    # is refreshed again even after its hour has passed; a failing report step is not retried.
+    tags={"salespulse/job": "refresh", "dagster/max_runtime": "600",
+          "dagster/max_retries": "1", "dagster/retry_strategy": "ALL_STEPS",
+          "dagster/retry_on_asset_or_op_failure": "false"},
 )
 
 #: checks that look at the pipeline as a whole rather than one partition

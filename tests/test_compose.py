@@ -568,7 +568,7 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerfile_sources_exist_and_are_in_the_build_context():
     patterns = dockerignore_patterns()
-    for required in (".git", ".venv", "tests", "artifacts"):
+    for required in (".git", ".venv", "tests", "artifacts", "salespulse/stack"):
         assert ignored(required, patterns), f".dockerignore must exclude {required}"
     text = DOCKERFILE.read_text().replace("\\\n", " ")
     copies = [l.split()[1:] for l in text.splitlines() if l.strip().upper().startswith("COPY ")]

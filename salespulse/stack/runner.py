@@ -205,6 +205,8 @@ def print_summary(settings: Settings) -> None:
     rows = [(s.name, s.url or "-") for s in plan(settings)]
     width = max(len(n) for n, _ in rows)
     print("SalesPulse local stack — what runs where:", flush=True)
+    print("  a DEVELOPMENT stack: 127.0.0.1 only, dashboard without a token; "
+          "to deploy, use docker-compose.yml (docs/operations.md)", flush=True)
     for name, url in rows:
         print(f"  {name:<{width}}  {url}", flush=True)
     print(f"  dashboard UI  http://127.0.0.1:{settings.dashboard_port}   "

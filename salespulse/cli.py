@@ -18,8 +18,10 @@ from salespulse.kafka import ensure_topics, recover_group
 from salespulse.observability import configure_logging
 from salespulse.settings import get_settings
 
-#: Modules adding their own subcommands (stack runner, status, operations, Dagster daemon/runs).
-COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon"]
+#: Modules adding their own subcommands (stack runner, status, operations, Dagster daemon/runs, and the
+#: consumer's replay). Named, not imported: a module that is not installed adds no command.
+COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon",
+                   "services.consumer.replay"]
 
 
 def _cmd_migrate(args) -> int:
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
                 raise
             continue  # optional command module not present
         module.register(sub)

@@ -237,7 +237,7 @@ def test_stop_right_after_start_leaves_the_group_usable(settings, database_url, 
     runner = ServiceThread(svc).start()
     assert svc.ready.wait(30)
     runner.stop(120)
-    assert svc._ever_assigned or svc.abandoned
+    assert svc.partitions.ever_assigned or svc.abandoned
 
     events = [ecommerce_event(i, run="early") for i in range(50)]
     produce_events(broker.bootstrap, events)

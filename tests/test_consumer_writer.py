@@ -15,7 +15,7 @@ import pytest
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.settings import ROLE_INGEST, Settings
-import services.consumer.writer as writer_module
+import services.consumer.attempt as attempt_module
 from services.consumer.writer import CONFLICT, BatchWriter, DatabaseUnavailable, RawMessage, parse
 from tests.test_consumer_support import (
     ecommerce_event,
@@ -256,14 +256,14 @@ def test_a_large_bad_value_is_stored_in_full(writer, database_url):
 def test_an_unexpected_error_on_one_message_dead_letters_only_that_message(writer, database_url, monkeypatch):
     events = [ecommerce_event(i) for i in range(10)]
     culprit = events[6]["event_id"].encode()
-    real_copy = writer_module._copy
+    real_copy = attempt_module.copy_lines
 
     def copy_failing_on_culprit(cur, table, lines):
         if any(culprit in line for line in lines):
             raise ValueError("A string literal cannot contain NUL (0x00) characters.")
         real_copy(cur, table, lines)
 
-    monkeypatch.setattr(writer_module, "_copy", copy_failing_on_culprit)
+    monkeypatch.setattr(attempt_module, "copy_lines", copy_failing_on_culprit)
     result = writer.write_raw([raw(EC, i, e) for i, e in enumerate(events)])
     assert result.isolated
     assert result.topics[EC].stored == 9 and [m.raw.offset for m in result.dead_letters] == [6]
@@ -276,7 +276,7 @@ def test_write_raises_nothing_but_database_unavailable(writer, database_url, mon
     def broken_ledger(self):
         raise KeyError("a bug outside the row insert")
 
-    monkeypatch.setattr(writer_module._Attempt, "write_ledger", broken_ledger)
+    monkeypatch.setattr(attempt_module.Attempt, "write_ledger", broken_ledger)
     with pytest.raises(DatabaseUnavailable, match="unexpected error: KeyError"):
         writer.write_raw([raw(EC, 0, ecommerce_event(0))])
     assert query(database_url, "SELECT count(*) FROM events")[0][0] == 0  # nothing half-written

@@ -20,7 +20,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Produc
 from salespulse import cli
 from salespulse.contracts import parse_message
 from salespulse.kafka import admin_client, committed_offsets, producer_config
-from salespulse.ops import healthcheck, replay as replay_mod
+from salespulse.ops import healthcheck
+from services.consumer import replay as replay_mod
 from salespulse.ops.lag import consumer_lag
 from salespulse.ops.pg import split_password
 from salespulse.settings import get_settings

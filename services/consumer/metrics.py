@@ -1,6 +1,11 @@
 """The consumer's Prometheus metrics (process-wide registry, shared by every service instance)."""
 
+import logging
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger("services.consumer")
 
 MESSAGES = Counter("salespulse_consumer_messages_total",
                    "Messages processed, by topic and outcome (stored, duplicate, dead_letter, skipped)",
@@ -20,3 +25,37 @@ ASSIGNED = Gauge("salespulse_consumer_assigned_partitions", "Partitions assigned
 COMMIT_FAILURES = Counter("salespulse_consumer_commit_failures_total", "Offset commits that failed")
 INCARNATION_CHANGES = Counter("salespulse_consumer_topic_incarnation_changes_total",
                               "Times a topic was found re-created (new topic id) while consuming", ["topic"])
+
+
+class BatchRecorder:
+    """Records each committed batch: the metrics above and the totals /health reports."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.last_batch_at: float | None = None  # wall-clock time of the last committed batch
+
+    def record(self, batch: list, result, *, parse_s: float, db_s: float, dlq_s: float, commit_s: float,
+               total_s: float) -> None:
+        for stage, seconds in (("parse", parse_s), ("db", db_s), ("dlq", dlq_s), ("commit", commit_s),
+                               ("total", total_s)):
+            BATCH_SECONDS.labels(stage).observe(seconds)
+        BATCH_SIZE.observe(len(batch))
+        for topic, c in result.topics.items():
+            for outcome, n in (("stored", c.stored), ("duplicate", c.duplicates), ("dead_letter", c.dead_letters)):
+                if n:
+                    MESSAGES.labels(topic, outcome).inc(n)
+                    self._add(outcome, n)
+            if c.dead_letters:
+                DEAD_LETTERS.labels(topic).inc(c.dead_letters)
+        for m in result.skipped:
+            MESSAGES.labels(m.raw.topic, "skipped").inc()
+            self._add("skipped", 1)
+        self.last_batch_at = time.time()
+        if result.dead_letters:
+            log.warning("dead letters in batch", extra={
+                "event": "dead_letters", "count": len(result.dead_letters), "batch_size": len(batch),
+                "examples": [{"topic": m.raw.topic, "partition": m.raw.partition, "offset": m.raw.offset,
+                              "error": (m.error or "")[:300]} for m in result.dead_letters[:3]]})
+
+    def _add(self, outcome: str, n: int) -> None:
+        self.totals[outcome] = self.totals.get(outcome, 0) + n

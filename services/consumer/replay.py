@@ -1,7 +1,9 @@
 """``salespulse replay``: re-ingest a topic into the database, idempotently.
 
-The consumer's own code path does the work (``services.consumer``'s
-``ConsumerService`` with an explicit ``assignment`` and ``stop_at_end=True``):
+Part of the consumer package, which registers the command with ``salespulse``
+(``register``, listed in ``salespulse.cli.COMMAND_MODULES``). The consumer's
+own code path does the work (``ConsumerService`` with an explicit
+``assignment`` and ``stop_at_end=True``):
 the same validation, dead letters and idempotent writes (natural keys
 ``event_id``/``order_id``), so replaying messages that are already stored is a
 no-op, and replaying twice stores nothing the second time. It runs under a
@@ -15,7 +17,7 @@ Start positions (per partition, clamped to what the broker still retains):
 * ``--from-timestamp ISO``: the first message whose timestamp is >= that time.
   The broker's time index is asked first (``Consumer.offsets_for_times``);
   its answer is then checked against the messages' own timestamps, and when
-  it is wrong (the embedded broker, tansu, answers offset 0 for any time) the
+  it is wrong (the embedded broker answers offset 0 for any time) the
   partition is scanned instead. A broker that fails the request is reported
   as a clear error (use ``--from-offset``);
 * neither: the earliest retained offset.
@@ -35,7 +37,7 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer
 
 from salespulse.contracts import TOPICS
 from salespulse.kafka import admin_client, consumer_config, existing_topics
-from salespulse.ops import OpsError
+from salespulse.ops import OpsError, command
 from salespulse.ops.lag import cached_watermarks
 from salespulse.settings import Settings, get_settings
 
@@ -190,7 +192,7 @@ def replay(settings: Settings, topic: str, *, partitions: list[int] | None = Non
     if not assignment:
         return summary
 
-    from services.consumer.app import ConsumerService  # the consumer's own write path
+    from .app import ConsumerService  # the consumer's own write path (imported when a replay runs)
 
     group = f"salespulse-replay-{uuid.uuid4().hex[:12]}"
     summary["group"] = group
@@ -207,12 +209,12 @@ def replay(settings: Settings, topic: str, *, partitions: list[int] | None = Non
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    totals = service.health()[1]["totals"]
+    totals = service.totals
     summary.update({k: totals.get(k, 0) for k in ("stored", "duplicate", "dead_letter")})
     summary["interrupted"] = service.stopping
     try:  # the throwaway group's offsets are of no further use
         admin = admin_client(bootstrap)
-        admin.list_topics(timeout=10)  # connected first: a cold admin's DeleteGroups can hang (tansu)
+        admin.list_topics(timeout=10)  # connected first: a cold admin's DeleteGroups can hang (embedded broker)
         admin.delete_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
     except Exception as exc:  # noqa: BLE001 - best effort clean-up
         log.warning("could not delete replay group %s: %r", group, exc)
@@ -231,3 +233,16 @@ def cmd_replay(args) -> int:
           f"{summary['stored']} stored, {summary['duplicate']} already stored, "
           f"{summary['dead_letter']} dead letters")
     return 130 if summary.get("interrupted") else 0
+
+
+def register(subparsers) -> None:
+    """Add ``salespulse replay`` (called by ``salespulse.cli``)."""
+    replay_cmd = subparsers.add_parser("replay", help="re-ingest a topic into the database (idempotent)")
+    replay_cmd.add_argument("--topic", required=True, help="data topic (ecommerce.events, restaurant.orders)")
+    start = replay_cmd.add_mutually_exclusive_group()
+    start.add_argument("--from-offset", type=int, help="first offset to replay (default: the earliest)")
+    start.add_argument("--from-timestamp", help="ISO-8601 time: replay messages from this time on (naive = UTC)")
+    replay_cmd.add_argument("--partition", type=int, action="append",
+                            help="partition to replay (repeatable; default: every partition)")
+    replay_cmd.add_argument("--batch-size", type=int, default=None, help="messages per database transaction")
+    replay_cmd.set_defaults(func=command(__name__, "cmd_replay"))

@@ -1,0 +1,112 @@
+"""The SQL of one batch write (see writer.py for the order they run in)."""
+
+TEMP_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS tmp_events (
+    event_id UUID, event_type TEXT, ts TIMESTAMPTZ, user_id TEXT, session_id TEXT,
+    product_id TEXT, product_name TEXT, category TEXT, price NUMERIC,
+    quantity INTEGER, total_amount NUMERIC, payment_method TEXT, search_query TEXT, content_hash BYTEA
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS tmp_orders (
+    order_id UUID, ts TIMESTAMPTZ, restaurant_id TEXT, table_number INTEGER, channel TEXT,
+    total_amount NUMERIC, payment_method TEXT, item_count INTEGER, content_hash BYTEA
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS tmp_order_items (
+    order_id UUID, line_number INTEGER, item_id TEXT, name TEXT, category TEXT,
+    quantity INTEGER, unit_price NUMERIC, line_total NUMERIC
+) ON COMMIT DELETE ROWS;
+"""
+TRUNCATE_TEMP = "TRUNCATE tmp_events, tmp_orders, tmp_order_items"
+
+# Two statements in one round trip: each gets its own snapshot, so the ledger
+# read sees whatever a consumer that held the lock before us committed.
+LOCK_AND_COVERAGE = """
+SELECT pg_advisory_xact_lock(k) FROM unnest(%(locks)s::bigint[]) AS k;
+SELECT b.topic, b.inc, b.p, l.first_offset, l.last_offset
+FROM unnest(%(topics)s::text[], %(incs)s::text[], %(parts)s::int[], %(los)s::bigint[], %(his)s::bigint[])
+     AS b(topic, inc, p, lo, hi)
+JOIN ingest_ledger l ON l.consumer_group = %(group)s AND l.topic = b.topic AND l.topic_incarnation = b.inc
+     AND l."partition" = b.p AND int8range(l.first_offset, l.last_offset, '[]') && int8range(b.lo, b.hi, '[]')
+"""
+
+# Events, then products and transactions for the events actually inserted.
+# Products: the latest catalogue data per product by event time (ordered by
+# product_id, so concurrent consumers lock product rows in the same order),
+# only overwriting newer-or-equal, different data.
+INSERT_EVENTS = """
+WITH ins AS (
+    INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id, search_query,
+                        content_hash)
+    SELECT event_id, event_type, ts, user_id, session_id, product_id, search_query, content_hash FROM tmp_events
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), new AS (
+    SELECT t.* FROM tmp_events t JOIN ins USING (event_id)
+), prod AS (
+    INSERT INTO products AS p (product_id, product_name, category, price, catalog_as_of, updated_at)
+    SELECT DISTINCT ON (product_id) product_id, product_name, category, price, ts, now()
+    FROM new WHERE product_id IS NOT NULL
+    ORDER BY product_id, ts DESC
+    ON CONFLICT (product_id) DO UPDATE
+    SET product_name = EXCLUDED.product_name, category = EXCLUDED.category, price = EXCLUDED.price,
+        catalog_as_of = EXCLUDED.catalog_as_of, updated_at = now()
+    WHERE (p.catalog_as_of IS NULL OR p.catalog_as_of <= EXCLUDED.catalog_as_of)
+      AND (p.product_name, p.category, p.price) IS DISTINCT FROM
+          (EXCLUDED.product_name, EXCLUDED.category, EXCLUDED.price)
+    RETURNING 1
+), tx AS (
+    INSERT INTO transactions (transaction_id, event_id, product_id, quantity, total_amount, payment_method,
+                              "timestamp")
+    SELECT event_id::text, event_id, product_id, quantity, total_amount, payment_method, ts
+    FROM new WHERE event_type = 'purchase'
+    ON CONFLICT (transaction_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM prod), (SELECT count(*) FROM tx), ARRAY(SELECT event_id::text FROM ins)
+"""
+
+INSERT_ORDERS = """
+WITH ins AS (
+    INSERT INTO orders (order_id, "timestamp", restaurant_id, table_number, channel, total_amount, payment_method,
+                        item_count, content_hash)
+    SELECT order_id, ts, restaurant_id, table_number, channel, total_amount, payment_method, item_count,
+           content_hash
+    FROM tmp_orders
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING order_id
+), items AS (
+    INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total)
+    SELECT i.order_id, line_number, item_id, name, category, quantity, unit_price, line_total
+    FROM tmp_order_items i JOIN ins USING (order_id)
+    ON CONFLICT (order_id, line_number) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM items), ARRAY(SELECT order_id::text FROM ins)
+"""
+
+# Ids not inserted whose stored content differs (rows stored before content
+# hashes existed have none and count as identical).
+CONFLICTS = """
+SELECT 'e', s.event_id::text FROM events s
+JOIN unnest(%(eids)s::uuid[], %(ehashes)s::text[]) AS c(id, h) ON s.event_id = c.id
+WHERE s.content_hash <> decode(c.h, 'hex')
+UNION ALL
+SELECT 'o', s.order_id::text FROM orders s
+JOIN unnest(%(oids)s::uuid[], %(ohashes)s::text[]) AS c(id, h) ON s.order_id = c.id
+WHERE s.content_hash <> decode(c.h, 'hex')
+"""
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (topic, topic_incarnation, "partition", "offset", key, key_bytes, headers, payload,
+                          payload_sha256, error)
+VALUES %s
+ON CONFLICT (topic, topic_incarnation, "partition", "offset", payload_sha256) DO NOTHING
+RETURNING topic, topic_incarnation, "partition", "offset", payload_sha256
+"""
+DEAD_LETTER_CHUNK_BYTES = 32 << 20  # raw payload bytes per INSERT statement
+
+INSERT_LEDGER = """
+INSERT INTO ingest_ledger (consumer_group, topic, topic_incarnation, "partition", first_offset, last_offset,
+                           messages, stored, duplicates, dead_lettered)
+VALUES %s
+"""
+

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -285,8 +286,9 @@ def run_foreground(port: int | None = None, master: str | None = None, log_dir: 
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    try:
-        server._proc = proc
+    failed = threading.Event()
+
+    def _announce_ready() -> None:
         try:
             server.wait_ready(timeout=180)
             print(f"spark connect ready on {server.remote} (master {server.master}) "
@@ -294,16 +296,25 @@ def run_foreground(port: int | None = None, master: str | None = None, log_dir: 
         except Exception as exc:  # noqa: BLE001
             if not stopping:
                 print(f"spark connect failed to start: {exc}", file=sys.stderr, flush=True)
+                failed.set()
                 _terminate_group(proc, 10)
-                return 1
+
+    # The readiness probe blocks in gRPC calls; in a thread, so that this main
+    # thread runs the SIGTERM handler at once (a Python signal handler waits
+    # for the main thread's blocking C call to return).
+    server._proc = proc
+    threading.Thread(target=_announce_ready, daemon=True).start()
+    try:
         while True:
             try:
-                code = proc.wait()
+                code = proc.wait(timeout=0.5)
                 break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries anyway
+            except subprocess.TimeoutExpired:
                 continue
     finally:
         _terminate_group(proc, 20)
+    if failed.is_set():
+        return 1
     # a JVM stopped by SIGTERM exits 143 (128 + 15): that is a clean stop
     return 0 if stopping else code
 

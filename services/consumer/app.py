@@ -304,7 +304,7 @@ class ConsumerService:
                     return self._give_back(inflight)
             self.outage.write_succeeded()
             t_db = time.perf_counter()
-            if not self._publish_dead_letters(result.dead_letters, max_attempts):
+            if not self._publish_dead_letters(result.dead_letters + result.republish, max_attempts):
                 return self._give_back(inflight)
             t_dlq = time.perf_counter()
             self._commit(batch)

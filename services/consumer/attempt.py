@@ -25,6 +25,7 @@ from .sql import (
     INSERT_LEDGER,
     INSERT_ORDERS,
     LOCK_AND_COVERAGE,
+    RECORDED_DEAD_LETTERS,
     TRUNCATE_TEMP,
 )
 
@@ -79,6 +80,7 @@ class Attempt:
         self.todo: list[ParsedMessage] = []
         self.todo_parts: list[tuple] = []
         self.skipped: list[ParsedMessage] = []
+        self.republish: list[ParsedMessage] = []
         self.covered: dict[tuple, list[tuple[int, int]]] = {}
         self.outcome: dict[int, str] = {}  # todo index -> STORED | DUPLICATE | dead-letter reason
         self.rows_inserted = {"products": 0, "events": 0, "transactions": 0, "orders": 0, "order_items": 0}
@@ -113,6 +115,21 @@ class Attempt:
                 seen.add(key)
                 self.todo.append(m)
                 self.todo_parts.append(part)
+
+    def find_recorded_dead_letters(self) -> None:
+        """Skipped messages that are dead letters already: their DLQ copy is sent
+        again (at least once on the topic; the table holds each exactly once)."""
+        if not self.skipped:
+            return
+        parts = {id(m): part for part, m in zip(self.parts, self.batch)}
+        keys = [(*parts[id(m)], m.raw.offset) for m in self.skipped]
+        self.cur.execute(RECORDED_DEAD_LETTERS, {
+            "topics": [k[0] for k in keys], "incs": [k[1] for k in keys],
+            "parts": [k[2] for k in keys], "offsets": [k[3] for k in keys]})
+        errors = {tuple(row[:4]): row[4] for row in self.cur.fetchall()}
+        for key, m in zip(keys, self.skipped):
+            if key in errors:
+                self.republish.append(ParsedMessage(m.raw, error=errors[key]))
 
     # -- 2. valid rows --------------------------------------------------------
     def store_valid(self) -> None:
@@ -265,7 +282,8 @@ class Attempt:
     def result(self) -> WriteResult:
         """Call after the commit: marks the dead letters' ``error``."""
         result = WriteResult(rows=self.rows_inserted, ledger=self.ledger, isolated=self.isolate,
-                             skipped=self.skipped, statements=self.cur.statements)
+                             skipped=self.skipped, republish=self.republish,
+                             statements=self.cur.statements)
         for m in self.batch:
             result.counts(m.raw.topic).received += 1
         for m in self.skipped:

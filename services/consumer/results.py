@@ -26,6 +26,9 @@ class WriteResult:
     topics: dict[str, TopicCounts] = field(default_factory=dict)
     dead_letters: list[ParsedMessage] = field(default_factory=list)  # newly dead-lettered: publish to the DLQ
     skipped: list[ParsedMessage] = field(default_factory=list)
+    # skipped messages recorded as dead letters before: published to the DLQ again
+    # (a consumer may have died between the database commit and the DLQ publication)
+    republish: list[ParsedMessage] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # table -> rows inserted
     ledger: list[tuple] = field(default_factory=list)  # the ingest_ledger rows written
     db_seconds: float = 0.0

@@ -110,3 +110,12 @@ INSERT INTO ingest_ledger (consumer_group, topic, topic_incarnation, "partition"
 VALUES %s
 """
 
+# The dead letters already recorded for offsets a re-delivered batch covers: the
+# consumer may have died after the commit but before publishing them to the DLQ.
+RECORDED_DEAD_LETTERS = """
+SELECT d.topic, d.topic_incarnation, d."partition", d."offset", d.error
+FROM dead_letters d
+JOIN unnest(%(topics)s::text[], %(incs)s::text[], %(parts)s::int[], %(offsets)s::bigint[])
+     AS s(topic, inc, part, off)
+  ON d.topic = s.topic AND d.topic_incarnation = s.inc AND d."partition" = s.part AND d."offset" = s.off
+"""

@@ -165,6 +165,7 @@ class BatchWriter:
         with conn.cursor(cursor_factory=CountingCursor) as cur:
             attempt = Attempt(self, cur, batch, incarnations, isolate)
             attempt.skip_covered()
+            attempt.find_recorded_dead_letters()
             try:
                 attempt.store_valid()
             except Exception as exc:

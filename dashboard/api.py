@@ -66,7 +66,9 @@ ENDPOINTS: list[Endpoint] = [
              "The last 60 seconds from the raw `orders` table (indexed time range).", "restaurant", realtime=True),
     Endpoint("pipeline", "/api/pipeline/status", "status", PipelineParams, None,
              "Pipeline health: consumer lag and throughput per topic, dead letters with reasons, "
-             "last report time, recent Dagster runs, Dagster UI link.", "pipeline"),
+             "last report time, recent Dagster runs, Dagster UI link, and `freshness`: per domain the newest "
+             "report window against its target and whether runs are queued behind runs making no progress, "
+             "as last recorded by the reports_current sensor, with the age of that record.", "pipeline"),
 ]
 
 

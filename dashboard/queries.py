@@ -16,6 +16,8 @@ from dashboard.params import (
 )
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
+#: reports_current_sensor records every minute; a record older than this means it is not running
+FRESHNESS_CHECK_MAX_AGE_S = 180
 
 
 def _window(p: TimeRange) -> dict:
@@ -338,4 +340,32 @@ def pipeline_status(db: Database, p: PipelineParams, dagster_ui_url: str) -> dic
         "report_age_seconds": round((now - last_report).total_seconds(), 1) if last_report else None,
         "runs": runs,
         "dagster_ui_url": dagster_ui_url,
+        "freshness": freshness(db, now),
+    }
+
+
+def freshness(db: Database, now: datetime) -> dict:
+    """What ``reports_current_sensor`` last recorded (sql/050): each domain's
+    newest report window against its target, and whether runs are queued
+    behind runs making no progress; plus how old that record is, since a
+    record nobody refreshes says nothing about now. Both tables hold one row
+    per domain / one row, so the LIMITs only guard against surprises."""
+    reports = db.query(
+        """SELECT domain, observed_at, newest_raw_minute, newest_window, minutes_behind, target_minutes, stale
+           FROM pipeline_report_freshness ORDER BY domain LIMIT 20""")
+    queue = db.query(
+        """SELECT observed_at, in_flight, queued, oldest_queued_seconds, stalled, blocked
+           FROM pipeline_run_queue LIMIT 1""")
+    queue = queue[0] if queue else None
+    observed = [r["observed_at"] for r in reports] + ([queue["observed_at"]] if queue else [])
+    checked_at = min(observed, default=None)  # the oldest part: every part must be recent
+    age = round(max((now - checked_at).total_seconds(), 0.0), 1) if checked_at else None
+    return {
+        "checked_at": checked_at,
+        "check_age_seconds": age,
+        "check_max_age_seconds": FRESHNESS_CHECK_MAX_AGE_S,
+        "check_current": age is not None and age <= FRESHNESS_CHECK_MAX_AGE_S,
+        "reports": reports,
+        "queue": queue,
+        "stale": any(r["stale"] for r in reports) or bool(queue and queue["blocked"]),
     }

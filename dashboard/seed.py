@@ -133,6 +133,13 @@ def seed_pipeline(cur, now: datetime) -> None:
              "partition": (minute(now) - timedelta(minutes=i + 1)).strftime("%Y-%m-%d-%H:%M"), "message": None,
              "recorded_at": now - timedelta(minutes=i)} for i in range(5)]
     insert_rows(cur, "pipeline_runs", runs)
+    # reports_current_sensor's record: current reports, a queue that moves
+    insert_rows(cur, "pipeline_report_freshness", [
+        {"domain": domain, "observed_at": now, "newest_raw_minute": minute(now),
+         "newest_window": minute(now) - timedelta(minutes=1), "minutes_behind": 1.0, "target_minutes": 3,
+         "stale": False} for domain in ("ecommerce", "restaurant")])
+    insert_rows(cur, "pipeline_run_queue", [{"observed_at": now, "in_flight": 1, "queued": 0,
+                                              "oldest_queued_seconds": None, "stalled": "[]", "blocked": False}])
 
 
 def refresh_views(cur) -> None:

@@ -12,8 +12,13 @@ One check per report asset. It fails when
 A check that only ran inside a run could not say the second thing — its run
 would wait in the blocked queue — so ``reports_current_sensor`` (evaluated by
 the daemon, outside the queue) records the same evaluation every minute; the
-five-minute health job runs it as well.
+five-minute health job runs it as well. The sensor also writes what it found
+to ``pipeline_report_freshness`` / ``pipeline_run_queue`` (sql/050) in the app
+database: the dashboard's pipeline page shows it from there, since the
+dashboard's read-only role has no access to the Dagster database.
 """
+
+import json
 
 from dagster import (
     AssetCheckEvaluation,
@@ -30,19 +35,27 @@ from dagster import (
 
 from orchestration.assets.reports import ecommerce_reports, restaurant_reports
 from orchestration.resources import PostgresResource
-from salespulse.dagster_runs import report_lags, queue_health
+from salespulse.dagster_runs import QueueHealth, ReportLag, queue_health, report_lags
 
 CHECK_NAME = "reports_current"
 REPORT_KEYS = {"ecommerce": ecommerce_reports.key, "restaurant": restaurant_reports.key}
+#: stalled runs recorded for the dashboard (more would not fit a notice anyway)
+MAX_STALLED_RECORDED = 20
 
 
-def evaluate(instance: DagsterInstance, postgres: PostgresResource) -> dict[str, tuple[bool, str, dict]]:
-    """domain -> (passed, description, metadata)."""
+def observe(instance: DagsterInstance, postgres: PostgresResource) -> tuple[list[ReportLag], QueueHealth]:
     with postgres.connection() as conn, conn.cursor() as cur:
-        lags = {lag.domain: lag for lag in report_lags(cur)}
-    health = queue_health(instance)
+        lags = report_lags(cur)
+    return lags, queue_health(instance)
+
+
+def evaluate(instance: DagsterInstance, postgres: PostgresResource,
+             observed: tuple[list[ReportLag], QueueHealth] | None = None) -> dict[str, tuple[bool, str, dict]]:
+    """domain -> (passed, description, metadata)."""
+    lags, health = observed or observe(instance, postgres)
     out = {}
-    for domain, lag in lags.items():
+    for lag in lags:
+        domain = lag.domain
         problems = [p for p, bad in ((lag.summary(), lag.stale), (health.summary(), health.blocked)) if bad]
         metadata = {
             "newest_report_window": MetadataValue.text(lag.newest_window.isoformat() if lag.newest_window else "none"),
@@ -79,7 +92,9 @@ run_checks = [_check(domain) for domain in REPORT_KEYS]
     description="Every minute, outside the run queue: records the reports_current check of both report assets.",
 )
 def reports_current_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
-    results = evaluate(context.instance, postgres)
+    observed = observe(context.instance, postgres)
+    record(postgres, *observed)
+    results = evaluate(context.instance, postgres, observed)
     events = [
         AssetCheckEvaluation(asset_key=REPORT_KEYS[domain], check_name=CHECK_NAME, passed=passed,
                              description=description, metadata=metadata)
@@ -88,3 +103,33 @@ def reports_current_sensor(context: SensorEvaluationContext, postgres: PostgresR
     failing = [f"{domain}: {description}" for domain, (passed, description, _m) in results.items() if not passed]
     return SensorResult(asset_events=events,
                         skip_reason=("NOT CURRENT: " + " | ".join(failing)) if failing else "reports current")
+
+
+def record(postgres: PostgresResource, lags: list[ReportLag], health: QueueHealth) -> None:
+    """Replace the dashboard's copy of this evaluation (one transaction, the
+    database's clock for ``observed_at``, as the dashboard measures its age)."""
+    stalled = [{"run_id": r.run_id, "job_name": r.job_name, "status": r.status, "partition": r.partition,
+                "idle_seconds": round(r.idle_seconds, 1)} for r in health.stalled[:MAX_STALLED_RECORDED]]
+    with postgres.connection() as conn, conn.cursor() as cur:
+        for lag in lags:
+            behind = lag.behind_minutes
+            cur.execute(
+                """INSERT INTO pipeline_report_freshness AS f (domain, observed_at, newest_raw_minute, newest_window,
+                                                               minutes_behind, target_minutes, stale)
+                   VALUES (%s, now(), %s, %s, %s, %s, %s)
+                   ON CONFLICT (domain) DO UPDATE SET observed_at = EXCLUDED.observed_at,
+                       newest_raw_minute = EXCLUDED.newest_raw_minute, newest_window = EXCLUDED.newest_window,
+                       minutes_behind = EXCLUDED.minutes_behind, target_minutes = EXCLUDED.target_minutes,
+                       stale = EXCLUDED.stale""",
+                (lag.domain, lag.newest_raw_minute, lag.newest_window,
+                 None if behind == float("inf") else round(behind, 2), lag.target_minutes, lag.stale))
+        cur.execute(
+            """INSERT INTO pipeline_run_queue (singleton, observed_at, in_flight, queued, oldest_queued_seconds,
+                                               stalled, blocked)
+               VALUES (TRUE, now(), %s, %s, %s, %s, %s)
+               ON CONFLICT (singleton) DO UPDATE SET observed_at = EXCLUDED.observed_at,
+                   in_flight = EXCLUDED.in_flight, queued = EXCLUDED.queued,
+                   oldest_queued_seconds = EXCLUDED.oldest_queued_seconds, stalled = EXCLUDED.stalled,
+                   blocked = EXCLUDED.blocked""",
+            (len(health.in_flight), health.queued, health.oldest_queued_seconds, json.dumps(stalled),
+             health.blocked))

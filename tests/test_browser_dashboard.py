@@ -4,6 +4,7 @@ artifacts/screenshots/ as test artifacts."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import timedelta
@@ -263,3 +264,50 @@ def test_sign_in_page_opens_every_page_without_a_token_in_the_url(browser, serve
         ctx.close()
     finally:
         server.stop()
+
+
+def test_pipeline_notice_for_stale_reports_a_blocked_queue_and_an_old_check(browser, served):
+    """The notice follows what reports_current_sensor recorded (rows as it writes them,
+    see tests/test_report_freshness.py): hidden while current, then each problem in words."""
+    server, url = served
+
+    def record(*statements):  # one transaction: a poll sees all of it or none
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+        conn.close()
+
+    ctx, page, errors = open_page(browser, server.url + "/pipeline")
+    try:
+        assert page.is_hidden("#freshness-notice")
+        assert page.get_attribute("#freshness-notice", "data-state") == "ok"
+        record("""UPDATE pipeline_report_freshness SET stale = true, minutes_behind = 7,
+                      newest_window = newest_raw_minute - interval '7 minutes' WHERE domain = 'ecommerce'""",
+               """UPDATE pipeline_run_queue SET in_flight = 2, queued = 3, blocked = true, stalled =
+                      '[{"run_id": "0a1b2c3d4e5f", "job_name": "refresh_reports_job", "status": "STARTED",
+                         "idle_seconds": 4000}, {"run_id": "9f8e7d6c5b4a", "job_name": "refresh_reports_job",
+                         "status": "STARTED", "idle_seconds": 3900}]'""")
+        wait_js(page, "document.querySelectorAll('#freshness-notice p').length === 2")
+        assert page.is_visible("#freshness-notice")
+        assert page.get_attribute("#freshness-notice", "data-state") == "stale"
+        lines = page.eval_on_selector_all("#freshness-notice p", "ps => ps.map(p => p.textContent)")
+        assert len(lines) == 2, lines
+        assert re.fullmatch(r"Reports are stale: newest e-commerce window \d\d:\d\d, 7 min behind the newest data "
+                            r"\(target 3 min\)\.", lines[0]), lines
+        assert lines[1] == "Runs are queued behind 2 runs making no progress (3 queued; silent: 0a1b2c3d, 9f8e7d6c)."
+        shot(page, "pipeline-stale")
+
+        record("UPDATE pipeline_report_freshness SET observed_at = now() - interval '12 minutes'")
+        wait_js(page, "document.getElementById('freshness-notice').textContent.includes('last checked')")
+        text = page.text_content("#freshness-notice")
+        assert "Report freshness was last checked 12 min ago" in text and "not running" in text, text
+
+        record("""UPDATE pipeline_report_freshness SET observed_at = now(), stale = false, minutes_behind = 1,
+                      newest_window = newest_raw_minute - interval '1 minute'""",
+               "UPDATE pipeline_run_queue SET observed_at = now(), queued = 0, blocked = false, stalled = '[]'")
+        wait_js(page, "document.getElementById('freshness-notice').hidden")
+        assert page.get_attribute("#freshness-notice", "data-state") == "ok"
+        assert not errors, errors
+    finally:
+        ctx.close()

@@ -254,6 +254,28 @@ def test_pipeline_status_matches_sql(seeded, client):
     assert body["ingest_last_minute"]["events"] == events == 60 and body["ingest_last_minute"]["orders"] == orders == 6
 
 
+def test_pipeline_freshness_matches_sql(seeded, client):
+    url, _ = seeded
+    fresh = get_json(client, "/api/pipeline/status", {"range": "15m"})["freshness"]
+    assert fresh["check_current"] and not fresh["stale"]
+    assert {r["domain"]: r["minutes_behind"] for r in fresh["reports"]} == dict(
+        sql(url, "SELECT domain, minutes_behind FROM pipeline_report_freshness"))
+    sql_exec(url, """UPDATE pipeline_report_freshness SET stale = true, minutes_behind = 7,
+                   newest_window = newest_raw_minute - interval '7 minutes' WHERE domain = 'restaurant'""")
+    sql_exec(url, """UPDATE pipeline_run_queue SET queued = 3, blocked = true, observed_at = now() - interval '5 minutes',
+                   stalled = '[{"run_id": "r1", "job_name": "j", "status": "STARTED", "idle_seconds": 900}]'""")
+    (raw, window), = sql(url, "SELECT newest_raw_minute, newest_window FROM pipeline_report_freshness "
+                              "WHERE domain = 'restaurant'")
+    stale = get_json(client, "/api/pipeline/status", {"range": "15m"})["freshness"]
+    restaurant = next(r for r in stale["reports"] if r["domain"] == "restaurant")
+    assert restaurant["stale"] and restaurant["minutes_behind"] == 7 and restaurant["target_minutes"] == 3
+    assert datetime.fromisoformat(restaurant["newest_window"]) == window == raw - timedelta(minutes=7)
+    assert stale["stale"] and stale["queue"]["blocked"] and stale["queue"]["stalled"][0]["run_id"] == "r1"
+    # the oldest part of the record sets its age
+    assert not stale["check_current"] and stale["check_age_seconds"] >= 300
+    assert datetime.fromisoformat(stale["checked_at"]) == sql(url, "SELECT observed_at FROM pipeline_run_queue")[0][0]
+
+
 # ------------------------------------------------------------ validation
 BAD = [
     ("/api/metrics/summary", {"range": "2h"}, "range"),

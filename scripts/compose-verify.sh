@@ -6,7 +6,9 @@
 # Waits until every one-shot service (migrate, kafka-init) has exited 0 and
 # every long-running service reports `healthy`, then checks that the
 # dashboard refuses a request without credentials and accepts the token from
-# .env, that the Dagster UI answers on 127.0.0.1 only, and prints the URLs.
+# .env, that the Dagster UI proxy does the same with DAGSTER_UI_USER /
+# DAGSTER_UI_PASSWORD, that the Dagster webserver itself is not published,
+# and prints the URLs.
 # Exit 0 when all of that holds; 1 with the failing service's logs otherwise.
 # Needs docker (with the compose plugin), curl and python3 on the host.
 set -euo pipefail
@@ -54,7 +56,7 @@ done
 
 set -a; . ./.env; set +a
 dash="http://localhost:${DASHBOARD_HOST_PORT:-5000}"
-dagster="http://127.0.0.1:${DAGSTER_HOST_PORT:-3000}"
+dagster="http://localhost:${DAGSTER_HOST_PORT:-3000}"
 code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 
 status=$(code "$dash/api/pipeline/status")
@@ -63,11 +65,14 @@ if [ "${DASHBOARD_AUTH:-token}" = token ]; then
   status=$(code -H "Authorization: Bearer $DASHBOARD_TOKEN" "$dash/api/pipeline/status")
 fi
 [ "$status" = 200 ] || { echo "compose-verify: dashboard API answered $status with the token" >&2; exit 1; }
-[ "$(code "$dagster/server_info")" = 200 ] || { echo "compose-verify: Dagster UI not answering on $dagster" >&2; exit 1; }
-if docker compose port dagster-webserver 3000 | grep -qv '^127\.0\.0\.1:'; then
-  echo "compose-verify: the Dagster UI is published beyond 127.0.0.1" >&2; exit 1
+status=$(code "$dagster/server_info")
+[ "$status" = 401 ] || { echo "compose-verify: Dagster UI answered $status without credentials (want 401)" >&2; exit 1; }
+status=$(printf 'user = "%s:%s"\n' "$DAGSTER_UI_USER" "$DAGSTER_UI_PASSWORD" | code -K - "$dagster/server_info")
+[ "$status" = 200 ] || { echo "compose-verify: Dagster UI answered $status with DAGSTER_UI_USER/PASSWORD" >&2; exit 1; }
+if [ -n "$(docker compose port dagster-webserver 3000 2>/dev/null)" ]; then
+  echo "compose-verify: the Dagster webserver is published (it has no authentication)" >&2; exit 1
 fi
 
 echo "SalesPulse is up; every health check passes."
 echo "  dashboard   $dash/login  (token: DASHBOARD_TOKEN in .env)"
-echo "  Dagster UI  $dagster     (this machine only; elsewhere: ssh -L ${DAGSTER_HOST_PORT:-3000}:127.0.0.1:${DAGSTER_HOST_PORT:-3000} THIS_HOST)"
+echo "  Dagster UI  $dagster  (user DAGSTER_UI_USER, password DAGSTER_UI_PASSWORD in .env)"

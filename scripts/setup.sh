@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything SalesPulse needs on Debian 12:
 # apt packages (PostgreSQL 15, Java 17, the JDBC driver, Chromium, Redis for the
-# dashboard limiter's shared storage), a .venv with the locked Python packages
+# dashboard limiter's shared storage, nginx for the Dagster UI proxy's test), a
+# .venv with the locked Python packages
 # and the app image's runtime-only venv (scripts/runtime-venv.sh, for the tests). Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15 openjdk-17-jre-headless libpostgresql-jdbc-java chromium chromium-driver procps util-linux wrk redis-server)
+APT_PACKAGES=(postgresql-15 openjdk-17-jre-headless libpostgresql-jdbc-java chromium chromium-driver procps util-linux wrk redis-server nginx)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

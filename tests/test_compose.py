@@ -47,7 +47,7 @@ SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e6
 DOCKERFILE = REPO / "Dockerfile"
 
 #: The only published ports: container port -> service.
-UI_PORTS = {5000: "dashboard", 3000: "dagster-webserver"}
+UI_PORTS = {5000: "dashboard", 8080: "dagster-ui"}
 
 #: Environment variables set for third-party images or read by files other
 #: than salespulse.settings (each with what reads it). Everything else set on a
@@ -60,9 +60,11 @@ THIRD_PARTY_ENV = {
                  {"DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}),
     # redis image: redis-cli (the health check) reads its password from REDISCLI_AUTH
     "redis": (re.compile(r"^REDISCLI_AUTH$"), set()),
+    # nginx image: read by docker/nginx/dagster-ui-start.sh (its entry point) and the health check
+    "dagster-ui": (re.compile(r"^DAGSTER_UI_(USER|PASSWORD)$"), set()),
 }
 #: Third-party images given a command line: redis-server needs its password as an argument.
-THIRD_PARTY_COMMANDS = {"redis": "redis-server"}
+THIRD_PARTY_COMMANDS = {"redis": "redis-server", "dagster-ui": "nginx"}
 #: Read by docker/dagster/dagster.yaml ({env: ...}) in the Dagster containers.
 DAGSTER_STORAGE_ENV = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USERNAME",
                        "DAGSTER_PG_PASSWORD"}
@@ -316,9 +318,10 @@ def test_only_the_uis_are_published_and_the_consumer_scales(services, compose):
             host, _, container = text.rpartition(":")
             published[int(container.split("/")[0])] = name
             assert host, f"{name}: publish {text} with an explicit host port"
-            if name == "dagster-webserver":  # no authentication of its own: this machine only
-                assert host.startswith("127.0.0.1:"), f"{name}: publish on 127.0.0.1 only, not {text}"
     assert published == UI_PORTS
+    # no authentication of its own: reached only through the basic-auth proxy (tests/test_dagster_ui_proxy.py)
+    assert "ports" not in services["dagster-webserver"]
+    assert services["dagster-ui"]["depends_on"] == {"dagster-webserver": {"condition": "service_healthy"}}
     consumer = services["consumer"]
     assert "ports" not in consumer and "hostname" not in consumer
     # the data plane has no route out; only the UIs are on the published network

@@ -329,4 +329,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without interpreter finalisation: a readiness probe still inside a
+    # gRPC call (stop during start-up) can hang it for minutes.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -35,6 +35,7 @@ from tests.compose_local import (
 )
 from tests.conftest import free_port
 from tests.test_compose import COMPOSE_FILE, interpolate
+from tests.test_spark_cluster import jvms_under, wait_jvms_gone_under
 from tests.test_reports import (
     END, OVERVIEW_COLS, T0, Seeder, assert_same_rows, expected_ecommerce_overview, report, seed_ecommerce,
     seed_restaurant,
@@ -85,7 +86,7 @@ def spark_cluster(postgres, tmp_path_factory):
             ports.setdefault((name, port), free_port())
     paths = {f"/opt/spark/{d}": str(state / d) for d in ("conf", "work", "scratch")}
     paths.update({"/opt/dagster": str(state / "dagster"), "/var/lib/salespulse": str(state / "salespulse")})
-    translate = Translator(ports, paths)
+    translate = Translator(ports, paths, hosts=set(spark))
     spark_conf_dir(state / "conf", translate)
     spark_env = {k: translate(v) for k, v in image_env(venv, state, "spark").items()}
     spark_env["SPARK_LOCAL_IP"] = "127.0.0.1"
@@ -101,12 +102,15 @@ def spark_cluster(postgres, tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+    # master, worker, the executors it launched and the driver: every JVM gone
+    wait_jvms_gone_under(state, 30)
 
 
 def test_spark_services_pass_their_compose_healthcheck(spark_cluster):
     assert set(spark_cluster.procs) == {"spark-master", "spark-worker", "spark-connect"}
     for name, proc in spark_cluster.procs.items():
         assert proc.poll() is None, f"{name} exited:\n{spark_cluster.log_tail(name)}"
+    assert len(jvms_under(spark_cluster.work_dir.parent)) >= 3  # master, worker, driver (checked gone at the end)
     log = {name: (spark_cluster.logs / f"{name}.log").read_text(errors="replace") for name in spark_cluster.procs}
     master_port = spark_cluster.translate.ports[("spark-master", 7077)]
     assert "Registering worker 127.0.0.1" in log["spark-master"]

@@ -76,11 +76,13 @@ def image_env(venv: Path, state: Path, stage: str = "app") -> dict[str, str]:
 class Translator:
     """Compose names, ports and image paths -> this machine's."""
 
-    def __init__(self, ports: dict[tuple[str, int], int], paths: dict[str, str]):
+    def __init__(self, ports: dict[tuple[str, int], int], paths: dict[str, str], hosts: set[str] = frozenset()):
+        """``hosts``: services whose bare name is also an argument (``--host spark-master``);
+        opt-in, since a bare name is as often a program (``dagster-webserver``) or a subcommand."""
         self.ports = ports
         self.paths = paths
-        self.hosts = {s for s, _ in ports}
-        names = "|".join(sorted({re.escape(s) for s in self.hosts}, key=len, reverse=True))
+        self.hosts = set(hosts)
+        names = "|".join(sorted({re.escape(s) for s, _ in ports}, key=len, reverse=True))
         self._host_port = re.compile(rf"(?<![\w.-])({names}):(\d+)\b")
 
     def __call__(self, text: str, own: str | None = None) -> str:

@@ -86,7 +86,7 @@ def spark_cluster(postgres, tmp_path_factory):
             ports.setdefault((name, port), free_port())
     paths = {f"/opt/spark/{d}": str(state / d) for d in ("conf", "work", "scratch")}
     paths.update({"/opt/dagster": str(state / "dagster"), "/var/lib/salespulse": str(state / "salespulse")})
-    translate = Translator(ports, paths)
+    translate = Translator(ports, paths, hosts=set(spark))
     spark_conf_dir(state / "conf", translate)
     spark_env = {k: translate(v) for k, v in image_env(venv, state, "spark").items()}
     spark_env["SPARK_LOCAL_IP"] = "127.0.0.1"

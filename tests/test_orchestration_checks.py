@@ -187,12 +187,15 @@ def test_health_job_of_the_code_location(database_url, monkeypatch):
         assert result.success
         evaluations = {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
         assert set(evaluations) == {"ecommerce_reports:reports_fresh", "restaurant_reports:reports_fresh",
+                                    "ecommerce_reports:reports_current", "restaurant_reports:reports_current",
                                     "dead_letters:dead_letter_rate",
                                     "events:ingest_ledger_contiguous", "orders:ingest_ledger_contiguous",
                                     "events:raw_tables_consistent", "orders:raw_tables_consistent"}
         # e-commerce rows 90 minutes old were never reported: stale; no orders: fresh; no dead letters
         assert not evaluations["ecommerce_reports:reports_fresh"].passed
         assert evaluations["restaurant_reports:reports_fresh"].passed
+        assert not evaluations["ecommerce_reports:reports_current"].passed
+        assert evaluations["restaurant_reports:reports_current"].passed
         assert evaluations["dead_letters:dead_letter_rate"].passed
         # seeded rows agree; an empty ledger has no gap
         assert all(e.passed for key, e in evaluations.items() if key.startswith(("events:", "orders:")))

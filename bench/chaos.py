@@ -11,7 +11,7 @@ happens to the consumer and the database meanwhile.
    process (``python -m services.consumer``), restarted like a supervisor would.
 2. Plans the stream: valid events and orders from the producer's simulation,
    interleaved with hostile messages drawn from the hypothesis strategies of
-   ``tests/hostile.py`` (deterministic with ``--seed``); ``tests.hostile.Oracle``
+   ``tests/support/hostile.py`` (deterministic with ``--seed``); ``tests.support.hostile.Oracle``
    gives each message its expected fate.
 3. Produces it with a plain confluent-kafka producer (acks=all, size limit
    raised so 2 MB values are tried) over ``--produce-seconds``, recording each
@@ -57,7 +57,7 @@ from salespulse.settings import Settings  # noqa: E402
 from salespulse.stack.broker import EmbeddedBroker  # noqa: E402
 from salespulse.stack.postgres import EmbeddedPostgres  # noqa: E402
 from services.producer.simulation import EcommerceSimulation, RestaurantSimulation  # noqa: E402
-from tests.hostile import Message, Oracle, draw_recipes, materialize  # noqa: E402
+from tests.support.hostile import Message, Oracle, draw_recipes, materialize  # noqa: E402
 
 DATA_TOPICS = {t.name: t.partitions for t in TOPICS.values()}
 ORDER_SHARE = 0.25  # of the valid messages

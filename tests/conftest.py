@@ -20,7 +20,7 @@ from salespulse.settings import Settings, get_settings
 from salespulse.stack.broker import EmbeddedBroker
 from salespulse.stack.postgres import EmbeddedPostgres
 
-pytest_plugins = ["tests.spark_fixtures"]
+pytest_plugins = ["tests.support.spark_fixtures"]
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import pytest
 from salespulse import cli
 from salespulse.ops.audit import Discontinuity
 from salespulse.settings import get_settings
-from tests.test_orchestration_support import execute
+from tests.support.orchestration import execute
 
 GROUP = "salespulse-ingest"
 EC = "ecommerce.events"

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from services.producer.simulation import EcommerceSimulation, RestaurantSimulation
-from tests.hostile import (
+from tests.support.hostile import (
     CONFLICT_REASON,
     DEAD_LETTER,
     DUPLICATE,
@@ -26,7 +26,7 @@ from tests.hostile import (
     draw_recipes,
     materialize,
 )
-from tests.test_consumer_support import REPO
+from tests.support.consumer import REPO
 
 
 def test_short_campaign_every_message_ends_in_exactly_one_place():

@@ -18,7 +18,7 @@ from services.consumer.app import ConsumerService, read_message
 from services.consumer.dead_letters import MESSAGE_BUDGET, DeadLetterPublisher, build_record
 from services.consumer.writer import ParsedMessage, RawMessage
 from tests.conftest import free_port
-from tests.test_consumer_support import (
+from tests.support.consumer import (
     ServiceThread,
     count_events,
     ecommerce_event,

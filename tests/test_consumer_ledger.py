@@ -13,7 +13,7 @@ import pytest
 from salespulse.integrity import ledger_gaps
 from salespulse.settings import ROLE_INGEST, Settings
 from services.consumer.writer import BatchWriter, RawMessage
-from tests.test_consumer_support import ecommerce_event, query, restaurant_order, wait_until
+from tests.support.consumer import ecommerce_event, query, restaurant_order, wait_until
 from tests.test_consumer_writer import EC, RO, raw
 
 LEDGER = ('SELECT consumer_group, topic, topic_incarnation, "partition", first_offset, last_offset, messages, '

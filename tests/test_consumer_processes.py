@@ -11,7 +11,7 @@ import urllib.request
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from tests.conftest import free_port
-from tests.test_consumer_support import (
+from tests.support.consumer import (
     count_events,
     count_orders,
     ecommerce_event,

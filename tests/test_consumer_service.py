@@ -21,7 +21,7 @@ from salespulse.settings import Settings
 from salespulse.stack.postgres import EmbeddedPostgres
 from services.consumer.app import ConsumerService
 from tests.conftest import free_port
-from tests.test_consumer_support import (
+from tests.support.consumer import (
     ServiceThread,
     count_events,
     count_orders,

@@ -17,7 +17,7 @@ from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.settings import ROLE_INGEST, Settings
 import services.consumer.attempt as attempt_module
 from services.consumer.writer import CONFLICT, BatchWriter, DatabaseUnavailable, RawMessage, parse
-from tests.test_consumer_support import (
+from tests.support.consumer import (
     ecommerce_event,
     expected_items,
     expected_purchase_total,

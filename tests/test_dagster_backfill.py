@@ -13,7 +13,7 @@ from orchestration.checks import window_checks
 from orchestration.resources import PostgresResource, SparkResource
 from salespulse.settings import Settings
 from salespulse.stack.dagster_home import prepare_dagster_home
-from tests.test_orchestration_support import (  # noqa: F401  (fixtures)
+from tests.support.orchestration import (  # noqa: F401  (fixtures)
     BASE_HOUR,
     actual_ecommerce_minutes,
     actual_restaurant_minutes,

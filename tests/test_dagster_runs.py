@@ -11,7 +11,7 @@ run queue: two runs at a time, one per partition).
   the run stays STARTED (an orphan) until the next start repairs it.
 
 After each, a new run succeeds and a three-partition backfill completes. The
-cheap ``work_job`` (tests/dagster_runs_defs.py) stands in for the reports;
+cheap ``work_job`` (tests/support/dagster_runs_defs.py) stands in for the reports;
 the last test does the SIGKILL case with the real ``refresh_reports_job``.
 """
 
@@ -31,7 +31,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from salespulse.dagster_runs import IN_FLIGHT, STOP_REASON, queue_health
 from salespulse.settings import Settings
 from salespulse.stack.dagster_home import prepare_dagster_home
-from tests.test_orchestration_support import (  # noqa: F401  (fixtures)
+from tests.support.orchestration import (  # noqa: F401  (fixtures)
     actual_ecommerce_minutes,
     actual_restaurant_minutes,
     expected_ecommerce_minutes,
@@ -40,7 +40,7 @@ from tests.test_orchestration_support import (  # noqa: F401  (fixtures)
     seed_restaurant,
     spark_remote,
 )
-from tests.test_consumer_support import wait_until
+from tests.support.consumer import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -169,7 +169,7 @@ def make_stack(postgres, tmp_path, workspace: Path, extra_env: dict) -> Stack:
 def cheap(postgres, tmp_path):
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(json.dumps({"load_from": [{"python_file": {
-        "relative_path": str(ROOT / "tests" / "dagster_runs_defs.py"), "working_directory": str(ROOT),
+        "relative_path": str(ROOT / "tests" / "support" / "dagster_runs_defs.py"), "working_directory": str(ROOT),
         "location_name": "runs_test"}}]}))
     (tmp_path / "holds").mkdir()
     stack = make_stack(postgres, tmp_path, workspace, {"DAGSTER_RUNS_TEST_DIR": str(tmp_path / "holds")})
@@ -296,7 +296,7 @@ def test_real_refresh_run_killed_with_the_stack_is_repaired_and_reports_are_exac
 def test_reports_current_fails_on_stale_reports_and_passes_when_current(database_url):
     from orchestration.resources import PostgresResource
     from orchestration.run_checks import evaluate
-    from tests.test_orchestration_support import query
+    from tests.support.orchestration import query
 
     postgres = PostgresResource(database_url=database_url)
     minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)

@@ -20,7 +20,7 @@ import pytest
 from salespulse.settings import Settings
 from salespulse.stack.dagster_home import prepare_dagster_home
 from tests.conftest import free_port
-from tests.test_orchestration_support import (  # noqa: F401  (fixtures)
+from tests.support.orchestration import (  # noqa: F401  (fixtures)
     BASE_HOUR,
     actual_ecommerce_minutes,
     actual_restaurant_minutes,

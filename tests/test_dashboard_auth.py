@@ -9,7 +9,7 @@ import pytest
 from dashboard import create_app
 from dashboard.auth import COOKIE
 from salespulse.settings import Settings
-from tests.redis_fixtures import redis_server  # noqa: F401  (fixture)
+from tests.support.redis_fixtures import redis_server  # noqa: F401  (fixture)
 
 TOKEN = "a-long-random-dashboard-token"
 API = "/api/metrics/summary"

@@ -11,7 +11,7 @@ import pytest
 from salespulse.integrity import consistency_violations, ledger_gaps, ledger_summary
 from salespulse.settings import ROLE_INGEST, Settings
 from services.consumer.writer import BatchWriter
-from tests.test_consumer_support import BASE_TS, ecommerce_event, restaurant_order
+from tests.support.consumer import BASE_TS, ecommerce_event, restaurant_order
 from tests.test_consumer_writer import EC, RO, raw
 
 

@@ -24,7 +24,7 @@ from orchestration.checks import (
     restaurant_windows_complete,
 )
 from orchestration.resources import PostgresResource
-from tests.test_orchestration_support import (
+from tests.support.orchestration import (
     BASE_HOUR,
     execute,
     expected_ecommerce_minutes,

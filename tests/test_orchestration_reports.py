@@ -10,7 +10,7 @@ from dagster import materialize
 from orchestration.assets.reports import ecommerce_reports, restaurant_reports
 from orchestration.checks import window_checks
 from orchestration.resources import PostgresResource, SparkResource
-from tests.test_orchestration_support import (  # noqa: F401  (fixtures)
+from tests.support.orchestration import (  # noqa: F401  (fixtures)
     BASE_HOUR,
     actual_ecommerce_minutes,
     actual_restaurant_minutes,

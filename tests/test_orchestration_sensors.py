@@ -27,7 +27,7 @@ from orchestration.sensors.new_data import new_data_sensor
 from orchestration.sensors.run_status import record_run_failures, record_run_successes
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.kafka import consumer_config, producer_config
-from tests.test_orchestration_support import BASE_HOUR, query, seed_ecommerce, seed_restaurant
+from tests.support.orchestration import BASE_HOUR, query, seed_ecommerce, seed_restaurant
 
 EC = AssetKey("ecommerce_reports")
 RO = AssetKey("restaurant_reports")

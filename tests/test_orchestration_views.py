@@ -8,7 +8,7 @@ from dagster import materialize
 
 from orchestration.assets.views import materialized_views
 from orchestration.resources import PostgresResource
-from tests.test_orchestration_support import BASE_HOUR, materializations, query, seed_ecommerce
+from tests.support.orchestration import BASE_HOUR, materializations, query, seed_ecommerce
 
 
 def test_views_refresh_to_independent_sql(database_url):

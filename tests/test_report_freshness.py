@@ -20,7 +20,7 @@ from dashboard import create_app
 from orchestration.resources import PostgresResource
 from orchestration.run_checks import reports_current_sensor
 from salespulse.settings import ROLE_DASHBOARD, Settings
-from tests.test_orchestration_support import query, seed_ecommerce
+from tests.support.orchestration import query, seed_ecommerce
 
 JOB = "refresh_reports_job"
 # a queued run needs the code location it will be launched from; nothing launches it here

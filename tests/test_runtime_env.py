@@ -8,7 +8,7 @@ built from the ``app`` target run with its real command, environment and
 health check, in dependency order, against the fixtures' real PostgreSQL,
 broker and Spark Connect and a real Redis.
 
-Translation from the compose world to this machine (tests/compose_local.py,
+Translation from the compose world to this machine (tests/support/compose_local.py,
 shared with tests/test_runtime_spark.py for the spark image's services):
 service host names become 127.0.0.1, every ``service:port`` becomes the port
 the stand-in listens on (the fixtures', or a free port for an app service's own
@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.compose_local import (
+from tests.support.compose_local import (
     REPO, Stack, Translator, build_runtime_venv, built_from, compose_env, dependency_order, image_env,
     listening_ports,
 )
 from tests.conftest import free_port
-from tests.redis_fixtures import start_redis, wait_for_redis
+from tests.support.redis_fixtures import start_redis, wait_for_redis
 from tests.test_compose import COMPOSE_FILE, command_of, interpolate, one_shot
 
 #: The stand-ins for the compose services that are not built from the app image.

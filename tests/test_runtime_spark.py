@@ -10,7 +10,7 @@ from the app image's environment with the dagster-code service's own settings
 (SPARK_REMOTE=sc://spark-connect:15002, its database role), and the reports
 equal SQL over the raw tables.
 
-Beyond the shared translation (tests/compose_local.py), only what makes a
+Beyond the shared translation (tests/support/compose_local.py), only what makes a
 container's network this machine's loopback: SPARK_LOCAL_IP=127.0.0.1 and, in
 the local copy of spark-defaults.conf, 127.0.0.1 instead of 0.0.0.0 (a
 container listens on its own interfaces; here nothing should listen beyond
@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from orchestration.reports.sql_reference import sql_revenue
-from tests.compose_local import (
+from tests.support.compose_local import (
     REPO, Stack, Translator, build_runtime_venv, built_from, compose_env, dependency_order, image_env,
     listening_ports,
 )

@@ -21,8 +21,8 @@ import pytest
 from confluent_kafka import Producer
 
 from salespulse.contracts import all_topic_partitions
-from tests.stack_support import LocalStack, count_rows
-from tests.test_consumer_support import ecommerce_event, restaurant_order
+from tests.support.stack import LocalStack, count_rows
+from tests.support.consumer import ecommerce_event, restaurant_order
 
 #: supervisord's stop order (rank per process; equal ranks stop together)
 STOP_RANK = {"producer-ecommerce": 0, "producer-restaurant": 0, "consumer": 1, "dagster-webserver": 2,

@@ -3,7 +3,7 @@
 Started by the tests themselves (Debian's ``redis-server``, installed by
 scripts/setup.sh) on a free port with a password, no persistence; stopped at
 the end of the session. Import the fixture into a test module:
-``from tests.redis_fixtures import redis_server  # noqa: F401``.
+``from tests.support.redis_fixtures import redis_server  # noqa: F401``.
 """
 
 from __future__ import annotations

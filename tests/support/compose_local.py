@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from tests.test_compose import DOCKERFILE, command_of, healthcheck_command, read_env_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEALTH_DEADLINE_S = 240
 
 

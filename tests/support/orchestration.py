@@ -149,7 +149,7 @@ def actual_restaurant_minutes(url: str, start: datetime, end: datetime) -> dict:
     return {r[0]: (r[1], r[2], Decimal(r[3])) for r in rows}
 
 
-# --- Spark Connect server (from the session-scoped plugin tests/spark_fixtures.py) --
+# --- Spark Connect server (from the session-scoped plugin tests/support/spark_fixtures.py) --
 
 import pytest  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Pytest plugin: a real Spark Connect server for the whole test session.
 
-Loaded from ``tests/conftest.py`` (``pytest_plugins = ["tests.spark_fixtures"]``).
+Loaded from ``tests/conftest.py`` (``pytest_plugins = ["tests.support.spark_fixtures"]``).
 The server is started lazily (only by sessions that use the ``spark_server`` /
 ``spark`` fixtures), on a free port, ``local[2]``, and stopped (JVM killed) at
 the end of the session. Nothing is skipped: if it cannot start, the tests that

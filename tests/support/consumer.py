@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.kafka import producer_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE_TS = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 CATEGORIES = ["books", "games", "garden", "music"]
 PAYMENTS = ["card", "pix", "cash"]

@@ -10,15 +10,13 @@ or down. Any line that is not up makes the exit code 1.
 from __future__ import annotations
 
 import json
-import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import psycopg2
 
 from salespulse.db import pending_migrations
+from salespulse.ops.healthcheck import probe_http, probe_tcp
 from salespulse.settings import Settings, get_settings
 
 
@@ -56,21 +54,16 @@ def _check_broker(settings: Settings) -> Check:
 
 
 def _check_tcp(name: str, host: str, port: int) -> Check:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-        return Check(name, True, f"listening on {host}:{port}")
-    except OSError as exc:
-        return Check(name, False, f"{host}:{port}: {exc.strerror or exc}")
+    reason = probe_tcp(host, port, timeout=2)
+    if reason is not None:
+        return Check(name, False, f"{host}:{port}: {reason}")
+    return Check(name, True, f"listening on {host}:{port}")
 
 
 def _check_http(name: str, url: str) -> Check:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            body = resp.read(2000)
-    except urllib.error.HTTPError as exc:
-        return Check(name, False, f"{url}: HTTP {exc.code}")
-    except (urllib.error.URLError, OSError) as exc:
-        return Check(name, False, f"{url}: {getattr(exc, 'reason', exc)}")
+    reason, body = probe_http(url, timeout=3, read=2000)
+    if reason is not None:
+        return Check(name, False, f"{url}: {reason}")
     try:
         detail = json.loads(body).get("status", "ok")
     except (ValueError, AttributeError):
@@ -96,7 +89,7 @@ def _check_reports(settings: Settings) -> list[Check]:
 
 
 def check_all(settings: Settings) -> list[Check]:
-    spark = urlsplit(settings.spark_remote.replace("sc://", "http://", 1))
+    spark = urlsplit(settings.spark_remote)  # sc://host:port/;params: urlsplit reads any scheme's host
     return [
         _check_postgres(settings),
         _check_broker(settings),

@@ -16,9 +16,9 @@ from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
 from dashboard import create_app
-from dashboard.seed import ecommerce_minute, insert_rows, minute, seed_all
 from salespulse.settings import Settings
 from tests.conftest import free_port
+from tests.support.dashboard_seed import ecommerce_minute, insert_rows, minute, seed_all
 
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

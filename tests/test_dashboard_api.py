@@ -11,10 +11,10 @@ import pytest
 
 from dashboard import create_app
 from dashboard.api import ENDPOINTS
-from dashboard.seed import ecommerce_minute, insert_rows, minute, seed_all
 from salespulse.settings import Settings
 
 from tests.conftest import free_port
+from tests.support.dashboard_seed import ecommerce_minute, insert_rows, minute, seed_all
 
 
 def make_settings(url: str, **kw) -> Settings:

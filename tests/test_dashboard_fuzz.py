@@ -11,8 +11,8 @@ import pytest
 from dashboard import create_app
 from dashboard.api import ENDPOINTS
 from dashboard.openapi import build_document
-from dashboard.seed import seed_all
 from salespulse.settings import Settings
+from tests.support.dashboard_seed import seed_all
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))

@@ -1,4 +1,4 @@
-"""Deterministic sample data for the dashboard's tests, screenshots and demos.
+"""Deterministic sample data for the dashboard's tests (kept out of the app package).
 
 Writes straight into the raw tables, the minute report tables, the pipeline
 tables, then refreshes the materialized views -- with the ADMIN url (the

@@ -6,8 +6,8 @@ defects (see DESIGN.md, "Broker notes") are handled as faults:
 * topics are created explicitly with their partition counts before any client
   starts (an unknown topic would auto-create with the wrong count);
 * consumers use short session timeouts (fast joins) and ``earliest`` reset;
-* lag comes from the consumer's cached watermarks, never a fresh
-  ``get_watermark_offsets`` query (which can be wrong);
+* lag comes from cached watermarks, never a fresh ``get_watermark_offsets``
+  query (which can be wrong): ``salespulse.lag``;
 * a stuck group can be recovered: save offsets, delete it, restore them.
 """
 
@@ -105,25 +105,6 @@ def ensure_topics(bootstrap: str, topics: dict[str, int] | None = None, timeout:
     if wrong:
         raise RuntimeError(f"topics with unexpected partition counts: {wrong} (expected {topics})")
     return {n: present[n] for n in topics}
-
-
-def cached_lag(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-    """Lag per assigned partition from the consumer's *cached* high watermark.
-
-    ``position`` is the next offset the consumer will read; lag = high - position.
-    Partitions whose watermark is not known yet are left out.
-    """
-    lag = {}
-    for tp in consumer.position(partitions):
-        try:
-            _low, high = consumer.get_watermark_offsets(tp, cached=True)
-        except KafkaException:
-            continue
-        if high is None or high < 0:
-            continue
-        position = tp.offset if tp.offset >= 0 else 0
-        lag[(tp.topic, tp.partition)] = max(high - position, 0)
-    return lag
 
 
 def committed_offsets(bootstrap: str, group: str, topics: dict[str, int] | None = None) -> list[TopicPartition]:

@@ -22,6 +22,7 @@ from salespulse.contracts import parse_message
 from salespulse.kafka import admin_client, committed_offsets, producer_config
 from salespulse.ops import healthcheck
 from services.consumer import replay as replay_mod
+from salespulse.lag import partition_lag, position_lag
 from salespulse.ops.lag import consumer_lag
 from salespulse.ops.pg import split_password
 from salespulse.settings import get_settings
@@ -219,6 +220,35 @@ def test_lag_compares_known_commits_with_the_high_watermark(settings, capsys):
 def test_lag_of_an_unknown_topic_is_a_clear_error(settings, capsys):
     code, _, err = run_cli(["lag", "--topic", "no.such.topic"], capsys)
     assert code == 2 and "unknown topic" in err
+
+
+class FakeWatermarks:
+    """A consumer with a position and cached watermarks per partition (None: not known yet)."""
+
+    def __init__(self, positions: dict[int, int], highs: dict[int, int | None]):
+        self.positions, self.highs = positions, highs
+
+    def position(self, partitions):
+        return [TopicPartition(tp.topic, tp.partition, self.positions[tp.partition]) for tp in partitions]
+
+    def get_watermark_offsets(self, tp, cached):
+        assert cached, "a fresh watermark query can be answered wrongly"
+        high = self.highs[tp.partition]
+        if high is None:
+            raise KafkaException("unknown")
+        return 0, high
+
+
+def test_lag_counts_from_the_next_offset_or_from_the_retained_start_without_one():
+    assert partition_lag(100, 40) == 60
+    assert partition_lag(100, 120) == 0  # never below 0
+    assert partition_lag(100, None) == 100
+    assert partition_lag(100, None, low=30) == 70
+
+
+def test_a_consumer_s_own_lag_leaves_out_partitions_whose_watermark_is_unknown():
+    consumer = FakeWatermarks({0: 5, 1: -1001, 2: 0}, {0: 9, 1: 4, 2: None})
+    assert position_lag(consumer, [TopicPartition("t", p) for p in range(3)]) == {("t", 0): 4, ("t", 1): 4}
 
 
 # ---------------------------------------------------------------- replay

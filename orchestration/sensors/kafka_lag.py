@@ -1,13 +1,12 @@
 """Consumer-lag sensor: observes the Kafka topics and records the lag.
 
-* committed offsets: the ingestion group's, read with the admin API
-  (``salespulse.kafka.committed_offsets``) — nothing here joins that group or
-  commits for it;
-* high watermarks: from a short-lived observer consumer's *cached* watermarks
-  (filled by fetch responses). It ``assign()``s every partition (no group
-  join, so closing it is safe) starting at the committed offset. A fresh
-  ``get_watermark_offsets`` query / ``list_offsets(latest)`` is not used: some
-  brokers (the embedded one) answer it wrongly (DESIGN.md, broker defect 3);
+* committed offsets and lag: ``salespulse.lag.group_lag`` (the ingestion
+  group's committed offsets read with the admin API, nothing here joins that
+  group or commits for it; high watermarks from an observer consumer's
+  *cached* watermarks, never a fresh watermark query). A data topic's
+  partition the group never committed counts from offset 0 here (``salespulse
+  lag`` counts from the retained start); dead-letter topics are not consumed:
+  their watermarks only;
 * throughput: the high watermark's growth since the previous tick (cursor).
 
 Each tick reports an ``AssetObservation`` per topic asset, inserts one row per
@@ -20,7 +19,6 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from dagster import (
     AssetObservation,
     DefaultSensorStatus,
@@ -33,7 +31,7 @@ from dagster import (
 from orchestration.assets.sources import TOPIC_KEYS
 from orchestration.resources import KafkaResource, PostgresResource
 from salespulse.contracts import TOPICS, all_topic_partitions
-from salespulse.kafka import committed_offsets, consumer_config
+from salespulse.lag import group_lag, partition_lag
 
 
 @dataclass
@@ -52,72 +50,23 @@ class TopicObservation:
         return self.topic in TOPICS
 
 
-def high_watermarks(bootstrap: str, start: dict[tuple[str, int], int], timeout: float = 5.0) -> dict[tuple[str, int], int]:
-    """High watermark per partition from an observer consumer's cached watermarks."""
-    consumer = Consumer(
-        consumer_config(
-            bootstrap,
-            "salespulse-lag-observer",  # never subscribes or commits
-            **{
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "statistics.interval.ms": 0,
-                "fetch.max.bytes": 1_048_576,
-                "max.partition.fetch.bytes": 65_536,
-                "queued.max.messages.kbytes": 1024,
-                "fetch.wait.max.ms": 100,
-            },
-        )
-    )
-    partitions = [TopicPartition(t, p, max(offset, 0)) for (t, p), offset in start.items()]
-    highs: dict[tuple[str, int], int] = {}
-    try:
-        consumer.assign(partitions)
-        deadline = time.monotonic() + timeout
-        while len(highs) < len(partitions) and time.monotonic() < deadline:
-            consumer.poll(0.1)
-            for tp in partitions:
-                key = (tp.topic, tp.partition)
-                if key in highs:
-                    continue
-                try:
-                    _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                except KafkaException:
-                    continue
-                if high is not None and high >= 0:
-                    highs[key] = high
-    finally:
-        consumer.close()  # assign() joined no group: closing is safe
-    return highs
-
-
 def observe_topics(bootstrap: str, group: str, topics: dict[str, int] | None = None,
                    timeout: float = 5.0) -> list[TopicObservation]:
     """Watermark, committed offset and lag per topic (summed over partitions)."""
     topics = topics if topics is not None else all_topic_partitions()
-    committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(bootstrap, group, topics)}
-    start = {}
-    for topic, count in topics.items():
-        for p in range(count):
-            offset = committed.get((topic, p), -1) if topic in TOPICS else 0
-            start[(topic, p)] = max(offset, 0)
-    highs = high_watermarks(bootstrap, start, timeout)
-    out = []
-    for topic, count in topics.items():
-        obs = TopicObservation(topic, 0, 0, 0)
-        for p in range(count):
-            high = highs.get((topic, p))
-            if high is None:
-                obs.complete = False
-                continue
-            done = max(committed.get((topic, p), -1), 0) if obs.consumed else high
-            lag = max(high - done, 0)
-            obs.partitions[p] = {"high_watermark": high, "committed": done, "lag": lag}
-            obs.high_watermark += high
-            obs.committed += done
-            obs.lag += lag
-        out.append(obs)
-    return out
+    out = {topic: TopicObservation(topic, 0, 0, 0) for topic in topics}
+    for row in group_lag(bootstrap, group, topics, timeout):
+        obs = out[row.topic]
+        if row.high is None:
+            obs.complete = False
+            continue
+        done = (row.committed or 0) if obs.consumed else row.high
+        lag = partition_lag(row.high, done)
+        obs.partitions[row.partition] = {"high_watermark": row.high, "committed": done, "lag": lag}
+        obs.high_watermark += row.high
+        obs.committed += done
+        obs.lag += lag
+    return list(out.values())
 
 
 def record_observations(postgres: PostgresResource, observations: list[TopicObservation]) -> int:

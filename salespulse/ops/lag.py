@@ -1,77 +1,23 @@
 """``salespulse lag``: how far a consumer group is behind, per partition.
 
-lag = high watermark - committed offset (the next offset the group reads).
-
-The committed offsets come from the group coordinator (OffsetFetch through the
-admin client; the group is not joined, so running this beside live consumers
-never triggers a rebalance). The high watermarks come from a consumer's
-CACHED watermarks, i.e. from fetch responses: a throwaway consumer (a group id
-that never joins nor commits) is assigned every partition at the group's
-committed offset and polls until each partition's watermark is known. A
-non-cached ``get_watermark_offsets``/``list_offsets(latest)`` query is not
-used: brokers with DESIGN.md's defect 3 answer it wrongly.
+lag = high watermark - committed offset (the next offset the group reads); a
+partition the group never committed counts everything retained. The figures
+come from ``salespulse.lag.group_lag``: committed offsets from the group
+coordinator (the group is not joined, so running this beside live consumers
+never triggers a rebalance), high watermarks from an observer consumer's
+cached watermarks (never a fresh watermark query, see ``salespulse.lag``).
 """
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from dataclasses import asdict, dataclass
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from dataclasses import asdict
 
 from salespulse.contracts import TOPICS
-from salespulse.kafka import committed_offsets, consumer_config, existing_topics, admin_client
+from salespulse.kafka import admin_client, existing_topics
+from salespulse.lag import PartitionLag, group_lag
 from salespulse.ops import OpsError
 from salespulse.settings import get_settings
-
-
-@dataclass(frozen=True)
-class PartitionLag:
-    topic: str
-    partition: int
-    committed: int | None  # None: the group has no commit for it
-    low: int | None
-    high: int | None  # None: watermark not known within the timeout
-    lag: int | None
-
-
-def cached_watermarks(bootstrap: str, partitions: list[TopicPartition], timeout: float = 15.0
-                      ) -> dict[tuple[str, int], tuple[int | None, int | None]]:
-    """(low, high) per partition from fetch responses (cached watermarks).
-
-    ``partitions`` carry the offset to fetch from (any valid offset works;
-    the group's committed offset keeps the read small).
-    """
-    consumer = Consumer(consumer_config(bootstrap, f"salespulse-lag-{uuid.uuid4().hex}",
-                                        **{"fetch.max.bytes": 1_048_576, "queued.max.messages.kbytes": 1024,
-                                           "statistics.interval.ms": 0}))
-    found: dict[tuple[str, int], tuple[int | None, int | None]] = {}
-    try:
-        consumer.assign(partitions)
-        deadline = time.monotonic() + timeout
-        pending = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        while pending:
-            consumer.consume(num_messages=500, timeout=0.1)
-            still = []
-            for tp in pending:
-                try:
-                    low, high = consumer.get_watermark_offsets(tp, cached=True)
-                except KafkaException:
-                    low = high = None
-                if high is not None and high >= 0:
-                    found[(tp.topic, tp.partition)] = (low if low is not None and low >= 0 else None, high)
-                else:
-                    still.append(tp)
-            pending = still
-            if pending and time.monotonic() > deadline:
-                break
-        for tp in pending:
-            found[(tp.topic, tp.partition)] = (None, None)
-    finally:
-        consumer.close()  # assign()-only consumer: it never joined a group, close is safe
-    return found
 
 
 def consumer_lag(bootstrap: str, group: str, topics: list[str] | None = None, timeout: float = 15.0
@@ -82,25 +28,7 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str] | None = None, ti
     missing = [t for t in names if t not in present]
     if missing:
         raise OpsError(f"unknown topic(s): {', '.join(missing)} (present: {', '.join(sorted(present)) or 'none'})")
-    counts = {t: present[t] for t in names}
-    committed = {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
-                 for tp in committed_offsets(bootstrap, group, counts)}
-    start = [TopicPartition(t, p, committed.get((t, p)) if committed.get((t, p)) is not None else OFFSET_BEGINNING)
-             for t, n in counts.items() for p in range(n)]
-    marks = cached_watermarks(bootstrap, start, timeout)
-    rows = []
-    for tp in start:
-        key = (tp.topic, tp.partition)
-        low, high = marks[key]
-        done = committed.get(key)
-        if high is None:
-            lag = None
-        elif done is None:
-            lag = high - (low or 0)  # nothing committed: the group would read everything retained
-        else:
-            lag = max(high - done, 0)
-        rows.append(PartitionLag(tp.topic, tp.partition, done, low, high, lag))
-    return rows
+    return group_lag(bootstrap, group, {t: present[t] for t in names}, timeout)
 
 
 def format_table(group: str, rows: list[PartitionLag]) -> str:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from salespulse.contracts import TOPICS, TimestampWindow
-from salespulse.kafka import cached_lag, consumer_config, ensure_topics
+from salespulse.kafka import consumer_config, ensure_topics
+from salespulse.lag import position_lag
 from salespulse.observability import serve_health_and_metrics
 from salespulse.settings import ROLE_INGEST, Settings
 
@@ -394,7 +395,7 @@ class ConsumerService:
         if not self.partitions.assigned or self._consumer is None:
             return None
         try:
-            return cached_lag(self._consumer, [TopicPartition(t, p) for t, p in self.partitions.assigned])
+            return position_lag(self._consumer, [TopicPartition(t, p) for t, p in self.partitions.assigned])
         except KafkaException:
             return None
 

@@ -37,8 +37,8 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer
 
 from salespulse.contracts import TOPICS
 from salespulse.kafka import admin_client, consumer_config, existing_topics
+from salespulse.lag import observed_watermarks
 from salespulse.ops import OpsError, command
-from salespulse.ops.lag import cached_watermarks
 from salespulse.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def start_offsets(bootstrap: str, topic: str, partitions: list[int], *, from_off
                   from_timestamp_ms: int | None = None, timeout: float = 15.0
                   ) -> tuple[dict[int, int], dict[int, int], list[str]]:
     """(start offset per partition, end (high watermark) per partition, notes)."""
-    marks = cached_watermarks(bootstrap, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions], timeout)
+    marks = observed_watermarks(bootstrap, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions], timeout)
     notes: list[str] = []
     lows, highs = {}, {}
     for p in partitions:

@@ -24,6 +24,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 LOCAL_DATABASE_URL = "postgresql://salespulse:salespulse@127.0.0.1:55432/salespulse"
 DEFAULT_STATE_DIR = Path("/var/tmp/salespulse")
 
+#: The /health + /metrics port of each stream service by default (each has its
+#: own setting below; ``METRICS_PORT`` overrides it for one process).
+DEFAULT_METRICS_PORTS = {"producer-ecommerce": 9101, "producer-restaurant": 9102, "consumer": 9103}
+
 #: Database roles per service: role name and the variable holding its password.
 ROLE_INGEST = "salespulse_ingest"
 ROLE_ANALYTICS = "salespulse_analytics"
@@ -54,9 +58,9 @@ class Settings(BaseSettings):
     embedded_pg_port: int = 55432
     embedded_broker_port: int = 9092
     dagster_port: int = 3000
-    producer_ecommerce_metrics_port: int = 9101
-    producer_restaurant_metrics_port: int = 9102
-    consumer_metrics_port: int = 9103
+    producer_ecommerce_metrics_port: int = DEFAULT_METRICS_PORTS["producer-ecommerce"]
+    producer_restaurant_metrics_port: int = DEFAULT_METRICS_PORTS["producer-restaurant"]
+    consumer_metrics_port: int = DEFAULT_METRICS_PORTS["consumer"]
     spark_connect_port: int = 15002
     spark_master: str = "local[2]"
     jdbc_jar: str = "/usr/share/java/postgresql.jar"
@@ -68,7 +72,8 @@ class Settings(BaseSettings):
     consumer_batch_max_wait_ms: int = Field(500, ge=1)
     # write the batch once the stream pauses this long (0 = wait for size/max wait)
     consumer_batch_linger_ms: int = Field(10, ge=0)
-    metrics_port: int | None = None  # per process; None = service default
+    metrics_port: int | None = None  # per process; None = the service's own port (service_metrics_port)
+    log_level: str = "INFO"  # the consumer's default --log-level
     # on SIGTERM keep consuming up to this long while lag > 0 (the local stack's
     # broker keeps messages in memory only; 0 = finish the batch and stop)
     consumer_drain_on_stop_s: float = Field(0.0, ge=0)
@@ -110,6 +115,18 @@ class Settings(BaseSettings):
             ROLE_ANALYTICS: self.analytics_db_password,
             ROLE_DASHBOARD: self.dashboard_db_password,
         }[role]
+
+    def service_metrics_port(self, service: str) -> int:
+        """The /health + /metrics port of a stream service (a key of
+        ``DEFAULT_METRICS_PORTS``): ``METRICS_PORT`` if set (one process; 0 =
+        any free port), else the service's own setting."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return {
+            "producer-ecommerce": self.producer_ecommerce_metrics_port,
+            "producer-restaurant": self.producer_restaurant_metrics_port,
+            "consumer": self.consumer_metrics_port,
+        }[service]
 
     @property
     def dagster_home_path(self) -> Path:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(CONSUMER_BATCH_LINGER_MS, default %(default)s)")
     parser.add_argument("--group", default=settings.consumer_group,
                         help="consumer group (CONSUMER_GROUP, default %(default)s)")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=settings.log_level, help="log level (LOG_LEVEL, default %(default)s)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_wait_ms < 1 or args.linger_ms < 0:
         parser.error("--batch-size and --max-wait-ms must be positive, --linger-ms not negative")

@@ -47,7 +47,6 @@ from .writer import BatchWriter, DatabaseUnavailable
 
 log = logging.getLogger("services.consumer")
 
-DEFAULT_METRICS_PORT = 9103
 REVOKE_WRITE_ATTEMPTS = 3
 JOIN_GRACE_S = 20.0
 # librdkafka's default (500 ms) is a latency floor with a broker that holds a
@@ -162,10 +161,7 @@ class ConsumerService:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
-        port = self.settings.metrics_port
-        if port is None:
-            port = self.settings.consumer_metrics_port or DEFAULT_METRICS_PORT
-        self._server = serve_health_and_metrics(port, self.health)
+        self._server = serve_health_and_metrics(self.settings.service_metrics_port("consumer"), self.health)
         self.metrics_port = self._server.server_port
         DB_UP.set(1)
         bootstrap = self.settings.kafka_bootstrap_servers

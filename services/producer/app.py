@@ -5,8 +5,9 @@ until stopped; ``rate=`` changes the pace, ``max_speed=True`` sends as fast as
 possible (benchmarks), ``count=`` stops after that many events, ``seed=``
 makes the stream reproducible (with ``start=`` the timestamps too).
 
-Serves ``/health`` and Prometheus ``/metrics`` (ports 9101 / 9102; the
-``METRICS_PORT`` setting overrides, 0 = any free port), logs JSON lines, and
+Serves ``/health`` and Prometheus ``/metrics`` (``PRODUCER_ECOMMERCE_METRICS_PORT``
+9101 / ``PRODUCER_RESTAURANT_METRICS_PORT`` 9102; ``METRICS_PORT`` overrides,
+0 = any free port: ``Settings.service_metrics_port``), logs JSON lines, and
 shows a live rate line when stderr is a terminal. SIGTERM/SIGINT stop the
 generation; what is pending is flushed and ``run`` returns normally.
 """
@@ -23,14 +24,15 @@ from datetime import datetime
 from salespulse.contracts import parse_message
 from salespulse.kafka import ensure_topics
 from salespulse.observability import serve_health_and_metrics
-from salespulse.settings import get_settings
+from salespulse.settings import DEFAULT_METRICS_PORTS, get_settings
 from services.producer import metrics as m
 from services.producer.publisher import Publisher
 from services.producer.simulation import SIMULATIONS
 
 log = logging.getLogger("services.producer")
 
-DEFAULT_PORTS = {"ecommerce": 9101, "restaurant": 9102}
+#: the command line's help (the ports themselves are settings)
+DEFAULT_PORTS = {domain: DEFAULT_METRICS_PORTS[f"producer-{domain}"] for domain in ("ecommerce", "restaurant")}
 DEFAULT_RATES = {"ecommerce": 2.0, "restaurant": 0.1}
 #: at max speed, callbacks are served once per batch of this many messages, and
 #: only the batch's first message is re-parsed with parse_message (the fast path
@@ -124,7 +126,7 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
                     "events_per_s": round(reporter.rate, 2), **publisher.stats()}
 
     reporter = RateReporter(domain, topic.name, publisher, tty=tty)
-    port = settings.metrics_port if settings.metrics_port is not None else DEFAULT_PORTS[domain]
+    port = settings.service_metrics_port(f"producer-{domain}")
     server = None
     try:
         server = serve_health_and_metrics(port, health)

@@ -104,17 +104,6 @@ class BatchWriter:
                 pass
             self._conn = None
 
-    def ping(self) -> bool:
-        try:
-            conn = self._connection()
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            conn.rollback()
-            return True
-        except psycopg2.Error:
-            self.close()
-            return False
-
     def _rollback(self) -> None:
         try:
             if self._conn is not None:

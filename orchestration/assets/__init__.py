@@ -1,10 +1,9 @@
 """The asset graph: Kafka topics -> raw tables -> Spark reports -> views -> dashboard."""
 
-from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+from orchestration.assets.reports import REPORT_ASSETS
 from orchestration.assets.sources import dashboard, kafka_topics, raw_tables
 from orchestration.assets.views import materialized_views
 
-report_assets = [ecommerce_reports, restaurant_reports]
-all_assets = [*kafka_topics, *raw_tables, *report_assets, *materialized_views, dashboard]
+all_assets = [*kafka_topics, *raw_tables, *REPORT_ASSETS, *materialized_views, dashboard]
 
-__all__ = ["all_assets", "report_assets", "materialized_views", "kafka_topics", "raw_tables", "dashboard"]
+__all__ = ["all_assets", "REPORT_ASSETS", "materialized_views", "kafka_topics", "raw_tables", "dashboard"]

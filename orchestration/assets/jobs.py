@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
-from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+from orchestration.assets.reports import REPORT_ASSETS
 from orchestration.assets.views import materialized_views
 from orchestration.checks import health_checks
-
-REPORT_ASSETS = [ecommerce_reports, restaurant_reports]
 
 #: both domains' reports for one hourly partition, then the materialized views;
 #: the partition's window checks (reconciliation, complete windows) run with them

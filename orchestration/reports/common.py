@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
@@ -45,6 +45,32 @@ class ReportResult:
     spark_seconds: float = 0.0
     source_rows: int = 0
     write_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReportDomain:
+    """One domain's reports, named once (each domain module defines its ``REPORTS``).
+
+    The Dagster asset of the domain (upstream tables, description, metadata)
+    and its asset checks are derived from this, so the report code stays the
+    only place that names its tables.
+    """
+
+    name: str
+    #: the raw table whose minutes the overview windows must cover (freshness, completeness)
+    raw_table: str
+    #: every raw table the refresh reads
+    sources: tuple[str, ...]
+    #: every report table the refresh writes, the overview first
+    tables: tuple[str, ...]
+    #: what the reports hold, in a sentence or two
+    summary: str
+    #: ``refresh(spark, settings, start, end) -> ReportResult``
+    refresh: Callable[[object, Settings, datetime, datetime], ReportResult]
+
+    @property
+    def overview(self) -> str:
+        return self.tables[0]
 
 
 # --- Spark Connect session -----------------------------------------------------

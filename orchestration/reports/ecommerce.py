@@ -45,6 +45,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from orchestration.reports.common import (
+    ReportDomain,
     ReportResult,
     Stopwatch,
     align_range,
@@ -208,3 +209,17 @@ def refresh_ecommerce_reports(spark, settings: Settings, start: datetime, end: d
         (PRODUCT, PRODUCT_COLUMNS, rows[PRODUCT]),
     ])
     return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
+
+
+REPORTS = ReportDomain(
+    name="ecommerce",
+    raw_table="events",
+    sources=("events", "products", "transactions"),
+    tables=TABLES,
+    summary=(
+        "Per-minute e-commerce reports computed by Spark for the partition's hour: overview "
+        "(events by type, active users/sessions, funnel, conversion, revenue, units, average "
+        "order value, cart abandonment), sales by category and by product."
+    ),
+    refresh=refresh_ecommerce_reports,
+)

@@ -35,6 +35,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from orchestration.reports.common import (
+    ReportDomain,
     ReportResult,
     Stopwatch,
     align_range,
@@ -177,6 +178,20 @@ def refresh_restaurant_reports(spark, settings: Settings, start: datetime, end: 
         (CHANNEL, CHANNEL_COLUMNS, rows[CHANNEL]),
     ])
     return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
+
+
+REPORTS = ReportDomain(
+    name="restaurant",
+    raw_table="orders",
+    sources=("orders", "order_items"),
+    tables=TABLES,
+    summary=(
+        "Per-minute restaurant reports (relatórios) computed by Spark for the partition's hour: "
+        "orders, items sold, revenue and average ticket, and revenue by item, category and "
+        "channel."
+    ),
+    refresh=refresh_restaurant_reports,
+)
 
 
 PEAK_HOURS_SQL = """

@@ -29,7 +29,6 @@ whose rows are split by domain, so a failure shows on the domain it hit.
 """
 
 
-import os
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -42,21 +41,17 @@ from dagster import (
     multi_asset_check,
 )
 
-from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.assets.sources import RAW_TABLE_KEYS
+from orchestration.reports import REPORT_DOMAINS
 from orchestration.resources import PostgresResource
 from orchestration.run_checks import run_checks
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.settings import get_settings
 
-REPORT_FRESHNESS_MINUTES = int(os.environ.get("REPORT_FRESHNESS_MINUTES", "5"))
-DEAD_LETTER_MAX_RATE = float(os.environ.get("DEAD_LETTER_MAX_RATE", "0.05"))
+REPORT_FRESHNESS_MINUTES = get_settings().report_freshness_minutes
+DEAD_LETTER_MAX_RATE = get_settings().dead_letter_max_rate
 CUTOFF_GRACE = timedelta(seconds=60)
-
-#: domain -> (raw table, overview report table)
-DOMAINS = {
-    "ecommerce": ("events", "report_ecommerce_overview_minute"),
-    "restaurant": ("orders", "report_restaurant_overview_minute"),
-}
 
 
 def _floor_minute(moment: datetime) -> datetime:
@@ -86,7 +81,7 @@ def report_cutoff(cur, report_table: str, start: datetime, end: datetime) -> dat
 def reconcile_revenue(postgres: PostgresResource, domain: str, start: datetime, end: datetime) -> AssetCheckResult:
     from orchestration.reports.sql_reference import sql_revenue
 
-    _raw, report_table = DOMAINS[domain]
+    report_table = REPORT_DOMAINS[domain].overview
     with postgres.connection() as conn, conn.cursor() as cur:
         cutoff = report_cutoff(cur, report_table, start, end)
         cur.execute(
@@ -109,7 +104,8 @@ def reconcile_revenue(postgres: PostgresResource, domain: str, start: datetime, 
 
 
 def missing_windows(postgres: PostgresResource, domain: str, start: datetime, end: datetime) -> AssetCheckResult:
-    raw_table, report_table = DOMAINS[domain]
+    reports = REPORT_DOMAINS[domain]
+    raw_table, report_table = reports.raw_table, reports.overview
     with postgres.connection() as conn, conn.cursor() as cur:
         cutoff = report_cutoff(cur, report_table, start, end)
         cur.execute(
@@ -145,7 +141,8 @@ def missing_windows(postgres: PostgresResource, domain: str, start: datetime, en
 
 
 def report_freshness(postgres: PostgresResource, domain: str, max_minutes: int) -> AssetCheckResult:
-    raw_table, report_table = DOMAINS[domain]
+    reports = REPORT_DOMAINS[domain]
+    raw_table, report_table = reports.raw_table, reports.overview
     now = datetime.now(timezone.utc)
     with postgres.connection() as conn, conn.cursor() as cur:
         cur.execute(f'SELECT max("timestamp") FROM {raw_table}')
@@ -282,40 +279,44 @@ def consistency_results(postgres: PostgresResource) -> list[AssetCheckResult]:
 
 # --- the checks -------------------------------------------------------------
 
-@asset_check(asset=ecommerce_reports, name="revenue_reconciles",
-             description="Report revenue equals plain-SQL revenue (transactions) over the partition's window.")
-def ecommerce_revenue_reconciles(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    return reconcile_revenue(postgres, "ecommerce", *check_window(context))
+def window_check(domain: str, name: str, description: str, evaluate):
+    """The check ``name`` of ``domain``'s report asset: ``evaluate(postgres,
+    domain, start, end)`` over the run's partition window (:func:`check_window`)."""
+
+    @asset_check(asset=REPORT_ASSET_BY_DOMAIN[domain], name=name, description=description)
+    def check(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
+        return evaluate(postgres, domain, *check_window(context))
+
+    return check
 
 
-@asset_check(asset=restaurant_reports, name="revenue_reconciles",
-             description="Report revenue equals plain-SQL revenue (orders) over the partition's window.")
-def restaurant_revenue_reconciles(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    return reconcile_revenue(postgres, "restaurant", *check_window(context))
+def freshness_check(domain: str, description: str):
+    """``reports_fresh`` of ``domain``'s report asset (limit: ``REPORT_FRESHNESS_MINUTES``)."""
+
+    @asset_check(asset=REPORT_ASSET_BY_DOMAIN[domain], name="reports_fresh", description=description)
+    def check(postgres: PostgresResource) -> AssetCheckResult:
+        return report_freshness(postgres, domain, REPORT_FRESHNESS_MINUTES)
+
+    return check
 
 
-@asset_check(asset=ecommerce_reports, name="windows_complete",
-             description="Every minute of the window that has events has an overview report row.")
-def ecommerce_windows_complete(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    return missing_windows(postgres, "ecommerce", *check_window(context))
-
-
-@asset_check(asset=restaurant_reports, name="windows_complete",
-             description="Every minute of the window that has orders has an overview report row.")
-def restaurant_windows_complete(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    return missing_windows(postgres, "restaurant", *check_window(context))
-
-
-@asset_check(asset=ecommerce_reports, name="reports_fresh",
-             description=f"E-commerce reports are not older than REPORT_FRESHNESS_MINUTES ({REPORT_FRESHNESS_MINUTES}) while events arrive.")
-def ecommerce_reports_fresh(postgres: PostgresResource) -> AssetCheckResult:
-    return report_freshness(postgres, "ecommerce", REPORT_FRESHNESS_MINUTES)
-
-
-@asset_check(asset=restaurant_reports, name="reports_fresh",
-             description=f"Restaurant reports are not older than REPORT_FRESHNESS_MINUTES ({REPORT_FRESHNESS_MINUTES}) while orders arrive.")
-def restaurant_reports_fresh(postgres: PostgresResource) -> AssetCheckResult:
-    return report_freshness(postgres, "restaurant", REPORT_FRESHNESS_MINUTES)
+ecommerce_revenue_reconciles, restaurant_revenue_reconciles = (
+    window_check(domain, "revenue_reconciles",
+                 f"Report revenue equals plain-SQL revenue ({revenue_table}) over the partition's window.",
+                 reconcile_revenue)
+    for domain, revenue_table in (("ecommerce", "transactions"), ("restaurant", "orders"))
+)
+ecommerce_windows_complete, restaurant_windows_complete = (
+    window_check(domain, "windows_complete",
+                 f"Every minute of the window that has {REPORT_DOMAINS[domain].raw_table} has an overview report row.",
+                 missing_windows)
+    for domain in ("ecommerce", "restaurant")
+)
+ecommerce_reports_fresh, restaurant_reports_fresh = (
+    freshness_check(domain, f"{title} reports are not older than REPORT_FRESHNESS_MINUTES "
+                            f"({REPORT_FRESHNESS_MINUTES}) while {REPORT_DOMAINS[domain].raw_table} arrive.")
+    for domain, title in (("ecommerce", "E-commerce"), ("restaurant", "Restaurant"))
+)
 
 
 @asset_check(asset="dead_letters", name="dead_letter_rate",

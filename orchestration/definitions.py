@@ -3,7 +3,9 @@
 Composes the asset graph, asset checks, jobs, schedules, sensors and resources
 defined in the small modules of this package. Resources are configured from
 environment variables where they are set (``EnvVar``: resolved when a run or
-tick uses them); unset ones fall back to ``salespulse.settings`` defaults.
+tick uses them); unset ones fall back to ``salespulse.settings`` defaults
+(``salespulse.settings.set_in_environment`` tells which are set: only the
+settings module reads the environment).
 
 Runs execute in process (one process per run, steps in sequence): on a
 2-core machine a process per step would cost more than the steps; the
@@ -11,8 +13,6 @@ instance's run queue caps concurrent runs at 2 (``dagster.yaml``).
 """
 
 from __future__ import annotations
-
-import os
 
 from dagster import Definitions, EnvVar, in_process_executor
 
@@ -23,24 +23,26 @@ from orchestration.resources import KafkaResource, PostgresResource, SparkResour
 from orchestration.run_checks import reports_current_sensor
 from orchestration.schedules import all_schedules
 from orchestration.sensors import all_sensors
+from salespulse.settings import Settings, set_in_environment
 
 
-def _env(name: str):
-    """``EnvVar(name)`` when the variable is set, else None (settings default)."""
-    return EnvVar(name) if os.environ.get(name) else None
+def _env(field: str):
+    """``EnvVar`` of the settings ``field`` when its variable is set, else None (settings default)."""
+    return EnvVar(field.upper()) if set_in_environment(field) else None
 
 
 def build_resources() -> dict:
-    lag_threshold = EnvVar.int("KAFKA_LAG_THRESHOLD") if os.environ.get("KAFKA_LAG_THRESHOLD") else 10_000
+    lag_threshold = (EnvVar.int("KAFKA_LAG_THRESHOLD") if set_in_environment("kafka_lag_threshold")
+                     else Settings.model_fields["kafka_lag_threshold"].default)
     return {
         "postgres": PostgresResource(
-            database_url=_env("DATABASE_URL"),
-            analytics_database_url=_env("ANALYTICS_DATABASE_URL"),
+            database_url=_env("database_url"),
+            analytics_database_url=_env("analytics_database_url"),
         ),
-        "spark": SparkResource(remote=_env("SPARK_REMOTE")),
+        "spark": SparkResource(remote=_env("spark_remote")),
         "kafka": KafkaResource(
-            bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS"),
-            consumer_group=_env("CONSUMER_GROUP"),
+            bootstrap_servers=_env("kafka_bootstrap_servers"),
+            consumer_group=_env("consumer_group"),
             lag_threshold=lag_threshold,
         ),
     }

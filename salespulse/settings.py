@@ -13,6 +13,7 @@ swapping in the role's user name and password.
 from __future__ import annotations
 
 import functools
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -81,6 +82,14 @@ class Settings(BaseSettings):
     event_max_future_seconds: int = Field(300, ge=0)
     event_earliest: datetime = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
+    # --- Dagster checks and sensors -----------------------------------------
+    # reports_fresh: reports may trail the newest raw row by this many minutes
+    report_freshness_minutes: int = 5
+    # dead_letter_rate: at most this share of the last hour's messages may be dead letters
+    dead_letter_max_rate: float = 0.05
+    # kafka_lag_sensor: lag above this many messages is flagged
+    kafka_lag_threshold: int = 10_000
+
     # --- dashboard ---------------------------------------------------------
     dashboard_port: int = 5000
     dashboard_token: str | None = None
@@ -141,6 +150,16 @@ def with_credentials(url: str, user: str, password: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def set_in_environment(field: str) -> bool:
+    """Whether the environment gives the variable of the :class:`Settings`
+    field ``field`` a non-empty value, now. The Dagster code location takes such
+    a variable as an ``EnvVar`` (resolved when a run uses it, never shown in
+    the UI) and leaves the others to the settings defaults."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"{field!r} is not a Settings field")
+    return bool(os.environ.get(field.upper()))
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable, Iterable, Sequence
-from urllib.parse import parse_qsl, unquote, urlsplit
+
+from psycopg2.extensions import parse_dsn
 
 from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
 
@@ -218,17 +219,21 @@ class Jdbc:
 
 
 def jdbc_for(settings: Settings, role: str = ROLE_ANALYTICS) -> Jdbc:
-    """``postgresql://u:p@h:port/db?x=y`` (the role's URL) -> JDBC URL + credentials."""
-    parts = urlsplit(settings.role_url(role))
-    host = parts.hostname or "127.0.0.1"
+    """``postgresql://u:p@h:port/db?x=y`` (the role's URL) -> JDBC URL + credentials.
+
+    The URL is read by libpq (``parse_dsn``); its other parameters (``x=y``)
+    are passed on to the JDBC driver."""
+    options = parse_dsn(settings.role_url(role))
+    user, password = options.pop("user", ""), options.pop("password", "")
+    host = options.pop("host", "127.0.0.1")
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    port = parts.port or 5432
-    database = unquote(parts.path.lstrip("/")) or "postgres"
-    params = [f"{k}={v}" for k, v in parse_qsl(parts.query) if k not in ("user", "password")]
+    port = options.pop("port", 5432)
+    database = options.pop("dbname", "postgres")
+    params = [f"{k}={v}" for k, v in options.items()]
     params.append("ApplicationName=salespulse-reports")
     url = f"jdbc:postgresql://{host}:{port}/{database}?" + "&".join(params)
-    return Jdbc(url, unquote(parts.username or ""), unquote(parts.password or ""))
+    return Jdbc(url, user, password)
 
 
 #: long ranges (backfills) are read in parallel: one JDBC partition per this

@@ -21,7 +21,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+
+from sqlalchemy.engine import make_url
 
 from salespulse.ops import OpsError
 from salespulse.settings import get_settings
@@ -43,24 +44,17 @@ def pg_tool(name: str) -> str:
 
 def split_password(url: str) -> tuple[str, dict[str, str]]:
     """``url`` without its password, and the environment that carries it."""
-    parts = urlsplit(url)
+    parsed = make_url(url)
     env = dict(os.environ)
-    if parts.password is None:
+    if parsed.password is None:
         return url, env
-    env["PGPASSWORD"] = unquote(parts.password)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{user}@{host}" if user else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), env
+    env["PGPASSWORD"] = parsed.password
+    return parsed._replace(password=None).render_as_string(hide_password=False), env
 
 
 def _describe(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    parsed = make_url(url)
+    return f"{parsed.host}:{parsed.port or 5432}" + (f"/{parsed.database}" if parsed.database else "")
 
 
 def backup(url: str, out: str) -> None:

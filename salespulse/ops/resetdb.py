@@ -12,9 +12,9 @@ home) is ``salespulse stack reset``.
 from __future__ import annotations
 
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 from psycopg2 import sql
+from sqlalchemy.engine import make_url
 
 from salespulse.db import connect, migrate
 from salespulse.ops import OpsError
@@ -22,12 +22,11 @@ from salespulse.settings import get_settings
 
 
 def maintenance_url(url: str, database: str = "postgres") -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
 def database_name(url: str) -> str:
-    name = urlsplit(url).path.lstrip("/")
+    name = make_url(url).database
     if not name:
         raise OpsError("DATABASE_URL names no database")
     return name
@@ -55,7 +54,7 @@ def reset_database(settings) -> list[str]:
 def cmd_reset_db(args) -> int:
     settings = get_settings()
     name = database_name(settings.database_url)
-    host = urlsplit(settings.database_url).hostname
+    host = make_url(settings.database_url).host
     if not args.yes:
         if not sys.stdin.isatty():
             raise OpsError("refusing to drop the database without confirmation: pass --yes")

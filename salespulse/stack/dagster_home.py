@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import yaml
+from psycopg2.extensions import parse_dsn
 
 from salespulse.settings import Settings
 
@@ -26,12 +26,12 @@ MAX_CONCURRENT_RUNS = 2
 
 def postgres_db_config(database_url: str, database: str = "dagster") -> dict:
     """dagster-postgres ``postgres_db`` block for ``database`` on ``database_url``'s server."""
-    parts = urlsplit(database_url)
+    options = parse_dsn(database_url)
     return {
-        "username": unquote(parts.username or "postgres"),
-        "password": unquote(parts.password or ""),
-        "hostname": parts.hostname or "127.0.0.1",
-        "port": parts.port or 5432,
+        "username": options.get("user", "postgres"),
+        "password": options.get("password", ""),
+        "hostname": options.get("host", "127.0.0.1"),
+        "port": int(options.get("port", 5432)),
         "db_name": database,
         "scheme": "postgresql+psycopg2",
     }

@@ -38,7 +38,11 @@ class EmbeddedPostgres:
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{self.port}/{self.database}"
+        return self.admin_url_of(self.database)
+
+    def admin_url_of(self, database: str) -> str:
+        """The admin role's URL for ``database`` on this cluster."""
+        return f"postgresql://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     # -- set-up -------------------------------------------------------------
     def _as_postgres(self) -> list[str]:
@@ -142,7 +146,7 @@ class EmbeddedPostgres:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             cur.execute(f'CREATE DATABASE "{name}"')
         conn.close()
-        return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+        return self.admin_url_of(name)
 
 
 def run_foreground(state_dir: Path, port: int, drain_seconds: float = 10.0) -> int:

@@ -14,8 +14,9 @@ from confluent_kafka import Consumer, TopicPartition
 from salespulse.contracts import ECOMMERCE_TOPIC, TimestampWindow
 from salespulse.kafka import committed_offsets, consumer_config, ensure_topics
 from salespulse.stack.broker import EmbeddedBroker
-from services.consumer.app import ConsumerService, read_message
+from services.consumer.app import ConsumerService
 from services.consumer.dead_letters import MESSAGE_BUDGET, DeadLetterPublisher, build_record
+from services.consumer.intake import read_message
 from services.consumer.writer import ParsedMessage, RawMessage
 from tests.conftest import free_port
 from tests.support.consumer import (
@@ -153,7 +154,7 @@ def test_a_failure_inside_the_loop_commits_nothing_past_the_failed_batch(setting
     def broken_publish(dead, max_attempts):
         raise RuntimeError("bug in the dead-letter path")
 
-    svc._publish_dead_letters = broken_publish
+    svc.pipeline.publish_dead_letters = broken_publish
     with pytest.raises(RuntimeError):
         ServiceThread(svc).start().join(120)
     stored_before = count_events(database_url, [e["event_id"] for e in events])

@@ -1,6 +1,8 @@
 """Unit tests of the consumer's parts, no broker and no database: batching,
-outage backoff, rebalance handling, batch recording, row building, replay's
-time lookup. Fakes stand in for the Kafka consumer and the broker."""
+the intake, outage backoff and holding, the write pipeline, rebalance
+handling, the drain on stop, lag and progress, closing, batch recording, row
+building, replay's time lookup. Fakes stand in for the Kafka consumer, the
+broker, the writer and the dead-letter publisher."""
 
 from __future__ import annotations
 
@@ -8,21 +10,27 @@ import json
 import uuid
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from salespulse.contracts import ECOMMERCE_TOPIC
+from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, TimestampWindow
 from salespulse.settings import DEFAULT_METRICS_PORTS, Settings
-from services.consumer import backoff, batching
+from services.consumer import backoff, batching, shutdown
 from services.consumer.backoff import DeadLettersUndelivered, Outage, backoff_delay, retry
 from services.consumer.batching import BatchPolicy
+from services.consumer.drain import Drain
+from services.consumer.hold import Hold
+from services.consumer.intake import Intake
 from services.consumer.messages import ParsedMessage, RawMessage, parse
-from services.consumer.metrics import BatchRecorder
+from services.consumer.metrics import LAG, BatchRecorder
+from services.consumer.pipeline import WritePipeline
+from services.consumer.progress import Progress, assigned_lag
 from services.consumer.rebalance import Partitions, RebalanceListener
 from services.consumer.replay import _offset_for_time, parse_timestamp
-from services.consumer.results import WriteResult
+from services.consumer.results import DatabaseUnavailable, WriteResult
 from services.consumer.rows import build_row
 
 EC = ECOMMERCE_TOPIC.name
+RO = RESTAURANT_TOPIC.name
 
 
 def msg(partition: int = 0, offset: int = 0, topic: str = EC) -> ParsedMessage:
@@ -202,6 +210,333 @@ def test_lost_partitions_are_dropped_without_finishing_anything():
     listener.on_assign(None, [TopicPartition(EC, 0)])
     listener.on_lost(None, [TopicPartition(EC, 0)])
     assert not finished and parts.assigned == set()
+
+
+# ---------------------------------------------------------------- intake
+class FakeError:
+    def __init__(self, code: int, fatal: bool = False):
+        self._code, self._fatal = code, fatal
+
+    def code(self):
+        return self._code
+
+    def fatal(self):
+        return self._fatal
+
+    def __str__(self):
+        return f"error {self._code}"
+
+
+class FakeKafkaMessage:
+    def __init__(self, partition: int, offset: int = 0, value: bytes | None = None, error: FakeError | None = None,
+                 topic: str = EC):
+        """``value`` None: a valid event."""
+        value = json.dumps(event()).encode() if value is None else value
+        self._topic, self._partition, self._offset, self._value, self._error = topic, partition, offset, value, error
+
+    def topic(self):
+        return self._topic
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+    def key(self):
+        return b"k"
+
+    def value(self):
+        return self._value
+
+    def headers(self):
+        return None
+
+    def error(self):
+        return self._error
+
+
+class NamedIncarnations(FakeIncarnations):
+    def get(self, topic):
+        return f"{topic}#{self.refreshed}"
+
+
+def intake(*assigned: int) -> Intake:
+    parts = Partitions()
+    parts.add({(EC, p) for p in assigned})
+    return Intake(parts, NamedIncarnations(), TimestampWindow())
+
+
+def test_the_intake_reads_messages_against_their_contract_with_their_incarnation():
+    held = intake(0)
+    held.accept([FakeKafkaMessage(0, 0, b"not json"), FakeKafkaMessage(0, 1, b"")])
+    assert len(held) == 2 and all(not m.valid for m in held.messages)
+    assert {m.raw.incarnation for m in held.messages} == {f"{EC}#0"}
+    held.accept([FakeKafkaMessage(0, 0)])  # offsets went back: a re-delivery or a re-created topic
+    assert held.messages[-1].raw.incarnation == f"{EC}#1"
+
+
+def test_the_intake_marks_ends_skips_errors_and_revoked_partitions_and_raises_on_fatal_errors():
+    held = intake(0)
+    held.partitions.add({(EC, 1)})
+    held.partitions.remove({(EC, 1)})
+    held.accept([FakeKafkaMessage(0, error=FakeError(KafkaError._PARTITION_EOF)),
+                 FakeKafkaMessage(0, error=FakeError(KafkaError._TRANSPORT)),
+                 FakeKafkaMessage(1, 5)])  # revoked meanwhile
+    assert len(held) == 0 and held.partitions.eof == {(EC, 0)}
+    with pytest.raises(KafkaException):
+        held.accept([FakeKafkaMessage(0, error=FakeError(KafkaError._FATAL, fatal=True))])
+
+
+def test_a_batch_taken_from_the_intake_can_go_back_in_front_and_revoked_partitions_are_forgotten():
+    held = intake(0, 1)
+    held.accept([FakeKafkaMessage(0, 0), FakeKafkaMessage(1, 0)])
+    batch, seconds = held.take()
+    assert len(batch) == 2 and seconds >= 0 and len(held) == 0 and held.parse_seconds == 0
+    held.accept([FakeKafkaMessage(0, 1)])
+    held.put_back(batch)
+    assert [(m.raw.partition, m.raw.offset) for m in held.messages] == [(0, 0), (1, 0), (0, 1)]
+    held.forget({(EC, 1)})
+    assert [(m.raw.partition, m.raw.offset) for m in held.messages] == [(0, 0), (0, 1)]
+
+
+# ---------------------------------------------------------------- holding and the write pipeline
+class FakeConsumer:
+    """The Kafka consumer as the parts use it; records what is done to it."""
+
+    def __init__(self, arrivals=(), partitions=(0,)):
+        self.arrivals = list(arrivals)
+        self.partitions = [TopicPartition(EC, p) for p in partitions]
+        self.events: list = []
+
+    def consume(self, num_messages, timeout):
+        self.events.append("poll")
+        return [self.arrivals.pop(0)] if self.arrivals else []
+
+    def assignment(self):
+        return self.partitions
+
+    def pause(self, parts):
+        self.events.append("pause")
+
+    def resume(self, parts):
+        self.events.append("resume")
+
+    def commit(self, offsets, asynchronous):
+        assert asynchronous is False
+        self.events.append(("commit", [(tp.partition, tp.offset) for tp in offsets]))
+
+    def close(self):
+        self.events.append("close")
+
+
+def test_a_hold_pauses_the_partitions_keeps_polling_and_resumes_on_release():
+    consumer, held, stop = FakeConsumer([FakeKafkaMessage(0, 7)]), intake(0), []
+    hold = Hold(lambda: consumer, held.accept, 10, lambda: bool(stop), lambda: stop.append(1))
+    hold.wait(60)  # ends when stopped (here: after the first poll)
+    assert consumer.events == ["pause", "poll"] and hold.paused
+    assert [m.raw.offset for m in held.messages] == [7]  # an arrival joins the batch being filled
+    hold.release()
+    hold.release()
+    assert consumer.events[-1] == "resume" and consumer.events.count("resume") == 1 and not hold.paused
+
+
+class FakeWriter:
+    def __init__(self, failures: int = 0, error: Exception | None = None):
+        self.failures, self.error, self.calls = failures, error, []
+
+    def write(self, batch):
+        self.calls.append(len(batch))
+        if self.failures:
+            self.failures -= 1
+            raise self.error or DatabaseUnavailable("connection refused")
+        result = WriteResult()
+        result.counts(EC).stored = sum(1 for m in batch if m.valid)
+        result.counts(EC).dead_letters = sum(1 for m in batch if not m.valid)
+        result.dead_letters = [m for m in batch if not m.valid]
+        return result
+
+
+class FakeDeadLetters:
+    def __init__(self, consumer: FakeConsumer, failures: int = 0):
+        self.consumer, self.failures = consumer, failures
+
+    def publish(self, dead):
+        self.consumer.events.append(("dlq", len(dead)))
+        if self.failures:
+            self.failures -= 1
+            return ["broker down"]
+        return []
+
+
+def pipeline(writer, consumer: FakeConsumer, dlq_failures: int = 0, stopped=lambda: False):
+    held = intake(0)
+    hold = Hold(lambda: consumer, held.accept, 10, stopped, lambda: None)
+    return WritePipeline(writer, held, held.partitions, FakeDeadLetters(consumer, dlq_failures), Outage(),
+                         BatchRecorder(), hold=hold, consumer=lambda: consumer, stopped=stopped)
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch):
+    monkeypatch.setattr(backoff, "BACKOFF_INITIAL_S", 0.001)
+
+
+def test_a_batch_is_written_then_its_dead_letters_published_then_its_offsets_committed(quick_backoff):
+    consumer = FakeConsumer()
+    p = pipeline(FakeWriter(), consumer)
+    p.intake.accept([FakeKafkaMessage(0, 0), FakeKafkaMessage(0, 1, b"not json"), FakeKafkaMessage(0, 2)])
+    p.submit()
+    assert p.held == 3 and len(p.intake) == 0
+    assert p.complete()
+    assert consumer.events == [("dlq", 1), ("commit", [(0, 3)])]
+    assert p.recorder.totals == {"stored": 2, "dead_letter": 1} and p.held == 0
+    p.close()
+
+
+def test_a_failed_write_is_retried_holding_the_partitions_then_they_resume(quick_backoff):
+    consumer = FakeConsumer()
+    p = pipeline(FakeWriter(failures=2), consumer)
+    p.intake.accept([FakeKafkaMessage(0, 0)])
+    p.submit()
+    assert p.complete()
+    assert p.writer.calls == [1, 1, 1] and p.outage.ok
+    assert consumer.events[0] == "pause" and consumer.events[-2:] == [("commit", [(0, 1)]), "resume"]
+    p.close()
+
+
+def test_a_batch_given_up_goes_back_in_front_of_the_next_one_uncommitted(quick_backoff):
+    consumer = FakeConsumer()
+    p = pipeline(FakeWriter(failures=99, error=ValueError("a bug")), consumer)
+    p.intake.accept([FakeKafkaMessage(0, 0), FakeKafkaMessage(0, 1)])
+    p.submit()
+    p.intake.accept([FakeKafkaMessage(0, 2)])
+    assert not p.complete(max_attempts=2)
+    assert p.inflight is None and [m.raw.offset for m in p.intake.messages] == [0, 1, 2]
+    assert not [e for e in consumer.events if e[0] == "commit"] and not p.outage.ok
+    p.close()
+
+
+def test_undelivered_dead_letters_hold_the_offsets_until_they_are_delivered(quick_backoff):
+    consumer = FakeConsumer()
+    p = pipeline(FakeWriter(), consumer, dlq_failures=1)
+    p.intake.accept([FakeKafkaMessage(0, 0, b"")])
+    assert p.flush()  # the batch being filled is written too
+    steps = [e for e in consumer.events if e not in ("poll", "pause", "resume")]
+    assert steps == [("dlq", 1), ("dlq", 1), ("commit", [(0, 1)])] and p.outage.ok
+    p.close()
+
+
+def test_after_a_loop_failure_nothing_more_is_committed(quick_backoff):
+    consumer = FakeConsumer()
+    p = pipeline(FakeWriter(), consumer)
+    p.intake.accept([FakeKafkaMessage(0, 0)])
+    p.submit()
+    p.failed = True
+    assert not p.complete() and not p.flush()
+    p.close()
+    assert consumer.events == [] and p.inflight is None
+
+
+# ---------------------------------------------------------------- drain on stop, lag, progress
+def drain(seconds: float, lag):
+    parts = Partitions()
+    parts.add({(EC, 0), (EC, 1)})
+    filling: list = []
+    return Drain(seconds, parts, lambda: lag, filling), filling
+
+
+def test_without_a_drain_a_stop_is_at_once():
+    d, _ = drain(0.0, None)
+    assert not d.stopped()
+    d.request()
+    assert d.stopped() and d.requested.is_set()
+
+
+def test_a_drain_stops_once_every_assigned_partition_is_caught_up():
+    lag = {(EC, 0): 0, (EC, 1): 4}
+    d, filling = drain(120.0, lag)
+    d.check()
+    assert not d.stopped()  # no stop requested
+    d.request()
+    d.check()
+    assert not d.stopped()
+    lag[(EC, 1)] = 0
+    filling.append(msg())
+    d.check()
+    assert not d.stopped()  # a batch is still being filled
+    filling.clear()
+    d.check()
+    assert d.stopped()
+
+
+def test_a_drain_stops_when_its_time_is_over_or_the_partitions_are_gone():
+    d, _ = drain(120.0, None)
+    d.request()
+    d.check()
+    d.deadline -= 121
+    d.check()
+    assert d.stopped()
+    d, _ = drain(120.0, {(EC, 0): 5})
+    d.request()
+    d.partitions.remove({(EC, 0), (EC, 1)})
+    d.check()
+    assert d.stopped()
+
+
+def test_the_lag_is_summed_per_topic_for_the_gauge_and_health():
+    parts = Partitions()
+    parts.add({(EC, 0), (EC, 1)})
+    progress = Progress([EC, RO], parts, BatchRecorder(), lambda: {(EC, 0): 3, (EC, 1): 4})
+    progress.tick()
+    assert progress.lag == {EC: 7, RO: 0}
+    assert LAG.labels(EC)._value.get() == 7 and LAG.labels(RO)._value.get() == 0
+
+
+def test_a_consumer_s_lag_is_unknown_before_an_assignment_or_when_the_client_fails():
+    parts = Partitions()
+    assert assigned_lag(FakeConsumer(), parts) is None
+    parts.add({(EC, 0)})
+    assert assigned_lag(None, parts) is None
+
+    class Failing:
+        def position(self, partitions):
+            raise KafkaException("client failed")
+
+    assert assigned_lag(Failing(), parts) is None
+
+
+# ---------------------------------------------------------------- closing the consumer
+def close(parts: Partitions, consumer: FakeConsumer, *, failed=False, assign_on_poll=False, holding=False):
+    flushed = []
+
+    def poll(timeout):
+        consumer.consume(1, timeout)
+        if assign_on_poll:
+            parts.add({(EC, 0)})
+
+    closed = shutdown.close_consumer(consumer, parts, poll=poll, flush=lambda: flushed.append(1),
+                                     holding=lambda: holding, failed=failed)
+    return closed, len(flushed)
+
+
+def test_a_consumer_that_got_its_partitions_is_flushed_then_closed():
+    consumer = FakeConsumer()
+    assert close(Partitions([TopicPartition(EC, 0)]), consumer) == (True, 1)
+    assert consumer.events == ["close"]
+    consumer = FakeConsumer()
+    # joined during the grace: what it read is written, then whatever is left, then it closes
+    assert close(Partitions(), consumer, assign_on_poll=True, holding=True) == (True, 2)
+    assert consumer.events == ["poll", "close"]
+
+
+def test_a_consumer_stopped_before_its_first_assignment_is_left_unclosed(monkeypatch):
+    monkeypatch.setattr(shutdown, "JOIN_GRACE_S", 0.0)
+    consumer = FakeConsumer()
+    assert close(Partitions(), consumer) == (False, 0)
+    assert "close" not in consumer.events and consumer in shutdown._ABANDONED
+    consumer = FakeConsumer()
+    assert close(Partitions(), consumer, failed=True) == (False, 0)  # after a failure: no wait
+    assert consumer.events == []
 
 
 # ---------------------------------------------------------------- recording

@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
-from flask import Blueprint, current_app, jsonify, request  # noqa: F401
+from flask import Blueprint, current_app, jsonify, request
 
 from dashboard import queries
 from dashboard.db import DatabaseUnavailable
@@ -126,9 +127,9 @@ def _make_view(ep: Endpoint):
         ext = current_app.extensions["salespulse"]
         db = ext["db"]
         if ep.fn is None:  # pipeline status
-            compute = lambda: queries.pipeline_status(db, params, ext["settings"].dagster_ui_url)  # noqa: E731
+            compute = partial(queries.pipeline_status, db, params, ext["settings"].dagster_ui_url)
         else:
-            compute = lambda: ep.fn(db, params)  # noqa: E731
+            compute = partial(ep.fn, db, params)
         # the serialized body is what is cached: encoding a large answer costs more than reusing it
         body = ext["cache"].get_or_compute((ep.path, params.cache_key()),
                                            lambda: current_app.json.dumps(compute()).encode())

@@ -2,7 +2,7 @@
 
 ``gunicorn -b 127.0.0.1:5000 'dashboard:create_app()'`` serves it. The app reads
 the report tables and materialized views with the read-only
-``salespulse_dashboard`` role through a lazily created connection pool.
+``salespulse_dashboard`` role, one pooled connection per request (dashboard/db.py).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json_provider_class = JSONProvider
     app.json = JSONProvider(app)
-    app.config["JSON_SORT_KEYS"] = False
     db = Database(settings.role_url(ROLE_DASHBOARD), max_connections=settings.dashboard_pool_size)
+    db.init_app(app)
     app.extensions["salespulse"] = {"settings": settings, "db": db,
                                     "cache": ResponseCache(settings.dashboard_cache_ttl)}
     register_error_handlers(app)

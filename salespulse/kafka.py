@@ -1,7 +1,7 @@
 """Kafka client helpers shared by every service (confluent-kafka).
 
 Everything here works unchanged against Apache Kafka; the embedded broker's
-defects (see DESIGN.md, "Broker notes") are handled as faults:
+defects (see docs/broker.md) are handled as faults:
 
 * topics are created explicitly with their partition counts before any client
   starts (an unknown topic would auto-create with the wrong count);

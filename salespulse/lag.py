@@ -8,7 +8,7 @@ and the Dagster lag sensor (a group's committed offsets).
 High watermarks always come from a consumer's CACHED watermarks, i.e. from
 fetch responses. A fresh ``get_watermark_offsets`` / ``list_offsets(latest)``
 query is not used: some brokers (the embedded one) answer it wrongly
-(DESIGN.md, broker defect 3). A caller without a consumer of its own uses a
+(docs/broker.md, defect 3). A caller without a consumer of its own uses a
 throwaway observer (:func:`observed_watermarks`): it ``assign()``s the
 partitions (no group join, so closing it is safe; it never commits), fetches
 until each watermark is known, and closes.

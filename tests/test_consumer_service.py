@@ -229,7 +229,7 @@ def test_database_outage_holds_batches_then_stores_everything(broker, state_dir,
 
 
 def test_stop_right_after_start_leaves_the_group_usable(settings, database_url, broker):
-    """Defect 4: a consumer must not close() while still joining; stopping at
+    """docs/broker.md, defect 4: a consumer must not close() while still joining; stopping at
     once waits for the first assignment (or exits without close). Either way the
     group keeps working for the next member."""
     group = unique_group("early-stop")

@@ -1,7 +1,7 @@
 """Closing the consumer without wedging its group.
 
 A consumer closed while it is still joining a group that has no other live
-member can wedge that group on the embedded broker (DESIGN.md, broker defect
+member can wedge that group on the embedded broker (docs/broker.md, defect
 4). So a consumer stopped before its first assignment is first given
 ``JOIN_GRACE_S`` to get one (polling meanwhile); if it still has none, it is
 left unclosed: kept referenced here so it is never destroyed (destroy =

@@ -11,13 +11,13 @@
   a fatal client error, makes the publisher **rebuild itself**: a new
   ``Producer`` instance takes over, the old one's queued and in-flight
   messages are purged and re-sent through the new one. This is the way out of
-  the embedded broker's defect 2 (an idempotent producer never recovers from
+  docs/broker.md, defect 2 (an idempotent producer never recovers from
   a broker restart: every message times out with ``UnknownProducerId``), and
   it is harmless against Apache Kafka. ``message.timeout.ms`` defaults to 5 s
   here so such a run shows up within seconds.
 * ``allow.auto.create.topics`` is off: a metadata request from the producer
   must never create a topic with the broker's default partition count (the
-  stack creates every topic explicitly; see DESIGN.md, defect 6). If
+  stack creates every topic explicitly; see docs/broker.md, defect 6). If
   ``ensure`` is given, a rebuild first re-creates those topics (best effort:
   an in-memory broker that restarted has lost them).
 

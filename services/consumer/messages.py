@@ -11,7 +11,8 @@ import base64
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from salespulse.contracts import ContractError, EcommerceEvent, RestaurantOrder, TimestampWindow, parse_message
+from salespulse.contract_fast_path import Values, parse_values
+from salespulse.contracts import ContractError, EcommerceEvent, RestaurantOrder, TimestampWindow
 from salespulse.settings import get_settings
 
 CONFLICT = "conflicting re-send of an id already stored with other content"
@@ -39,10 +40,12 @@ class RawMessage:
 
 @dataclass
 class ParsedMessage:
-    """A raw message plus its validated model, or the reason it is invalid."""
+    """A raw message plus its validated values, or the reason it is invalid.
+    ``model`` is the contract model, or the same values as a read-only view
+    (``salespulse.contract_fast_path.Values``: UUIDs as canonical text)."""
 
     raw: RawMessage
-    model: EcommerceEvent | RestaurantOrder | None = None
+    model: EcommerceEvent | RestaurantOrder | Values | None = None
     error: str | None = None
 
     @property
@@ -86,7 +89,7 @@ def parse(raw: RawMessage, window: TimestampWindow | None = None) -> ParsedMessa
     """Validate one message against its topic's contract and the timestamp window
     (default: the settings'); never raises."""
     try:
-        return ParsedMessage(raw, parse_message(raw.topic, raw.value, window or default_window()))
+        return ParsedMessage(raw, parse_values(raw.topic, raw.value, window or default_window()))
     except ContractError as exc:
         return ParsedMessage(raw, error=reason(exc.reason))
     except Exception as exc:  # a contract bug must not stop the pipeline either

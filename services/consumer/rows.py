@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import psycopg2
 from psycopg2.extras import Json
 
-from salespulse.contracts import EcommerceEvent, RestaurantOrder
+from salespulse.contract_fast_path import contract_of
+from salespulse.contracts import EcommerceEvent
 
 from .messages import ParsedMessage, as_bytes, decode_key, headers_json, reason, safe_text
 
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
 _NULL = "\\N"
 _MONEY_LIMIT = 10 ** 10  # NUMERIC(12, 2)
 
@@ -33,6 +35,18 @@ def _t(value: str | None) -> str:
     return _NULL if value is None else value.translate(_ESCAPE)
 
 
+def _plain(value: str | None) -> str:
+    """``_t`` for text known to hold nothing COPY escapes."""
+    return _NULL if value is None else value
+
+
+def _text_writer(*texts: str | None):
+    """``_t``, or the cheaper ``_plain`` when none of ``texts`` holds a
+    character COPY escapes (the usual case: one regex search per row instead
+    of a translation per field)."""
+    return _t if _NEEDS_ESCAPE.search("".join(t for t in texts if t is not None)) else _plain
+
+
 def _n(value: Any) -> str:
     return _NULL if value is None else str(value)
 
@@ -43,28 +57,37 @@ def _m(value: Any) -> str:
     return _n(value)
 
 
-def _event_line(e: EcommerceEvent) -> str:
+def _event_line(e) -> str:
+    """The COPY line of an event (contract model or its values): its text
+    form is also what the content hash is taken over, so it never changes."""
     p = e.product
+    if p is None:
+        t = _text_writer(e.user_id, e.session_id, e.payment_method, e.search_query)
+        product = (_NULL, _NULL, _NULL, _NULL)
+    else:
+        t = _text_writer(e.user_id, e.session_id, p.id, p.name, p.category, e.payment_method, e.search_query)
+        product = (t(p.id), t(p.name), t(p.category), _m(p.price))
     return "\t".join((
-        str(e.event_id), e.event_type, e.timestamp.isoformat(), _t(e.user_id), _t(e.session_id),
-        _NULL if p is None else _t(p.id), _NULL if p is None else _t(p.name),
-        _NULL if p is None else _t(p.category), _NULL if p is None else _m(p.price),
-        _n(e.quantity), _m(e.total_amount), _t(e.payment_method), _t(e.search_query),
+        str(e.event_id), e.event_type, e.timestamp.isoformat(), t(e.user_id), t(e.session_id), *product,
+        _n(e.quantity), _m(e.total_amount), t(e.payment_method), t(e.search_query),
     ))
 
 
-def _order_lines(o: RestaurantOrder) -> tuple[str, list[str]]:
+def _order_lines(o) -> tuple[str, list[str]]:
     oid = str(o.order_id)
-    items = [
-        "\t".join((oid, str(i), _t(it.item_id), _t(it.name), _t(it.category), str(it.quantity),
+    items = o.items
+    t = _text_writer(o.restaurant_id, o.payment_method, *(text for it in items for text in (it.item_id, it.name,
+                                                                                           it.category)))
+    item_lines = [
+        "\t".join((oid, str(i), t(it.item_id), t(it.name), t(it.category), str(it.quantity),
                    _m(it.unit_price), _m(it.line_total)))
-        for i, it in enumerate(o.items)
+        for i, it in enumerate(items)
     ]
     order = "\t".join((
-        oid, o.timestamp.isoformat(), _t(o.restaurant_id), _n(o.table_number), o.channel,
-        _m(o.total_amount), _t(o.payment_method), str(sum(it.quantity for it in o.items)),
+        oid, o.timestamp.isoformat(), t(o.restaurant_id), _n(o.table_number), o.channel,
+        _m(o.total_amount), t(o.payment_method), str(sum(it.quantity for it in items)),
     ))
-    return order, items
+    return order, item_lines
 
 
 def _encode(line: str) -> bytes:
@@ -73,31 +96,35 @@ def _encode(line: str) -> bytes:
     return line.encode("utf-8")  # a lone surrogate raises here, not inside COPY
 
 
-@dataclass
 class Row:
     """The storable form of one valid message (its first copy in the batch)."""
 
-    index: int  # position in the batch's to-do list
-    kind: str  # "e" (event) or "o" (order)
-    ident: str
-    digest: str  # hex content hash of the normalised row
-    line: bytes  # COPY line incl. the hash (events / orders)
-    items: list[bytes]
+    __slots__ = ("index", "kind", "ident", "digest", "line", "items")
+
+    def __init__(self, index: int, kind: str, ident: str, digest: str, line: bytes, items: list[bytes]):
+        self.index = index  # position in the batch's to-do list
+        self.kind = kind  # "e" (event) or "o" (order)
+        self.ident = ident
+        self.digest = digest  # hex content hash of the normalised row
+        self.line = line  # COPY line incl. the hash (events / orders)
+        self.items = items
 
 
-def build_row(index: int, model: EcommerceEvent | RestaurantOrder) -> Row:
-    """COPY lines plus content hash; raises for a message no column can hold."""
-    if isinstance(model, EcommerceEvent):
+def build_row(index: int, model) -> Row:
+    """COPY lines plus content hash of a contract model or its values
+    (``salespulse.contract_fast_path``); raises for a message no column can hold."""
+    if contract_of(model) is EcommerceEvent:
         line = _event_line(model)
-        kind, ident, main, items = "e", line[:36], _encode(line), []  # the line starts with the event id
+        kind, main, items = "e", _encode(line), []
         content = main
     else:
-        order, item_lines = _order_lines(model)
-        kind, ident, main = "o", str(model.order_id), _encode(order)
-        items = [_encode(line) for line in item_lines]
+        line, item_lines = _order_lines(model)
+        kind, main = "o", _encode(line)
+        items = [_encode(item) for item in item_lines]
         content = b"\n".join([main, *items])
     digest = hashlib.sha256(content).hexdigest()[:32]
-    return Row(index, kind, ident, digest, main + b"\t\\\\x" + digest.encode("ascii"), items)
+    # both lines start with the 36-character id
+    return Row(index, kind, line[:36], digest, main + b"\t\\\\x" + digest.encode("ascii"), items)
 
 
 def copy_lines(cur, table: str, lines: list[bytes]) -> None:

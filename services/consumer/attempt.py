@@ -74,47 +74,61 @@ class Attempt:
                  incarnations: Mapping[str, str], isolate: bool):
         self.w, self.cur, self.isolate = writer, cur, isolate
         self.batch = batch
-        # (topic, incarnation, partition) of each message of the batch
-        self.parts = [(m.raw.topic, m.raw.incarnation or incarnations.get(m.raw.topic, ""), m.raw.partition)
-                      for m in batch]
+        # (topic, incarnation, partition) of each message of the batch, and the
+        # batch's positions per part (in batch order)
+        self.parts: list[tuple] = []
+        self.batch_groups: dict[tuple, list[int]] = {}
+        resolved: dict[tuple, tuple] = {}
+        for i, m in enumerate(batch):
+            raw = m.raw
+            key = (raw.topic, raw.incarnation, raw.partition)
+            part = resolved.get(key)
+            if part is None:
+                part = resolved[key] = (raw.topic, raw.incarnation or incarnations.get(raw.topic, ""), raw.partition)
+            self.parts.append(part)
+            group = self.batch_groups.get(part)
+            if group is None:
+                self.batch_groups[part] = [i]
+            else:
+                group.append(i)
         self.todo: list[ParsedMessage] = []
         self.todo_parts: list[tuple] = []
+        self.todo_groups: dict[tuple, list[int]] = {}  # part -> positions in todo
         self.skipped: list[ParsedMessage] = []
         self.republish: list[ParsedMessage] = []
         self.covered: dict[tuple, list[tuple[int, int]]] = {}
-        self.outcome: dict[int, str] = {}  # todo index -> STORED | DUPLICATE | dead-letter reason
+        self.outcome: list[str | None] = []  # per todo position: STORED | DUPLICATE | dead-letter reason
         self.rows_inserted = {"products": 0, "events": 0, "transactions": 0, "orders": 0, "order_items": 0}
         self.new_dead: set[tuple] = set()
         self.ledger: list[tuple] = []
         self.temp_used = False  # the temp tables hold rows of an earlier insert
+        self._dead_positions: list[int] | None = None
 
     # -- 1. ledger coverage ---------------------------------------------------
     def skip_covered(self) -> None:
-        spans: dict[tuple, list[int]] = {}
-        for part, m in zip(self.parts, self.batch):
-            offset, span = m.raw.offset, spans.get(part)
-            if span is None:
-                spans[part] = [offset, offset]
-            elif offset < span[0]:
-                span[0] = offset
-            elif offset > span[1]:
-                span[1] = offset
-        keys = sorted(spans)
+        offsets = {part: [self.batch[i].raw.offset for i in group] for part, group in self.batch_groups.items()}
+        keys = sorted(offsets)
         self.cur.execute(LOCK_AND_COVERAGE, {
             "locks": sorted(lock_key(self.w.group, *k) for k in keys), "group": self.w.group,
             "topics": [k[0] for k in keys], "incs": [k[1] for k in keys], "parts": [k[2] for k in keys],
-            "los": [spans[k][0] for k in keys], "his": [spans[k][1] for k in keys]})
+            "los": [min(offsets[k]) for k in keys], "his": [max(offsets[k]) for k in keys]})
         for topic, inc, p, lo, hi in self.cur.fetchall():
             self.covered.setdefault((topic, inc, p), []).append((lo, hi))
-        seen: set[tuple] = set()
-        for part, m in zip(self.parts, self.batch):
-            key, ranges = (part, m.raw.offset), self.covered.get(part)
-            if key in seen or (ranges and any(lo <= m.raw.offset <= hi for lo, hi in ranges)):
-                self.skipped.append(m)  # committed before (or the same offset twice in this batch)
-            else:
-                seen.add(key)
-                self.todo.append(m)
-                self.todo_parts.append(part)
+        if not self.covered and all(len(set(o)) == len(o) for o in offsets.values()):
+            # the usual case: nothing committed before, no offset twice
+            self.todo, self.todo_parts, self.todo_groups = list(self.batch), self.parts, self.batch_groups
+        else:
+            seen: set[tuple] = set()
+            for part, m in zip(self.parts, self.batch):
+                key, ranges = (part, m.raw.offset), self.covered.get(part)
+                if key in seen or (ranges and any(lo <= m.raw.offset <= hi for lo, hi in ranges)):
+                    self.skipped.append(m)  # committed before (or the same offset twice in this batch)
+                else:
+                    seen.add(key)
+                    self.todo_groups.setdefault(part, []).append(len(self.todo))
+                    self.todo.append(m)
+                    self.todo_parts.append(part)
+        self.outcome = [None] * len(self.todo)
 
     def find_recorded_dead_letters(self) -> None:
         """Skipped messages that are dead letters already: their DLQ copy is sent
@@ -134,14 +148,15 @@ class Attempt:
     # -- 2. valid rows --------------------------------------------------------
     def store_valid(self) -> None:
         pending: list[Row] = []
+        outcome = self.outcome
         for i, m in enumerate(self.todo):
-            if not m.valid:
-                self.outcome[i] = reason(m.error or "invalid")
+            if m.error is not None:
+                outcome[i] = reason(m.error or "invalid")
                 continue
             try:
                 pending.append(build_row(i, m.model))
             except Exception as exc:
-                self.outcome[i] = reason(f"cannot be stored: {describe(exc)}")
+                outcome[i] = reason(f"cannot be stored: {describe(exc)}")
         while pending:  # more than one round only if a first copy was dead-lettered
             pending = self._store_round(pending)
 
@@ -156,46 +171,53 @@ class Attempt:
             if first is not row:
                 followers.append((row, first))
         rows = list(firsts.values())
-        inserted = self._insert_isolating(rows) if self.isolate else self._insert(rows)
-        conflicts = self._conflicts([r for r in rows if (r.kind, r.ident) not in inserted
-                                     and r.index not in self.outcome])
-        for r in rows:
-            if r.index not in self.outcome:
-                key = (r.kind, r.ident)
-                self.outcome[r.index] = STORED if key in inserted else CONFLICT if key in conflicts else DUPLICATE
+        outcome = self.outcome
+        missed = self._insert_isolating(rows) if self.isolate else self._insert(rows)
+        if missed:
+            conflicts = self._conflicts([r for r in rows if (r.kind, r.ident) in missed and outcome[r.index] is None])
+            for r in rows:
+                if outcome[r.index] is None:
+                    key = (r.kind, r.ident)
+                    outcome[r.index] = (STORED if key not in missed else CONFLICT if key in conflicts
+                                        else DUPLICATE)
+        else:
+            for r in rows:
+                if outcome[r.index] is None:
+                    outcome[r.index] = STORED
         still_open = []
         for row, first in followers:
-            fate, same = self.outcome[first.index], first.digest == row.digest
+            fate, same = outcome[first.index], first.digest == row.digest
             if fate in (STORED, DUPLICATE):
-                self.outcome[row.index] = DUPLICATE if same else CONFLICT
+                outcome[row.index] = DUPLICATE if same else CONFLICT
             elif same:
-                self.outcome[row.index] = fate  # the same content fails the same way
+                outcome[row.index] = fate  # the same content fails the same way
             else:
                 still_open.append(row)
         return still_open
 
     def _insert(self, rows: list[Row]) -> set[tuple]:
-        """COPY ``rows`` into the temp tables and move them; the keys inserted."""
+        """COPY ``rows`` into the temp tables and move them; the keys of those
+        not inserted (an id stored already)."""
         if self.temp_used:
             self.cur.execute(TRUNCATE_TEMP)
         self.temp_used = True
-        inserted: set[tuple] = set()
+        missed: set[tuple] = set()
         events = [r.line for r in rows if r.kind == "e"]
         orders = [r for r in rows if r.kind == "o"]
         if events:
             copy_lines(self.cur, "tmp_events", events)
             self.cur.execute(INSERT_EVENTS)
-            products, transactions, ids = self.cur.fetchone()
-            self._count(products=products, transactions=transactions, events=len(ids))
-            inserted.update(("e", i) for i in ids)
+            products, transactions, inserted, ids = self.cur.fetchone()
+            self._count(products=products, transactions=transactions, events=inserted)
+            missed.update(("e", i) for i in ids)
         if orders:
             copy_lines(self.cur, "tmp_orders", [r.line for r in orders])
             copy_lines(self.cur, "tmp_order_items", [line for r in orders for line in r.items])
             self.cur.execute(INSERT_ORDERS)
-            items, ids = self.cur.fetchone()
-            self._count(order_items=items, orders=len(ids))
-            inserted.update(("o", i) for i in ids)
-        return inserted
+            items, inserted, ids = self.cur.fetchone()
+            self._count(order_items=items, orders=inserted)
+            missed.update(("o", i) for i in ids)
+        return missed
 
     def _count(self, **rows: int) -> None:
         for table, n in rows.items():
@@ -203,13 +225,14 @@ class Attempt:
 
     def _insert_isolating(self, rows: list[Row]) -> set[tuple]:
         """Insert under a savepoint; on failure split in halves until the culprits
-        are single messages, which become dead letters."""
+        are single messages, which become dead letters. The keys not inserted
+        (of the rows not dead-lettered)."""
         if not rows:
             return set()
         saved = dict(self.rows_inserted)
         self.cur.execute("SAVEPOINT isolate")
         try:
-            inserted = self._insert(rows)
+            missed = self._insert(rows)
         except Exception as exc:
             if unavailable(exc):
                 raise
@@ -222,7 +245,7 @@ class Attempt:
             mid = len(rows) // 2
             return self._insert_isolating(rows[:mid]) | self._insert_isolating(rows[mid:])
         self.cur.execute("RELEASE SAVEPOINT isolate")
-        return inserted
+        return missed
 
     def _conflicts(self, rows: list[Row]) -> set[tuple]:
         if not rows:
@@ -252,12 +275,12 @@ class Attempt:
                 self.new_dead.add((topic, inc, p, off, sha.strip()))
 
     def write_ledger(self) -> None:
-        by_part: dict[tuple, list[tuple[int, str]]] = {}
-        for i, (m, part) in enumerate(zip(self.todo, self.todo_parts)):
-            by_part.setdefault(part, []).append((m.raw.offset, self.outcome[i]))
-        for part, entries in sorted(by_part.items()):
-            entries.sort()
+        for part, positions in sorted(self.todo_groups.items()):
+            entries = sorted((self.todo[i].raw.offset, self.outcome[i]) for i in positions)
             ranges = self.covered.get(part, ())
+            if not ranges:  # the usual case: one run
+                self.ledger.append(self._ledger_row(part, entries))
+                continue
             run: list[tuple[int, str]] = []
             for entry in entries:
                 if run and any(run[-1][0] < lo < entry[0] for lo, _ in ranges):
@@ -273,8 +296,8 @@ class Attempt:
                                           f"{str(exc).strip()}") from exc
 
     def _ledger_row(self, part: tuple, run: list[tuple[int, str]]) -> tuple:
-        stored = sum(1 for _, o in run if o == STORED)
-        duplicates = sum(1 for _, o in run if o == DUPLICATE)
+        fates = [o for _, o in run]
+        stored, duplicates = fates.count(STORED), fates.count(DUPLICATE)
         return (self.w.group, *part, run[0][0], run[-1][0], len(run), stored, duplicates,
                 len(run) - stored - duplicates)
 
@@ -284,16 +307,15 @@ class Attempt:
         result = WriteResult(rows=self.rows_inserted, ledger=self.ledger, isolated=self.isolate,
                              skipped=self.skipped, republish=self.republish,
                              statements=self.cur.statements)
-        for m in self.batch:
-            result.counts(m.raw.topic).received += 1
+        for part, positions in self.batch_groups.items():
+            result.counts(part[0]).received += len(positions)
         for m in self.skipped:
             result.counts(m.raw.topic).skipped += 1
-        for i, m in enumerate(self.todo):
-            fate = self.outcome[i]
-            if fate == STORED:
-                result.counts(m.raw.topic).stored += 1
-            elif fate == DUPLICATE:
-                result.counts(m.raw.topic).duplicates += 1
+        for part, positions in self.todo_groups.items():
+            fates = [self.outcome[i] for i in positions]
+            counts = result.counts(part[0])
+            counts.stored += fates.count(STORED)
+            counts.duplicates += fates.count(DUPLICATE)
         for m, part, why in self._dead():
             result.counts(m.raw.topic).dead_letters += 1
             m.error = why
@@ -302,9 +324,12 @@ class Attempt:
         return result
 
     def _dead(self) -> Iterable[tuple[ParsedMessage, tuple, str]]:
-        for i, (m, part) in enumerate(zip(self.todo, self.todo_parts)):
-            if self.outcome[i] not in (STORED, DUPLICATE):
-                yield m, part, self.outcome[i]
+        """The messages to dead-letter, in batch order (outcomes are final after step 2)."""
+        if self._dead_positions is None:
+            self._dead_positions = [i for i, fate in enumerate(self.outcome) if fate is not STORED
+                                    and fate is not DUPLICATE]
+        for i in self._dead_positions:
+            yield self.todo[i], self.todo_parts[i], self.outcome[i]
 
 def describe(exc: BaseException) -> str:
     if isinstance(exc, psycopg2.Error):
@@ -313,4 +338,3 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, Unstorable):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-

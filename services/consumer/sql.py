@@ -29,6 +29,8 @@ JOIN ingest_ledger l ON l.consumer_group = %(group)s AND l.topic = b.topic AND l
 """
 
 # Events, then products and transactions for the events actually inserted.
+# Returns the counts and the ids NOT inserted (stored already: usually none),
+# so a clean batch sends no list of ids back.
 # Products: the latest catalogue data per product by event time (ordered by
 # product_id, so concurrent consumers lock product rows in the same order),
 # only overwriting newer-or-equal, different data.
@@ -61,9 +63,11 @@ WITH ins AS (
     ON CONFLICT (transaction_id) DO NOTHING
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM prod), (SELECT count(*) FROM tx), ARRAY(SELECT event_id::text FROM ins)
+SELECT (SELECT count(*) FROM prod), (SELECT count(*) FROM tx), (SELECT count(*) FROM ins),
+       ARRAY(SELECT t.event_id::text FROM tmp_events t WHERE NOT EXISTS (SELECT FROM ins WHERE ins.event_id = t.event_id))
 """
 
+# Orders, then the items of the orders actually inserted; counts and the ids not inserted.
 INSERT_ORDERS = """
 WITH ins AS (
     INSERT INTO orders (order_id, "timestamp", restaurant_id, table_number, channel, total_amount, payment_method,
@@ -80,7 +84,8 @@ WITH ins AS (
     ON CONFLICT (order_id, line_number) DO NOTHING
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM items), ARRAY(SELECT order_id::text FROM ins)
+SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM ins),
+       ARRAY(SELECT t.order_id::text FROM tmp_orders t WHERE NOT EXISTS (SELECT FROM ins WHERE ins.order_id = t.order_id))
 """
 
 # Ids not inserted whose stored content differs (rows stored before content

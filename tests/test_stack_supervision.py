@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import Producer
 
 from salespulse.contracts import all_topic_partitions
+from salespulse.stack.supervise import describe_process
 from tests.support.stack import LocalStack, count_rows
 from tests.support.consumer import ecommerce_event, restaurant_order
 
@@ -112,9 +113,11 @@ def test_a_killed_consumer_is_restarted_and_status_shows_it(stack):
     seen = []
 
     def restarted():
-        state, detail = stack.states()["consumer"]
-        seen.append((state, detail))
-        return state == "RUNNING" and rpc.supervisor.getProcessInfo("consumer")["pid"] != old_pid
+        # one snapshot for state and pid: two calls could straddle the respawn
+        info = rpc.supervisor.getProcessInfo("consumer")
+        described = describe_process(info)
+        seen.append((described.state, described.detail))
+        return described.state == "RUNNING" and info["pid"] != old_pid
 
     stack.wait_for(restarted, 120, "the consumer running again", interval=0.1)
     restarting = [detail for state, detail in seen if state != "RUNNING"]

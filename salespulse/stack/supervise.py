@@ -129,10 +129,10 @@ def process_states(state_dir: Path) -> list[ProcessState] | None:
     except Fault as fault:  # SHUTDOWN_STATE while the stack stops
         detail = "the stack is stopping" if "SHUTDOWN" in fault.faultString else fault.faultString
         return [ProcessState("supervisord", "STOPPING", detail)]
-    return [_describe(info) for info in infos]
+    return [describe_process(info) for info in infos]
 
 
-def _describe(info: dict) -> ProcessState:
+def describe_process(info: dict) -> ProcessState:
     state = info["statename"]
     if state == "STARTING" and info.get("stop"):
         detail = "restarting after an exit at " + _clock(info["stop"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -231,3 +231,16 @@ def test_money_and_time_are_normalised_the_same_way_both_ways():
                                                                                 if isinstance(price, Decimal)
                                                                                 else price}}
             assert assert_same(EC, json.dumps(doc).encode()) == "ok"
+
+
+def test_the_window_decides_as_the_exact_comparison_does():
+    window = TimestampWindow(max_future_seconds=300, earliest=datetime(2000, 1, 1))
+    earliest = window.earliest
+    for ts, inside in ((earliest, True), (earliest.replace(microsecond=1), True),
+                       (datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), False),
+                       (datetime(2026, 1, 1, tzinfo=timezone.utc), True),
+                       (datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc), False)):
+        assert (window.violation(ts) is None) == inside, ts
+    now = datetime.now(timezone.utc)
+    for seconds, inside in ((-1, True), (0, True), (250, True), (350, False), (10 ** 6, False)):
+        assert (window.violation(now + timedelta(seconds=seconds)) is None) == inside, seconds

@@ -103,10 +103,12 @@ class Attempt:
         self.ledger: list[tuple] = []
         self.temp_used = False  # the temp tables hold rows of an earlier insert
         self._dead_positions: list[int] | None = None
+        self._todo_offsets: dict[tuple, list[int]] | None = None  # part -> offsets (todo is the batch)
 
     # -- 1. ledger coverage ---------------------------------------------------
     def skip_covered(self) -> None:
-        offsets = {part: [self.batch[i].raw.offset for i in group] for part, group in self.batch_groups.items()}
+        batch = self.batch
+        offsets = {part: [batch[i].raw.offset for i in group] for part, group in self.batch_groups.items()}
         keys = sorted(offsets)
         self.cur.execute(LOCK_AND_COVERAGE, {
             "locks": sorted(lock_key(self.w.group, *k) for k in keys), "group": self.w.group,
@@ -116,10 +118,11 @@ class Attempt:
             self.covered.setdefault((topic, inc, p), []).append((lo, hi))
         if not self.covered and all(len(set(o)) == len(o) for o in offsets.values()):
             # the usual case: nothing committed before, no offset twice
-            self.todo, self.todo_parts, self.todo_groups = list(self.batch), self.parts, self.batch_groups
+            self.todo, self.todo_parts, self.todo_groups = list(batch), self.parts, self.batch_groups
+            self._todo_offsets = offsets
         else:
             seen: set[tuple] = set()
-            for part, m in zip(self.parts, self.batch):
+            for part, m in zip(self.parts, batch):
                 key, ranges = (part, m.raw.offset), self.covered.get(part)
                 if key in seen or (ranges and any(lo <= m.raw.offset <= hi for lo, hi in ranges)):
                     self.skipped.append(m)  # committed before (or the same offset twice in this batch)
@@ -275,19 +278,23 @@ class Attempt:
                 self.new_dead.add((topic, inc, p, off, sha.strip()))
 
     def write_ledger(self) -> None:
+        outcome = self.outcome
         for part, positions in sorted(self.todo_groups.items()):
-            entries = sorted((self.todo[i].raw.offset, self.outcome[i]) for i in positions)
             ranges = self.covered.get(part, ())
             if not ranges:  # the usual case: one run
-                self.ledger.append(self._ledger_row(part, entries))
+                offsets = (self._todo_offsets[part] if self._todo_offsets is not None
+                           else [self.todo[i].raw.offset for i in positions])
+                self.ledger.append(self._ledger_row(part, min(offsets), max(offsets),
+                                                    [outcome[i] for i in positions]))
                 continue
+            entries = sorted((self.todo[i].raw.offset, outcome[i]) for i in positions)
             run: list[tuple[int, str]] = []
             for entry in entries:
                 if run and any(run[-1][0] < lo < entry[0] for lo, _ in ranges):
-                    self.ledger.append(self._ledger_row(part, run))  # a covered range lies between
+                    self.ledger.append(self._run_row(part, run))  # a covered range lies between
                     run = []
                 run.append(entry)
-            self.ledger.append(self._ledger_row(part, run))
+            self.ledger.append(self._run_row(part, run))
         if self.ledger:
             try:
                 execute_values(self.cur, INSERT_LEDGER, self.ledger, page_size=len(self.ledger))
@@ -295,11 +302,13 @@ class Attempt:
                 raise DatabaseUnavailable(f"another consumer recorded some of these offsets meanwhile: "
                                           f"{str(exc).strip()}") from exc
 
-    def _ledger_row(self, part: tuple, run: list[tuple[int, str]]) -> tuple:
-        fates = [o for _, o in run]
+    def _run_row(self, part: tuple, run: list[tuple[int, str]]) -> tuple:
+        """The ledger row of a run of (offset, outcome), in offset order."""
+        return self._ledger_row(part, run[0][0], run[-1][0], [o for _, o in run])
+
+    def _ledger_row(self, part: tuple, first: int, last: int, fates: list[str]) -> tuple:
         stored, duplicates = fates.count(STORED), fates.count(DUPLICATE)
-        return (self.w.group, *part, run[0][0], run[-1][0], len(run), stored, duplicates,
-                len(run) - stored - duplicates)
+        return (self.w.group, *part, first, last, len(fates), stored, duplicates, len(fates) - stored - duplicates)
 
     # -- result ---------------------------------------------------------------
     def result(self) -> WriteResult:

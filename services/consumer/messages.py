@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from salespulse.contract_fast_path import Values, parse_values
 from salespulse.contracts import ContractError, EcommerceEvent, RestaurantOrder, TimestampWindow
@@ -20,10 +20,10 @@ MAX_REASON_CHARS = 2000  # a reason is for people (and a DLQ header), not a dump
 DEFAULT_GROUP = "salespulse-ingest"
 
 
-@dataclass(frozen=True)
-class RawMessage:
+class RawMessage(NamedTuple):
     """A Kafka message as the writer needs it (no Kafka client required).
-    ``incarnation``: the topic id it was read from ('' if unknown)."""
+    ``incarnation``: the topic id it was read from ('' if unknown). A named
+    tuple: built once per message, so it must be cheap."""
 
     topic: str
     partition: int
@@ -35,7 +35,11 @@ class RawMessage:
 
     @classmethod
     def from_kafka(cls, msg: Any, incarnation: str = "") -> "RawMessage":
-        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers(), incarnation)
+        return _new_tuple(cls, (msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers(),
+                                incarnation))
+
+
+_new_tuple = tuple.__new__
 
 
 @dataclass

@@ -40,11 +40,11 @@ def _plain(value: str | None) -> str:
     return _NULL if value is None else value
 
 
-def _text_writer(*texts: str | None):
-    """``_t``, or the cheaper ``_plain`` when none of ``texts`` holds a
-    character COPY escapes (the usual case: one regex search per row instead
-    of a translation per field)."""
-    return _t if _NEEDS_ESCAPE.search("".join(t for t in texts if t is not None)) else _plain
+def _text_writer(texts: str):
+    """``_t``, or the cheaper ``_plain`` when ``texts`` (a row's text fields,
+    concatenated) holds no character COPY escapes: the usual case, decided by
+    one regex search per row instead of a translation per field."""
+    return _t if _NEEDS_ESCAPE.search(texts) else _plain
 
 
 def _n(value: Any) -> str:
@@ -61,11 +61,12 @@ def _event_line(e) -> str:
     """The COPY line of an event (contract model or its values): its text
     form is also what the content hash is taken over, so it never changes."""
     p = e.product
+    texts = e.user_id + e.session_id + (e.payment_method or "") + (e.search_query or "")
     if p is None:
-        t = _text_writer(e.user_id, e.session_id, e.payment_method, e.search_query)
+        t = _text_writer(texts)
         product = (_NULL, _NULL, _NULL, _NULL)
     else:
-        t = _text_writer(e.user_id, e.session_id, p.id, p.name, p.category, e.payment_method, e.search_query)
+        t = _text_writer(texts + p.id + p.name + p.category)
         product = (t(p.id), t(p.name), t(p.category), _m(p.price))
     return "\t".join((
         str(e.event_id), e.event_type, e.timestamp.isoformat(), t(e.user_id), t(e.session_id), *product,
@@ -76,8 +77,8 @@ def _event_line(e) -> str:
 def _order_lines(o) -> tuple[str, list[str]]:
     oid = str(o.order_id)
     items = o.items
-    t = _text_writer(o.restaurant_id, o.payment_method, *(text for it in items for text in (it.item_id, it.name,
-                                                                                           it.category)))
+    t = _text_writer("".join([o.restaurant_id, o.payment_method,
+                              *[text for it in items for text in (it.item_id, it.name, it.category)]]))
     item_lines = [
         "\t".join((oid, str(i), t(it.item_id), t(it.name), t(it.category), str(it.quantity),
                    _m(it.unit_price), _m(it.line_total)))

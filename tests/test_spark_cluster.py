@@ -93,7 +93,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def test_foreground_server_stops_cleanly_on_sigterm(tmp_path):
-    """``python -m salespulse.stack.spark`` (what honcho runs): ready line, serves
+    """``python -m salespulse.stack.spark`` (what the local stack supervises): ready line, serves
     queries, SIGTERM -> exit 0 and no JVM left behind."""
     port = free_port()
     log = tmp_path / "fg.log"

@@ -16,7 +16,8 @@ from psycopg2.extras import execute_values
 
 from .messages import CONFLICT, ParsedMessage, reason
 from .results import DatabaseUnavailable, WriteResult
-from .rows import Row, Unstorable, build_row, copy_lines, dead_letter_key, dead_letter_row
+from .dead_letter_rows import dead_letter_key, dead_letter_row
+from .rows import Row, Unstorable, build_row, copy_lines
 from .sql import (
     CONFLICTS,
     DEAD_LETTER_CHUNK_BYTES,
@@ -150,52 +151,59 @@ class Attempt:
 
     # -- 2. valid rows --------------------------------------------------------
     def store_valid(self) -> None:
-        pending: list[Row] = []
+        pending: list[tuple[int, Row]] = []  # (todo position, row)
         outcome = self.outcome
         for i, m in enumerate(self.todo):
             if m.error is not None:
                 outcome[i] = reason(m.error or "invalid")
                 continue
-            try:
-                pending.append(build_row(i, m.model))
-            except Exception as exc:
-                outcome[i] = reason(f"cannot be stored: {describe(exc)}")
+            row, failure = m.row, m.row_failure
+            if row is None and failure is None:  # not made by parse(): build it here
+                try:
+                    row = build_row(i, m.model)
+                except Exception as exc:
+                    failure = exc
+            if failure is not None:
+                outcome[i] = reason(f"cannot be stored: {describe(failure)}")
+                continue
+            pending.append((i, row))
         while pending:  # more than one round only if a first copy was dead-lettered
             pending = self._store_round(pending)
 
-    def _store_round(self, pending: list[Row]) -> list[Row]:
+    def _store_round(self, pending: list[tuple[int, Row]]) -> list[tuple[int, Row]]:
         """Store the first copy of each id; settle the later copies against it.
         Returns the later copies still open: different from a first copy that
         was not stored (they get a round of their own)."""
-        firsts: dict[tuple, Row] = {}
-        followers: list[tuple[Row, Row]] = []
-        for row in pending:
-            first = firsts.setdefault((row.kind, row.ident), row)
-            if first is not row:
-                followers.append((row, first))
-        rows = list(firsts.values())
+        firsts: dict[tuple, tuple[int, Row]] = {}
+        followers: list[tuple[tuple[int, Row], tuple[int, Row]]] = []
+        for entry in pending:
+            row = entry[1]
+            first = firsts.setdefault((row.kind, row.ident), entry)
+            if first is not entry:
+                followers.append((entry, first))
+        entries = list(firsts.values())
         outcome = self.outcome
-        missed = self._insert_isolating(rows) if self.isolate else self._insert(rows)
+        missed = self._insert_isolating(entries) if self.isolate else self._insert([row for _, row in entries])
         if missed:
-            conflicts = self._conflicts([r for r in rows if (r.kind, r.ident) in missed and outcome[r.index] is None])
-            for r in rows:
-                if outcome[r.index] is None:
-                    key = (r.kind, r.ident)
-                    outcome[r.index] = (STORED if key not in missed else CONFLICT if key in conflicts
-                                        else DUPLICATE)
+            conflicts = self._conflicts([row for i, row in entries
+                                         if (row.kind, row.ident) in missed and outcome[i] is None])
+            for i, row in entries:
+                if outcome[i] is None:
+                    key = (row.kind, row.ident)
+                    outcome[i] = STORED if key not in missed else CONFLICT if key in conflicts else DUPLICATE
         else:
-            for r in rows:
-                if outcome[r.index] is None:
-                    outcome[r.index] = STORED
+            for i, _row in entries:
+                if outcome[i] is None:
+                    outcome[i] = STORED
         still_open = []
-        for row, first in followers:
-            fate, same = outcome[first.index], first.digest == row.digest
+        for (i, row), (first_i, first) in followers:
+            fate, same = outcome[first_i], first.digest == row.digest
             if fate in (STORED, DUPLICATE):
-                outcome[row.index] = DUPLICATE if same else CONFLICT
+                outcome[i] = DUPLICATE if same else CONFLICT
             elif same:
-                outcome[row.index] = fate  # the same content fails the same way
+                outcome[i] = fate  # the same content fails the same way
             else:
-                still_open.append(row)
+                still_open.append((i, row))
         return still_open
 
     def _insert(self, rows: list[Row]) -> set[tuple]:
@@ -226,27 +234,27 @@ class Attempt:
         for table, n in rows.items():
             self.rows_inserted[table] += n
 
-    def _insert_isolating(self, rows: list[Row]) -> set[tuple]:
+    def _insert_isolating(self, entries: list[tuple[int, Row]]) -> set[tuple]:
         """Insert under a savepoint; on failure split in halves until the culprits
         are single messages, which become dead letters. The keys not inserted
         (of the rows not dead-lettered)."""
-        if not rows:
+        if not entries:
             return set()
         saved = dict(self.rows_inserted)
         self.cur.execute("SAVEPOINT isolate")
         try:
-            missed = self._insert(rows)
+            missed = self._insert([row for _, row in entries])
         except Exception as exc:
             if unavailable(exc):
                 raise
             self.cur.execute("ROLLBACK TO SAVEPOINT isolate")
             self.rows_inserted = saved
-            if len(rows) == 1:
+            if len(entries) == 1:
                 by = "rejected by the database" if isinstance(exc, psycopg2.Error) else "cannot be stored"
-                self.outcome[rows[0].index] = reason(f"{by}: {describe(exc)}")
+                self.outcome[entries[0][0]] = reason(f"{by}: {describe(exc)}")
                 return set()
-            mid = len(rows) // 2
-            return self._insert_isolating(rows[:mid]) | self._insert_isolating(rows[mid:])
+            mid = len(entries) // 2
+            return self._insert_isolating(entries[:mid]) | self._insert_isolating(entries[mid:])
         self.cur.execute("RELEASE SAVEPOINT isolate")
         return missed
 

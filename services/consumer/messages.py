@@ -8,12 +8,14 @@ the bytes, so a message is always either a model or a readable reason.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
 from salespulse.contract_fast_path import Values, parse_values
 from salespulse.contracts import ContractError, EcommerceEvent, RestaurantOrder, TimestampWindow
 from salespulse.settings import get_settings
+
+from .rows import Row, build_row
 
 CONFLICT = "conflicting re-send of an id already stored with other content"
 MAX_REASON_CHARS = 2000  # a reason is for people (and a DLQ header), not a dump
@@ -51,6 +53,10 @@ class ParsedMessage:
     raw: RawMessage
     model: EcommerceEvent | RestaurantOrder | Values | None = None
     error: str | None = None
+    # the storable form of a valid message, built by parse() on the consuming
+    # thread; or why it has none (the writer dead-letters it: "cannot be stored")
+    row: Row | None = field(default=None, repr=False)
+    row_failure: Exception | None = field(default=None, repr=False)
 
     @property
     def valid(self) -> bool:
@@ -91,13 +97,17 @@ def default_window() -> TimestampWindow:
 
 def parse(raw: RawMessage, window: TimestampWindow | None = None) -> ParsedMessage:
     """Validate one message against its topic's contract and the timestamp window
-    (default: the settings'); never raises."""
+    (default: the settings') and build its row; never raises."""
     try:
-        return ParsedMessage(raw, parse_values(raw.topic, raw.value, window or default_window()))
+        values = parse_values(raw.topic, raw.value, window or default_window())
     except ContractError as exc:
         return ParsedMessage(raw, error=reason(exc.reason))
     except Exception as exc:  # a contract bug must not stop the pipeline either
         return ParsedMessage(raw, error=reason(f"unexpected validation error: {type(exc).__name__}: {exc}"))
+    try:
+        return ParsedMessage(raw, values, row=build_row(-1, values))
+    except Exception as exc:  # valid, but no column can hold it (or a bug): the writer decides
+        return ParsedMessage(raw, values, row_failure=exc)
 
 
 def as_bytes(value: bytes | str | None) -> bytes | None:

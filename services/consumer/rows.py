@@ -1,9 +1,11 @@
 """Rows as PostgreSQL takes them: COPY text lines for events, orders and
-order items (with the content hash that tells a re-send from a conflict), and
-the parameter tuple of a dead letter.
+order items, with the content hash that tells a re-send from a conflict
+(dead letters: ``dead_letter_rows.py``).
 
-A valid message that no column can hold (an amount beyond NUMERIC(12,2), a
-NUL in text) raises :class:`Unstorable` here, before anything is sent.
+Built by ``messages.parse`` on the consuming thread, so the writer thread only
+talks to the database. A valid message that no column can hold (an amount
+beyond NUMERIC(12,2), a NUL in text) raises :class:`Unstorable` here, before
+anything is sent.
 """
 
 from __future__ import annotations
@@ -13,13 +15,8 @@ import io
 import re
 from typing import Any
 
-import psycopg2
-from psycopg2.extras import Json
-
 from salespulse.contract_fast_path import contract_of
 from salespulse.contracts import EcommerceEvent
-
-from .messages import ParsedMessage, as_bytes, decode_key, headers_json, reason, safe_text
 
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
@@ -98,12 +95,12 @@ def _encode(line: str) -> bytes:
 
 
 class Row:
-    """The storable form of one valid message (its first copy in the batch)."""
+    """The storable form of one valid message."""
 
     __slots__ = ("index", "kind", "ident", "digest", "line", "items")
 
     def __init__(self, index: int, kind: str, ident: str, digest: str, line: bytes, items: list[bytes]):
-        self.index = index  # position in the batch's to-do list
+        self.index = index  # the caller's tag (the writer keeps positions of its own)
         self.kind = kind  # "e" (event) or "o" (order)
         self.ident = ident
         self.digest = digest  # hex content hash of the normalised row
@@ -131,22 +128,3 @@ def build_row(index: int, model) -> Row:
 def copy_lines(cur, table: str, lines: list[bytes]) -> None:
     if lines:
         cur.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(b"\n".join(lines) + b"\n"))
-
-
-def dead_letter_key(m: ParsedMessage, incarnation: str) -> tuple:
-    """The de-duplication key of a dead letter (its unique constraint)."""
-    raw = m.raw
-    return (safe_text(str(raw.topic)), incarnation, raw.partition, raw.offset,
-            hashlib.sha256(as_bytes(raw.value) or b"").hexdigest())
-
-
-def dead_letter_row(m: ParsedMessage, incarnation: str = "", error: str | None = None) -> tuple:
-    topic, incarnation, partition, offset, sha = dead_letter_key(m, incarnation)
-    value, key = as_bytes(m.raw.value), as_bytes(m.raw.key)
-    headers = headers_json(m.raw.headers)
-    return (
-        topic, incarnation, partition, offset, decode_key(key), None if key is None else psycopg2.Binary(key),
-        None if headers is None else Json(headers), None if value is None else psycopg2.Binary(value),
-        sha, reason(error or m.error or "invalid"),
-    )
-

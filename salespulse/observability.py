@@ -59,6 +59,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Dagster's storage runs alembic on every instance load; its plugin set-up
+    # lines say nothing to an operator (they flooded `salespulse status`)
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
 
 
 HealthCheck = Callable[[], tuple[bool, dict]]

@@ -7,9 +7,11 @@ exercised by tests/test_stack_supervision.py.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -95,6 +97,39 @@ def test_stack_exec_prefixes_every_line_with_the_process_name():
     lines = sorted(run.stdout.splitlines())
     assert [l.split("|", 1)[0].strip() for l in lines] == ["demo", "demo"]
     assert sorted(l.split("| ", 1)[1] for l in lines) == ["one", "two"]
+
+
+def test_a_launched_process_is_stopped_when_its_supervisor_is_killed(tmp_path):
+    """kill -9 of supervisord (here: a stand-in parent) leaves no orphan behind."""
+    pid_file = tmp_path / "child.pid"
+    parent_code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-m', 'salespulse.stack.launch', "
+                   "'', '--', 'sh', '-c', 'echo $$ > %s; trap \"echo term > %s.sig; exit 0\" TERM; "
+                   "while :; do sleep 0.1; done']); time.sleep(600)" % (pid_file, pid_file))
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline, "the launched process never started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+        while _alive(child):
+            assert time.monotonic() < deadline + 30, "the launched process outlived its supervisor"
+            time.sleep(0.1)
+        assert (tmp_path / "child.pid.sig").read_text().strip() == "term"  # stopped through its SIGTERM path
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie waiting for its (new) parent to reap it counts as gone
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_the_cli_works_without_supervisor_or_honcho():

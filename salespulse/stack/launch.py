@@ -6,7 +6,11 @@
 2. prefix every line the command writes (stdout and stderr) with NAME: the
    output goes through a ``sed`` that ignores SIGTERM/SIGINT/SIGHUP, so it
    outlives the command's last line and exits when the pipe closes;
-3. exec the command with default signal dispositions, so it keeps this pid
+3. ask the kernel to send SIGTERM when supervisord dies (``PR_SET_PDEATHSIG``,
+   kept across exec): a ``kill -9`` or OOM kill of supervisord then stops the
+   stack's processes (each through its own SIGTERM path) instead of leaving
+   orphans that hold the ports and the data directories;
+4. exec the command with default signal dispositions, so it keeps this pid
    (the one supervisord signals and watches).
 
 Standard library only, so ten of these starting at once cost little.
@@ -15,6 +19,7 @@ Standard library only, so ten of these starting at once cost little.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
@@ -25,6 +30,18 @@ from pathlib import Path
 #: Width of the name prefixed to each output line.
 NAME_WIDTH = 19
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: supervisord's pid, read as early as possible (see stop_with_parent)
+_PARENT_AT_START = os.getppid()
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when its parent dies; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if parent_pid == 1 or os.getppid() != parent_pid:  # the parent died before the request took effect
+        raise SystemExit(f"parent {parent_pid} is gone; not starting")
 
 
 def wait_for_marker(marker: Path, run_id: str) -> None:
@@ -54,6 +71,7 @@ def prefix_output(name: str) -> None:
 def launch(name: str | None, command: list[str], marker: Path | None = None) -> None:
     if not command:
         raise SystemExit("no command given")
+    stop_with_parent(_PARENT_AT_START)
     if marker is not None:
         wait_for_marker(marker, os.environ.get("SALESPULSE_STACK_RUN", "manual"))
     if name:

@@ -125,11 +125,15 @@ def _cmd_daemon(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from dagster import DagsterInstance
+    from salespulse.dagster_runs import open_instance, queue_health, repair
+    from salespulse.settings import get_settings
 
-    from salespulse.dagster_runs import queue_health, repair
-
-    with DagsterInstance.get() as instance:
+    try:
+        instance = open_instance(get_settings())
+    except FileNotFoundError as exc:
+        print(f"error: {exc} (set DAGSTER_HOME, or start the local stack once)", file=sys.stderr)
+        return 2
+    with instance:
         if args.repair:
             for r in repair(instance, at_start=False):
                 print(f"repaired {r.run_id} ({r.job_name}, partition {r.partition}): {r.was} -> {r.now}")

@@ -91,6 +91,14 @@ def current_runs(key: tuple) -> set[str] | None:
     return set(result.current_runs)
 
 
+def open_instance(settings) -> DagsterInstance:
+    """The Dagster instance of ``settings.dagster_home_path`` (DAGSTER_HOME, or the local stack's default)."""
+    home = settings.dagster_home_path
+    if not (home / "dagster.yaml").exists():
+        raise FileNotFoundError(f"no dagster.yaml in {home}")
+    return DagsterInstance.from_config(str(home))
+
+
 def orphans(instance: DagsterInstance, statuses=IN_FLIGHT) -> list[tuple[DagsterRun, str]]:
     """In-flight runs whose worker is gone, each with why it is judged so.
 
@@ -293,12 +301,12 @@ def status_lines(settings) -> list[tuple[str, bool, str]]:
             conn.close()
     except psycopg2.Error as exc:
         lines.append(("reports", False, str(exc).strip().splitlines()[0]))
-    if not (settings.dagster_home_path / "dagster.yaml").exists():
-        return lines + [("dagster runs", False, f"no dagster.yaml in {settings.dagster_home_path}")]
     try:
-        with DagsterInstance.from_config(str(settings.dagster_home_path)) as instance:
+        with open_instance(settings) as instance:
             health = queue_health(instance)
         lines.append(("dagster runs", not health.blocked, health.summary()))
+    except FileNotFoundError as exc:
+        lines.append(("dagster runs", False, str(exc)))
     except Exception as exc:  # the instance's database is down
         lines.append(("dagster runs", False, str(exc).strip().splitlines()[0][:200]))
     return lines

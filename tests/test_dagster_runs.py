@@ -315,3 +315,15 @@ def test_reports_current_fails_on_stale_reports_and_passes_when_current(database
         query(database_url, f"INSERT INTO report_ecommerce_overview_minute ({', '.join(values)}) "
                             f"VALUES ({', '.join(['%s'] * len(values))})", list(values.values()))
         assert evaluate(instance, postgres)["ecommerce"][0]
+
+
+def test_the_runs_command_opens_the_configured_instance(tmp_path):
+    """`salespulse dagster-runs` finds the instance the way `status` does (DAGSTER_HOME via settings)."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    cli = [sys.executable, "-m", "salespulse.cli", "dagster-runs"]
+    missing = subprocess.run(cli, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert missing.returncode == 2 and f"no dagster.yaml in {tmp_path}" in missing.stderr
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # default storage: sqlite under it
+    empty = subprocess.run(cli, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.strip().splitlines()[-1] == "0 in flight, 0 queued"

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+from importlib.metadata import entry_points
 
 from salespulse.contracts import json_schemas
 from salespulse.db import migrate
@@ -18,10 +19,11 @@ from salespulse.kafka import ensure_topics, recover_group
 from salespulse.observability import configure_logging
 from salespulse.settings import get_settings
 
-#: Modules adding their own subcommands (stack runner, status, operations, Dagster daemon/runs, and the
-#: consumer's replay). Named, not imported: a module that is not installed adds no command.
-COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon",
-                   "services.consumer.replay"]
+#: Modules of this package adding their own subcommands (stack runner, status, operations, Dagster
+#: daemon/runs). Named, not imported: a module that is not installed (the image has no stack) adds none.
+COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon"]
+#: entry-point group of commands defined by the services (pyproject.toml), e.g. the consumer's ``replay``
+COMMAND_ENTRY_POINTS = "salespulse.commands"
 
 
 def _cmd_migrate(args) -> int:
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # optional command module not present
         module.register(sub)
+    for entry_point in entry_points(group=COMMAND_ENTRY_POINTS):
+        entry_point.load()(sub)
     return parser
 
 

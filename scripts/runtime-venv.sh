@@ -32,10 +32,12 @@ if [ ! -f "$VENV/.complete" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check setuptools==80.9.0 >&2
   touch "$VENV/.complete"
 fi
-# The project, editable (as in the image, where it lives at /app): re-pointed
-# when the venv was last used by another checkout.
-if [ "$(cat "$VENV/.project" 2>/dev/null)" != "$REPO" ]; then
+# The project, editable (as in the image, where it lives at /app): re-installed
+# when the venv was last used by another checkout or pyproject.toml changed
+# (its entry points are read from the installed metadata).
+project="$REPO $(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$VENV/.project" 2>/dev/null)" != "$project" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$REPO" >&2
-  echo "$REPO" > "$VENV/.project"
+  echo "$project" > "$VENV/.project"
 fi
 echo "$VENV"

@@ -25,9 +25,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
 fi
-# Re-install only when the lock file changed since the last successful install.
+# Re-install only when the lock file or the project's metadata (pyproject.toml:
+# its entry points) changed since the last successful install.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages from requirements.txt"
   .venv/bin/pip install -q --upgrade pip

@@ -73,3 +73,33 @@ def test_recover_group_keeps_committed_offsets(broker):
 
     assert as_pairs(saved) == [("ecommerce.events", 0, 5), ("restaurant.orders", 1, 7)]
     assert as_pairs(committed_offsets(broker.bootstrap, group)) == as_pairs(saved)
+
+
+def test_the_base_package_reaches_no_service_and_replay_is_still_a_command():
+    """salespulse/ (but for the local stack, which starts the services as processes) names no
+    services/, orchestration/ or dashboard/ module; the consumer's replay registers itself
+    through the ``salespulse.commands`` entry point."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    upper = ("services", "orchestration", "dashboard")
+    found = []
+    for path in (root / "salespulse").rglob("*.py"):
+        if "stack" in path.relative_to(root / "salespulse").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and " " not in node.value:
+                names = [node.value]  # a module loaded by name
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in upper and "." in n]
+    assert found == []
+    help_text = subprocess.run([sys.executable, "-m", "salespulse.cli", "--help"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout
+    assert "replay" in help_text

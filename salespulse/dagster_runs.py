@@ -236,6 +236,8 @@ def queue_health(instance: DagsterInstance, now: float | None = None) -> QueueHe
 
 
 #: domain -> (raw table, overview report table)
+#: per domain: raw table, overview report table (the report code names them too; the base package may
+#: not import it, so tests/test_foundation.py checks the two agree)
 REPORT_TABLES = {
     "ecommerce": ("events", "report_ecommerce_overview_minute"),
     "restaurant": ("orders", "report_restaurant_overview_minute"),

@@ -235,7 +235,6 @@ def queue_health(instance: DagsterInstance, now: float | None = None) -> QueueHe
                                                        .timestamp(), 0.0))
 
 
-#: domain -> (raw table, overview report table)
 #: per domain: raw table, overview report table (the report code names them too; the base package may
 #: not import it, so tests/test_foundation.py checks the two agree)
 REPORT_TABLES = {

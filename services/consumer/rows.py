@@ -125,6 +125,13 @@ def build_row(index: int, model) -> Row:
     return Row(index, kind, line[:36], digest, main + b"\t\\\\x" + digest.encode("ascii"), items)
 
 
+COPY_CHUNK_BYTES = 64 << 20
+
+
 def copy_lines(cur, table: str, lines: list[bytes]) -> None:
+    """COPY ``lines`` into ``table``, in as few chunks as possible: psycopg2
+    lets go of the GIL for every chunk it sends, and getting it back from a
+    busy consuming thread can take a whole switch interval (5 ms)."""
     if lines:
-        cur.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(b"\n".join(lines) + b"\n"))
+        data = b"\n".join(lines) + b"\n"
+        cur.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(data), size=min(len(data), COPY_CHUNK_BYTES))

@@ -17,6 +17,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from dashboard import queries
 from dashboard.db import DatabaseUnavailable
+from dashboard.processes import local_processes
 from dashboard.params import (
     EcommerceTimelineParams, ItemParams, LimitParams, NoParams, Params, PeakHoursParams, PipelineParams,
     RangeAllParams, TimelineParams, TimeRange, parse,
@@ -69,7 +70,9 @@ ENDPOINTS: list[Endpoint] = [
              "Pipeline health: consumer lag and throughput per topic, dead letters with reasons, "
              "last report time, recent Dagster runs, Dagster UI link, and `freshness`: per domain the newest "
              "report window against its target and whether runs are queued behind runs making no progress, "
-             "as last recorded by the reports_current sensor, with the age of that record.", "pipeline"),
+             "as last recorded by the reports_current sensor, with the age of that record; `processes`: the "
+             "local stack's processes as its supervisor sees them (restarting ones with why), null elsewhere.",
+             "pipeline"),
 ]
 
 
@@ -126,8 +129,12 @@ def _make_view(ep: Endpoint):
         params = parse(ep.params, request.args)
         ext = current_app.extensions["salespulse"]
         db = ext["db"]
-        if ep.fn is None:  # pipeline status
-            compute = partial(queries.pipeline_status, db, params, ext["settings"].dagster_ui_url)
+        if ep.fn is None:  # pipeline status, with the local stack's processes when one runs here
+            settings = ext["settings"]
+
+            def compute():
+                return {**queries.pipeline_status(db, params, settings.dagster_ui_url),
+                        "processes": local_processes(settings.salespulse_state_dir)}
         else:
             compute = partial(ep.fn, db, params)
         # the serialized body is what is cached: encoding a large answer costs more than reusing it

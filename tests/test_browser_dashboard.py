@@ -5,6 +5,9 @@ artifacts/screenshots/ as test artifacts."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -49,7 +52,9 @@ class Server:
 
 def settings_for(url: str, **kw) -> Settings:
     base = {"database_url": url, "dashboard_cache_ttl": 0, "dashboard_rate_limit": "100000/minute",
-            "dashboard_token": None, "cors_origins": "", "dagster_ui_url": "http://127.0.0.1:3999"}
+            "dashboard_token": None, "cors_origins": "", "dagster_ui_url": "http://127.0.0.1:3999",
+            # never the local stack of this machine (its processes would show on the pipeline page)
+            "salespulse_state_dir": Path(tempfile.gettempdir()) / "salespulse-browser-no-stack"}
     base.update(kw)
     return Settings(**base)
 
@@ -311,3 +316,42 @@ def test_pipeline_notice_for_stale_reports_a_blocked_queue_and_an_old_check(brow
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_pipeline_notice_names_a_local_stack_process_that_is_restarting(browser, database_url, tmp_path):
+    """Under a real supervisord (as `make run` has): a program that keeps exiting is in back-off,
+    and the pipeline page says so; one that runs is not mentioned."""
+    from salespulse.stack.runner import Service
+    from salespulse.stack.supervise import process_states, render_config, supervisor_dir
+
+    supervisor_dir(tmp_path).mkdir(parents=True)
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render_config([Service("steady", ["sleep", "600"], 10),
+                                   Service("crasher", ["sh", "-c", "exit 3"], 20)], tmp_path, tmp_path))
+    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seed_all(database_url)
+    server = Server(settings_for(database_url, salespulse_state_dir=tmp_path))
+    try:
+        deadline = time.monotonic() + 60
+        while {(p.name, p.state) for p in process_states(tmp_path) or []} != {("crasher", "BACKOFF"),
+                                                                              ("steady", "RUNNING")}:
+            assert time.monotonic() < deadline, "supervisord never ran steady and put crasher in back-off"
+            time.sleep(0.2)
+        ctx, page, errors = open_page(browser, server.url + "/pipeline")
+        try:
+            wait_js(page, "document.getElementById('freshness-notice').textContent.includes('crasher')")
+            assert page.get_attribute("#freshness-notice", "data-state") in ("processes", "stale")
+            lines = page.eval_on_selector_all("#freshness-notice p", "ps => ps.map(p => p.textContent)")
+            crasher = [l for l in lines if "crasher" in l]
+            assert len(crasher) == 1 and crasher[0].startswith("Process crasher is not running (")
+            assert "restarting" in crasher[0] or "gave up" in crasher[0], crasher
+            assert not any("steady" in l for l in lines), lines
+            shot(page, "pipeline-process-restarting")
+            assert not errors, errors
+        finally:
+            ctx.close()
+    finally:
+        server.stop()
+        supervisord.terminate()
+        supervisord.wait(30)

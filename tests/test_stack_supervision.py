@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -104,6 +105,13 @@ def test_every_part_is_healthy_and_the_summary_printed(stack):
     assert "what runs where" in stack.tail(10**7)
 
 
+def _pipeline_status(stack) -> dict:
+    """The local stack's dashboard (no token on 127.0.0.1) answering /api/pipeline/status."""
+    url = f"http://127.0.0.1:{stack.ports['DASHBOARD_PORT']}/api/pipeline/status"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
 @pytest.mark.slow
 def test_a_killed_consumer_is_restarted_and_status_shows_it(stack):
     rpc = stack.rpc()
@@ -131,8 +139,13 @@ def test_a_killed_consumer_is_restarted_and_status_shows_it(stack):
     rpc.supervisor.stopProcess("producers:producer-restaurant")
     try:
         status = stack.status()
+        pipeline = _pipeline_status(stack)
     finally:
         rpc.supervisor.startProcess("producers:producer-restaurant")
+    # ... and so does the dashboard's pipeline page (its API; the page turns each into a notice line)
+    processes = {p["name"]: p for p in pipeline["processes"]}
+    assert processes["producer-restaurant"]["running"] is False and processes["producer-restaurant"]["state"] == "STOPPED"
+    assert processes["consumer"]["running"] is True
     assert status.returncode == 1, status.stdout + status.stderr
     line = next(l for l in status.stdout.splitlines() if "process producer-restaurant" in l)
     assert line.startswith("DOWN") and "stopped" in line

@@ -1,4 +1,4 @@
-/* Pipeline page: stale-report / blocked-queue notice, throughput, lag, dead letters with reasons,
+/* Pipeline page: stale-report / blocked-queue / process-restarting notice, throughput, lag, dead letters with reasons,
    last report, Dagster runs. */
 document.addEventListener("DOMContentLoaded", function () {
   "use strict";
@@ -41,15 +41,23 @@ document.addEventListener("DOMContentLoaded", function () {
     }
     return lines;
   }
-  function renderFreshness(fr) {
+  // The local stack's processes (d.processes, null outside `make run`): one line per process not running.
+  function processLines(processes) {
+    return (processes || []).filter(function (p) { return !p.running; }).map(function (p) {
+      return "Process " + p.name + " is not running (" + p.state + (p.detail ? ": " + p.detail : "") + ").";
+    });
+  }
+  function renderNotice(d) {
     var box = document.getElementById("freshness-notice");
-    var lines = freshnessLines(fr || {});
+    var fr = d.freshness || {};
+    var down = processLines(d.processes);
+    var lines = down.concat(freshnessLines(fr));
     box.replaceChildren.apply(box, lines.map(function (t) { var p = document.createElement("p"); p.textContent = t; return p; }));
     box.hidden = lines.length === 0;
-    box.dataset.state = fr && fr.stale ? "stale" : lines.length ? "unchecked" : "ok";
+    box.dataset.state = fr.stale ? "stale" : down.length ? "processes" : lines.length ? "unchecked" : "ok";
   }
   function render(d) {
-    renderFreshness(d.freshness);
+    renderNotice(d);
     SP.setCard("throughput", f.num(d.throughput_messages_per_s, 1));
     SP.setCard("ingest", f.num(d.ingest_last_minute.messages_per_s, 1));
     SP.setCard("lag", f.int(d.lag_total));

@@ -1,6 +1,6 @@
 # SalesPulse: `make run` starts the local stack, `make test` runs the tests.
 # Both set up what is missing first (apt packages, .venv, pip), idempotently.
-.PHONY: setup run test status bench chaos clean-state
+.PHONY: setup run test status bench chaos cycles clean-state
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,11 @@ bench: setup
 # SIGKILLs, 2 PostgreSQL restarts; CHAOS_ARGS="--seed 2 ..." to vary (see docs/chaos.md)
 chaos: setup
 	.venv/bin/python bench/chaos.py $(CHAOS_ARGS)
+
+# 20 stop/start cycles of the whole local stack (every 5th a SIGKILL): reports
+# current again after each start (issue 9); CYCLES_ARGS="--cycles 5" for fewer
+cycles: setup
+	.venv/bin/python bench/stack_cycles.py $(CYCLES_ARGS)
 
 clean-state:
 	.venv/bin/salespulse stack reset

@@ -29,6 +29,7 @@ the two paths cannot drift apart silently.
 from __future__ import annotations
 
 import types
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Union, get_args, get_origin
 from uuid import UUID
@@ -49,16 +50,12 @@ Step = Callable[[Any], Any]  # completes one validated value (may raise: then th
 
 class Values:
     """Read-only attribute view of one message's validated values (a model's
-    fields, UUIDs as canonical text). ``contract`` is the model class."""
+    fields, UUIDs as canonical text); ``contract`` is the model class. Each
+    model's view is a named tuple of its fields: one object per message,
+    cheap to build and to keep (the consumer holds two batches of them)."""
 
-    __slots__ = ("__dict__",)
+    __slots__ = ()
     contract: type[_Contract]
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is read-only")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.__dict__!r})"
 
 
 def contract_of(values: Any) -> type[_Contract]:
@@ -66,11 +63,15 @@ def contract_of(values: Any) -> type[_Contract]:
     return values.contract if isinstance(values, Values) else type(values)
 
 
+_new_tuple = tuple.__new__
+
+
 @dataclass(frozen=True)
 class _Shape:
     """How one contract model is checked on the fast path."""
 
     typed_dict: type  # what pydantic-core validates
+    names: tuple[str, ...]  # the model's fields, in order
     steps: tuple[tuple[str, Step], ...]  # field -> Python step for a present, non-None value
     view: type[Values]
     rules: tuple[Callable, ...]  # the model's after-validators, run on the view
@@ -80,8 +81,7 @@ class _Shape:
             value = data.get(name)
             if value is not None:
                 data[name] = step(value)
-        view = object.__new__(self.view)
-        object.__setattr__(view, "__dict__", data)
+        view = _new_tuple(self.view, map(data.get, self.names))  # a field left out is None, as in the model
         for rule in self.rules:
             if rule(view) is not view:
                 raise ValueError("a model validator replaced the model")
@@ -106,7 +106,7 @@ def _shape(model: type[_Contract]) -> _Shape:
         if dec.info.mode != "after":
             raise TypeError(f"{model.__name__}: only mode='after' model validators are supported here")
         rules.append(dec.func)
-    fields, steps, defaults = {}, [], {}
+    fields, steps = {}, []
     for name, info in model.model_fields.items():
         if info.alias or info.validation_alias or info.default_factory is not None:
             raise TypeError(f"{model.__name__}.{name}: aliases and default factories are not supported here")
@@ -116,7 +116,6 @@ def _shape(model: type[_Contract]) -> _Shape:
             fields[name] = fast
         elif info.default is None:
             fields[name] = NotRequired[fast]
-            defaults[name] = None
         else:
             raise TypeError(f"{model.__name__}.{name}: only None defaults are supported here")
         if step is not None:
@@ -124,8 +123,10 @@ def _shape(model: type[_Contract]) -> _Shape:
     typed_dict = TypedDict(f"{model.__name__}Fields", fields)
     typed_dict.__pydantic_config__ = ConfigDict(strict=config.get("strict", False), extra=config.get("extra", "ignore"))
     properties = {k: v for k, v in vars(model).items() if isinstance(v, property)}
-    view = type(f"{model.__name__}Values", (Values,), {"__slots__": (), "contract": model, **defaults, **properties})
-    shape = _Shape(typed_dict, tuple(steps), view, tuple(rules))
+    names = tuple(model.model_fields)
+    view = type(f"{model.__name__}Values", (namedtuple(f"{model.__name__}Fields", names), Values),
+                {"__slots__": (), "contract": model, **properties})
+    shape = _Shape(typed_dict, names, tuple(steps), view, tuple(rules))
     _shapes[model] = shape
     return shape
 

@@ -44,7 +44,7 @@ class RawMessage(NamedTuple):
 _new_tuple = tuple.__new__
 
 
-@dataclass
+@dataclass(slots=True)
 class ParsedMessage:
     """A raw message plus its validated values, or the reason it is invalid.
     ``model`` is the contract model, or the same values as a read-only view

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from salespulse.contract_fast_path import contract_of
 from salespulse.contracts import EcommerceEvent
@@ -94,18 +94,19 @@ def _encode(line: str) -> bytes:
     return line.encode("utf-8")  # a lone surrogate raises here, not inside COPY
 
 
-class Row:
-    """The storable form of one valid message."""
+class Row(NamedTuple):
+    """The storable form of one valid message (a named tuple: one object per
+    message, which the consumer keeps until its batch is committed)."""
 
-    __slots__ = ("index", "kind", "ident", "digest", "line", "items")
+    index: int  # the caller's tag (the writer keeps positions of its own)
+    kind: str  # "e" (event) or "o" (order)
+    ident: str
+    digest: str  # hex content hash of the normalised row
+    line: bytes  # COPY line incl. the hash (events / orders)
+    items: tuple[bytes, ...]  # COPY lines of the order items
 
-    def __init__(self, index: int, kind: str, ident: str, digest: str, line: bytes, items: list[bytes]):
-        self.index = index  # the caller's tag (the writer keeps positions of its own)
-        self.kind = kind  # "e" (event) or "o" (order)
-        self.ident = ident
-        self.digest = digest  # hex content hash of the normalised row
-        self.line = line  # COPY line incl. the hash (events / orders)
-        self.items = items
+
+_new_tuple = tuple.__new__
 
 
 def build_row(index: int, model) -> Row:
@@ -113,16 +114,16 @@ def build_row(index: int, model) -> Row:
     (``salespulse.contract_fast_path``); raises for a message no column can hold."""
     if contract_of(model) is EcommerceEvent:
         line = _event_line(model)
-        kind, main, items = "e", _encode(line), []
+        kind, main, items = "e", _encode(line), ()
         content = main
     else:
         line, item_lines = _order_lines(model)
         kind, main = "o", _encode(line)
-        items = [_encode(item) for item in item_lines]
+        items = tuple([_encode(item) for item in item_lines])
         content = b"\n".join([main, *items])
     digest = hashlib.sha256(content).hexdigest()[:32]
     # both lines start with the 36-character id
-    return Row(index, kind, line[:36], digest, main + b"\t\\\\x" + digest.encode("ascii"), items)
+    return _new_tuple(Row, (index, kind, line[:36], digest, main + b"\t\\\\x" + digest.encode("ascii"), items))
 
 
 COPY_CHUNK_BYTES = 64 << 20

@@ -105,6 +105,7 @@ class Attempt:
         self.temp_used = False  # the temp tables hold rows of an earlier insert
         self._dead_positions: list[int] | None = None
         self._todo_offsets: dict[tuple, list[int]] | None = None  # part -> offsets (todo is the batch)
+        self.rows: list[Row | None] = []  # per todo position (step 2)
 
     # -- 1. ledger coverage ---------------------------------------------------
     def skip_covered(self) -> None:
@@ -151,68 +152,71 @@ class Attempt:
 
     # -- 2. valid rows --------------------------------------------------------
     def store_valid(self) -> None:
-        pending: list[tuple[int, Row]] = []  # (todo position, row)
         outcome = self.outcome
+        rows = self.rows = [m.row for m in self.todo]  # built by parse() (None for the others)
+        pending: list[int] = []  # todo positions of the rows to store
         for i, m in enumerate(self.todo):
             if m.error is not None:
                 outcome[i] = reason(m.error or "invalid")
                 continue
-            row, failure = m.row, m.row_failure
-            if row is None and failure is None:  # not made by parse(): build it here
-                try:
-                    row = build_row(i, m.model)
-                except Exception as exc:
-                    failure = exc
-            if failure is not None:
-                outcome[i] = reason(f"cannot be stored: {describe(failure)}")
-                continue
-            pending.append((i, row))
+            if rows[i] is None:
+                failure = m.row_failure
+                if failure is None:  # not made by parse(): build it here
+                    try:
+                        rows[i] = build_row(i, m.model)
+                    except Exception as exc:
+                        failure = exc
+                if failure is not None:
+                    outcome[i] = reason(f"cannot be stored: {describe(failure)}")
+                    continue
+            pending.append(i)
         while pending:  # more than one round only if a first copy was dead-lettered
             pending = self._store_round(pending)
 
-    def _store_round(self, pending: list[tuple[int, Row]]) -> list[tuple[int, Row]]:
+    def _store_round(self, pending: list[int]) -> list[int]:
         """Store the first copy of each id; settle the later copies against it.
         Returns the later copies still open: different from a first copy that
-        was not stored (they get a round of their own)."""
-        firsts: dict[tuple, tuple[int, Row]] = {}
-        followers: list[tuple[tuple[int, Row], tuple[int, Row]]] = []
-        for entry in pending:
-            row = entry[1]
-            first = firsts.setdefault((row.kind, row.ident), entry)
-            if first is not entry:
-                followers.append((entry, first))
+        was not stored (they get a round of their own). Positions and string
+        keys (kind + id), no tuple per row: less for the garbage collector."""
+        rows, outcome = self.rows, self.outcome
+        firsts: dict[str, int] = {}
+        followers: list[tuple[int, int]] = []
+        for i in pending:
+            row = rows[i]
+            first = firsts.setdefault(row.kind + row.ident, i)
+            if first != i:
+                followers.append((i, first))
         entries = list(firsts.values())
-        outcome = self.outcome
-        missed = self._insert_isolating(entries) if self.isolate else self._insert([row for _, row in entries])
+        missed = self._insert_isolating(entries) if self.isolate else self._insert([rows[i] for i in entries])
         if missed:
-            conflicts = self._conflicts([row for i, row in entries
-                                         if (row.kind, row.ident) in missed and outcome[i] is None])
-            for i, row in entries:
+            conflicts = self._conflicts([rows[i] for i in entries
+                                         if rows[i].kind + rows[i].ident in missed and outcome[i] is None])
+            for i in entries:
                 if outcome[i] is None:
-                    key = (row.kind, row.ident)
+                    key = rows[i].kind + rows[i].ident
                     outcome[i] = STORED if key not in missed else CONFLICT if key in conflicts else DUPLICATE
         else:
-            for i, _row in entries:
+            for i in entries:
                 if outcome[i] is None:
                     outcome[i] = STORED
         still_open = []
-        for (i, row), (first_i, first) in followers:
-            fate, same = outcome[first_i], first.digest == row.digest
+        for i, first in followers:
+            fate, same = outcome[first], rows[first].digest == rows[i].digest
             if fate in (STORED, DUPLICATE):
                 outcome[i] = DUPLICATE if same else CONFLICT
             elif same:
                 outcome[i] = fate  # the same content fails the same way
             else:
-                still_open.append((i, row))
+                still_open.append(i)
         return still_open
 
-    def _insert(self, rows: list[Row]) -> set[tuple]:
-        """COPY ``rows`` into the temp tables and move them; the keys of those
-        not inserted (an id stored already)."""
+    def _insert(self, rows: list[Row]) -> set[str]:
+        """COPY ``rows`` into the temp tables and move them; the keys (kind +
+        id) of those not inserted (an id stored already)."""
         if self.temp_used:
             self.cur.execute(TRUNCATE_TEMP)
         self.temp_used = True
-        missed: set[tuple] = set()
+        missed: set[str] = set()
         events = [r.line for r in rows if r.kind == "e"]
         orders = [r for r in rows if r.kind == "o"]
         if events:
@@ -220,30 +224,30 @@ class Attempt:
             self.cur.execute(INSERT_EVENTS)
             products, transactions, inserted, ids = self.cur.fetchone()
             self._count(products=products, transactions=transactions, events=inserted)
-            missed.update(("e", i) for i in ids)
+            missed.update("e" + i for i in ids)
         if orders:
             copy_lines(self.cur, "tmp_orders", [r.line for r in orders])
             copy_lines(self.cur, "tmp_order_items", [line for r in orders for line in r.items])
             self.cur.execute(INSERT_ORDERS)
             items, inserted, ids = self.cur.fetchone()
             self._count(order_items=items, orders=inserted)
-            missed.update(("o", i) for i in ids)
+            missed.update("o" + i for i in ids)
         return missed
 
     def _count(self, **rows: int) -> None:
         for table, n in rows.items():
             self.rows_inserted[table] += n
 
-    def _insert_isolating(self, entries: list[tuple[int, Row]]) -> set[tuple]:
-        """Insert under a savepoint; on failure split in halves until the culprits
-        are single messages, which become dead letters. The keys not inserted
-        (of the rows not dead-lettered)."""
+    def _insert_isolating(self, entries: list[int]) -> set[str]:
+        """Insert the rows at these positions under a savepoint; on failure split
+        in halves until the culprits are single messages, which become dead
+        letters. The keys not inserted (of the rows not dead-lettered)."""
         if not entries:
             return set()
         saved = dict(self.rows_inserted)
         self.cur.execute("SAVEPOINT isolate")
         try:
-            missed = self._insert([row for _, row in entries])
+            missed = self._insert([self.rows[i] for i in entries])
         except Exception as exc:
             if unavailable(exc):
                 raise
@@ -251,21 +255,21 @@ class Attempt:
             self.rows_inserted = saved
             if len(entries) == 1:
                 by = "rejected by the database" if isinstance(exc, psycopg2.Error) else "cannot be stored"
-                self.outcome[entries[0][0]] = reason(f"{by}: {describe(exc)}")
+                self.outcome[entries[0]] = reason(f"{by}: {describe(exc)}")
                 return set()
             mid = len(entries) // 2
             return self._insert_isolating(entries[:mid]) | self._insert_isolating(entries[mid:])
         self.cur.execute("RELEASE SAVEPOINT isolate")
         return missed
 
-    def _conflicts(self, rows: list[Row]) -> set[tuple]:
+    def _conflicts(self, rows: list[Row]) -> set[str]:
         if not rows:
             return set()
         ev = [r for r in rows if r.kind == "e"]
         od = [r for r in rows if r.kind == "o"]
         self.cur.execute(CONFLICTS, {"eids": [r.ident for r in ev], "ehashes": [r.digest for r in ev],
                                       "oids": [r.ident for r in od], "ohashes": [r.digest for r in od]})
-        return {(kind, ident) for kind, ident in self.cur.fetchall()}
+        return {kind + ident for kind, ident in self.cur.fetchall()}
 
     # -- 3. dead letters, 4. ledger ---------------------------------------------
     def store_dead_letters(self) -> None:

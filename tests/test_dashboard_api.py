@@ -14,6 +14,7 @@ from dashboard.api import ENDPOINTS
 from salespulse.settings import Settings
 
 from tests.conftest import free_port
+from tests.support.db import query as sql
 from tests.support.dashboard_seed import ecommerce_minute, insert_rows, minute, seed_all
 
 
@@ -46,14 +47,6 @@ def client(seeded):
     app.extensions["salespulse"]["db"].close()
 
 
-def sql(url, query, params=None):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def iso(ts: datetime) -> str:

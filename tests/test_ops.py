@@ -26,19 +26,12 @@ from salespulse.lag import partition_lag, position_lag
 from salespulse.ops.lag import consumer_lag
 from salespulse.ops.pg import split_password
 from salespulse.settings import get_settings
+from tests.support.db import query as rows
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- helpers
-def rows(url: str, query: str, params=()) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def execute(url: str, query: str, params=()) -> None:

@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.kafka import producer_config
+from tests.support.db import query
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_TS = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -109,14 +110,6 @@ def produce_orders(bootstrap: str, orders: list[dict]) -> None:
     produce(bootstrap, RESTAURANT_TOPIC.name, [(o["order_id"].encode(), json.dumps(o).encode()) for o in orders])
 
 
-def query(url: str, sql: str, params=None):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def count_events(url: str, event_ids: list[str]) -> int:

@@ -10,6 +10,8 @@ from decimal import Decimal
 
 import psycopg2
 
+from tests.support.db import query
+
 #: a closed past hour well inside the partitions (2024-01-01 onwards)
 BASE_HOUR = datetime(2026, 3, 10, 9, 0, tzinfo=timezone.utc)
 
@@ -23,14 +25,6 @@ ITEMS = [("m-1", "Feijoada", "mains", Decimal("42.90")), ("m-2", "Suco", "drinks
          ("m-3", "Pudim", "desserts", Decimal("12.00"))]
 
 
-def query(url: str, sql: str, params=None) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def materializations(result) -> dict:

@@ -28,7 +28,6 @@ wrapper's group still stops the daemon and its code servers.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import shutil
@@ -38,9 +37,10 @@ import sys
 import threading
 from pathlib import Path
 
+from salespulse.parent_death import die_with_parent
+
 log = logging.getLogger("salespulse.dagster_daemon")
 
-PR_SET_PDEATHSIG = 1
 RUN_GRACE_S = 8.0
 DAEMON_GRACE_S = 8.0
 
@@ -48,10 +48,6 @@ DAEMON_GRACE_S = 8.0
 def stop_seconds(run_grace: float = RUN_GRACE_S, daemon_grace: float = DAEMON_GRACE_S) -> int:
     """What a supervisor must allow between SIGTERM and SIGKILL."""
     return int(run_grace + daemon_grace + 5)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _daemon_command(args: list[str]) -> list[str]:
@@ -80,7 +76,7 @@ def run(daemon_args: list[str], *, sweep_s: float, run_grace: float, daemon_grac
     log.info("start: %d orphaned run(s) repaired", len(repaired))
     if stopping.is_set():
         return 0
-    daemon = subprocess.Popen(_daemon_command(daemon_args), start_new_session=True, preexec_fn=_die_with_parent)
+    daemon = subprocess.Popen(_daemon_command(daemon_args), start_new_session=True, preexec_fn=die_with_parent)
     log.info("dagster-daemon started (pid %d)", daemon.pid)
     while not stopping.wait(sweep_s):
         if daemon.poll() is not None:

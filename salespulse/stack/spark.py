@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pyspark
 
+from salespulse.parent_death import die_with_parent
 from salespulse.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,6 @@ logger.connect.level = info
 logger.jetty.name = org.sparkproject.jetty
 logger.jetty.level = warn
 """
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """Linux: SIGTERM the JVM if the Python process that started it dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
-        pass
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -183,7 +174,7 @@ class SparkConnectServer:
         out = open(self.log_file, "ab")
         self._proc = subprocess.Popen(self.command(), env=self.env(), cwd=self.log_dir,
                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+                                      start_new_session=True, preexec_fn=die_with_parent)
         out.close()
         try:
             self.wait_ready(timeout)
@@ -272,7 +263,7 @@ def run_foreground(port: int | None = None, master: str | None = None, log_dir: 
     t0 = time.monotonic()
     # JVM output goes straight to our stdout/stderr (the supervisor's log)
     proc = subprocess.Popen(server.command(), env=server.env(), cwd=server.log_dir,
-                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     stopping = False
 
     def _stop(signum, frame):

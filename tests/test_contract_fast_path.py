@@ -220,7 +220,8 @@ def test_the_content_hash_of_a_row_never_changes(topic, message, digest):
     value = json.dumps(message).encode()
     assert build_row(0, parse_message(topic, value)).digest == digest
     assert build_row(0, parse_values(topic, value)).digest == digest
-    assert build_row(0, parse_values(topic, value)).line.endswith(b"\t\\\\x" + digest.encode())
+    assert build_row(0, parse_values(topic, value)).line.endswith(b"\t\\\\x" + digest.encode() + b"\t\\N\t\\N")
+    assert build_row(0, parse_values(topic, value), 4, 123).line.endswith(b"\t\\\\x" + digest.encode() + b"\t4\t123")
 
 
 def test_money_and_time_are_normalised_the_same_way_both_ways():

@@ -163,7 +163,7 @@ class Attempt:
                 failure = m.row_failure
                 if failure is None:  # not made by parse(): build it here
                     try:
-                        rows[i] = build_row(i, m.model)
+                        rows[i] = build_row(i, m.model, m.raw.partition, m.raw.offset)
                     except Exception as exc:
                         failure = exc
                 if failure is not None:

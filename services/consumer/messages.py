@@ -105,7 +105,7 @@ def parse(raw: RawMessage, window: TimestampWindow | None = None) -> ParsedMessa
     except Exception as exc:  # a contract bug must not stop the pipeline either
         return ParsedMessage(raw, error=reason(f"unexpected validation error: {type(exc).__name__}: {exc}"))
     try:
-        return ParsedMessage(raw, values, row=build_row(-1, values))
+        return ParsedMessage(raw, values, row=build_row(-1, values, raw.partition, raw.offset))
     except Exception as exc:  # valid, but no column can hold it (or a bug): the writer decides
         return ParsedMessage(raw, values, row_failure=exc)
 

@@ -102,16 +102,20 @@ class Row(NamedTuple):
     kind: str  # "e" (event) or "o" (order)
     ident: str
     digest: str  # hex content hash of the normalised row
-    line: bytes  # COPY line incl. the hash (events / orders)
+    line: bytes  # COPY line incl. the hash and the Kafka origin (events / orders)
     items: tuple[bytes, ...]  # COPY lines of the order items
 
 
 _new_tuple = tuple.__new__
+_NO_ORIGIN = b"\t\\N\t\\N"  # kafka_partition, kafka_offset of a row with no Kafka origin (a test's model)
 
 
-def build_row(index: int, model) -> Row:
+def build_row(index: int, model, partition: int | None = None, offset: int | None = None) -> Row:
     """COPY lines plus content hash of a contract model or its values
-    (``salespulse.contract_fast_path``); raises for a message no column can hold."""
+    (``salespulse.contract_fast_path``); raises for a message no column can hold.
+    ``partition``/``offset``: the message's Kafka origin, stored with the row
+    (not part of the content hash: a re-send from another offset is the same
+    content)."""
     if contract_of(model) is EcommerceEvent:
         line = _event_line(model)
         kind, main, items = "e", _encode(line), ()
@@ -122,8 +126,9 @@ def build_row(index: int, model) -> Row:
         items = tuple([_encode(item) for item in item_lines])
         content = b"\n".join([main, *items])
     digest = hashlib.sha256(content).hexdigest()[:32]
-    # both lines start with the 36-character id
-    return _new_tuple(Row, (index, kind, line[:36], digest, main + b"\t\\\\x" + digest.encode("ascii"), items))
+    origin = _NO_ORIGIN if partition is None else b"\t%d\t%d" % (partition, offset)
+    # both lines start with the 36-character id; then the hash and the origin close the line
+    return _new_tuple(Row, (index, kind, line[:36], digest, main + b"\t\\\\x" + digest.encode("ascii") + origin, items))
 
 
 COPY_CHUNK_BYTES = 64 << 20

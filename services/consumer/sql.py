@@ -4,11 +4,13 @@ TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS tmp_events (
     event_id UUID, event_type TEXT, ts TIMESTAMPTZ, user_id TEXT, session_id TEXT,
     product_id TEXT, product_name TEXT, category TEXT, price NUMERIC,
-    quantity INTEGER, total_amount NUMERIC, payment_method TEXT, search_query TEXT, content_hash BYTEA
+    quantity INTEGER, total_amount NUMERIC, payment_method TEXT, search_query TEXT, content_hash BYTEA,
+    kafka_partition INTEGER, kafka_offset BIGINT
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS tmp_orders (
     order_id UUID, ts TIMESTAMPTZ, restaurant_id TEXT, table_number INTEGER, channel TEXT,
-    total_amount NUMERIC, payment_method TEXT, item_count INTEGER, content_hash BYTEA
+    total_amount NUMERIC, payment_method TEXT, item_count INTEGER, content_hash BYTEA,
+    kafka_partition INTEGER, kafka_offset BIGINT
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS tmp_order_items (
     order_id UUID, line_number INTEGER, item_id TEXT, name TEXT, category TEXT,
@@ -29,6 +31,8 @@ JOIN ingest_ledger l ON l.consumer_group = %(group)s AND l.topic = b.topic AND l
 """
 
 # Events, then products and transactions for the events actually inserted.
+# An event keeps the Kafka origin (partition, offset) of its first copy: a
+# re-send is a no-op (ON CONFLICT DO NOTHING).
 # Returns the counts and the ids NOT inserted (stored already: usually none),
 # so a clean batch sends no list of ids back.
 # Products: the latest catalogue data per product by event time (ordered by
@@ -37,8 +41,9 @@ JOIN ingest_ledger l ON l.consumer_group = %(group)s AND l.topic = b.topic AND l
 INSERT_EVENTS = """
 WITH ins AS (
     INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id, search_query,
-                        content_hash)
-    SELECT event_id, event_type, ts, user_id, session_id, product_id, search_query, content_hash FROM tmp_events
+                        content_hash, kafka_partition, kafka_offset)
+    SELECT event_id, event_type, ts, user_id, session_id, product_id, search_query, content_hash,
+           kafka_partition, kafka_offset FROM tmp_events
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), new AS (
@@ -71,9 +76,9 @@ SELECT (SELECT count(*) FROM prod), (SELECT count(*) FROM tx), (SELECT count(*) 
 INSERT_ORDERS = """
 WITH ins AS (
     INSERT INTO orders (order_id, "timestamp", restaurant_id, table_number, channel, total_amount, payment_method,
-                        item_count, content_hash)
+                        item_count, content_hash, kafka_partition, kafka_offset)
     SELECT order_id, ts, restaurant_id, table_number, channel, total_amount, payment_method, item_count,
-           content_hash
+           content_hash, kafka_partition, kafka_offset
     FROM tmp_orders
     ON CONFLICT (order_id) DO NOTHING
     RETURNING order_id

@@ -46,6 +46,9 @@ def test_report_assets_for_one_partition(database_url, spark_remote):
     for evaluation in result.get_asset_check_evaluations():
         assert evaluation.passed, (evaluation.check_name, evaluation.description)
     assert len(result.get_asset_check_evaluations()) == 4
+    # the run is recorded with the windows it computed (the drill-down's "computed by")
+    assert sorted(query(database_url, "SELECT domain, window_start, window_end, run_id FROM report_refreshes")) == \
+        [("ecommerce", START, END, result.run_id), ("restaurant", START, END, result.run_id)]
 
     expected = expected_ecommerce_minutes(database_url, START, END)
     assert len(expected) == 5

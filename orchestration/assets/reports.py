@@ -18,6 +18,7 @@ from dagster_shared.utils.warnings import BetaWarning
 
 from orchestration.assets.partitions import HOURLY
 from orchestration.reports import REPORT_DOMAINS, ReportDomain
+from orchestration.reports.common import computed_by
 from orchestration.resources import PostgresResource, SparkResource
 
 
@@ -32,7 +33,8 @@ def report_asset(reports: ReportDomain):
 
     def refresh(context: AssetExecutionContext, spark: SparkResource, postgres: PostgresResource) -> MaterializeResult:
         window = context.partition_time_window
-        result = reports.refresh(spark.session(), postgres.settings(), window.start, window.end)
+        with computed_by(context.run_id):  # recorded with the windows (report_refreshes)
+            result = reports.refresh(spark.session(), postgres.settings(), window.start, window.end)
         context.log.info(f"{reports.name} reports {window.start}..{window.end}: {result.rows}")
         return MaterializeResult(metadata=report_metadata(result))
 

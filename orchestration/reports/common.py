@@ -12,6 +12,7 @@ the driver.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 from psycopg2.extensions import parse_dsn
 
+from orchestration.reports.windows import clip_ranges, merge_windows, ranges_sql, record_restatements, restatements
 from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,11 @@ class ReportDomain:
     tables: tuple[str, ...]
     #: what the reports hold, in a sentence or two
     summary: str
-    #: ``refresh(spark, settings, start, end) -> ReportResult``
-    refresh: Callable[[object, Settings, datetime, datetime], ReportResult]
+    #: ``refresh(spark, settings, start, end, windows=None) -> ReportResult``
+    #: (``windows``: only those minute windows of the range, see ``windows.py``)
+    refresh: Callable[..., ReportResult]
+    #: the overview column counting ``raw_table``'s rows per window (restatements)
+    counted: str = ""
 
     @property
     def overview(self) -> str:
@@ -193,6 +198,25 @@ def in_range(column: str, start: datetime, end: datetime) -> str:
     return f"{column} >= {sql_ts(start)} AND {column} < {sql_ts(end)}"
 
 
+def in_span(column: str, start: datetime, end: datetime, ranges=None) -> str:
+    """:func:`in_range`, narrowed to ``ranges`` (minute windows merged into
+    ``(start, end)`` ranges, see ``windows.py``) when given."""
+    if ranges is None:
+        return in_range(column, start, end)
+    return f"{in_range(column, start, end)} AND {ranges_sql(column, ranges, sql_ts)}"
+
+
+def window_ranges(windows, start: datetime, end: datetime):
+    """``None`` (the whole range) without ``windows``; else the windows of
+    ``[start, end)`` merged into ranges (an error if none falls in it)."""
+    if windows is None:
+        return None
+    ranges = clip_ranges(merge_windows(windows), start, end)
+    if not ranges:
+        raise ValueError(f"none of the windows {sorted(windows)} is in [{start}, {end})")
+    return ranges
+
+
 def minute_column(F):
     """The ``timestamp`` column's minute as epoch seconds (floor of the instant,
     independent of the Spark session's time zone); ``F`` is ``pyspark.sql.functions``."""
@@ -280,6 +304,22 @@ def read_query(spark, jdbc: Jdbc, query: str, start: datetime | None = None, end
 
 
 # --- write ---------------------------------------------------------------------
+#: the Dagster run computing the reports in this context (see ``computed_by``)
+_RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("report_run_id", default=None)
+
+
+@contextlib.contextmanager
+def computed_by(run_id: str | None):
+    """Refreshes inside this block record ``run_id`` in ``report_refreshes``
+    (the drill-down's "run that computed this figure"). The report assets wrap
+    their refresh in it; a refresh outside Dagster records NULL."""
+    token = _RUN_ID.set(run_id)
+    try:
+        yield
+    finally:
+        _RUN_ID.reset(token)
+
+
 #: one advisory lock per domain: concurrent refreshes of overlapping ranges
 #: (a sensor run and a backfill) serialise instead of failing on the primary key
 _LOCK_IDS = {"ecommerce": 74177020, "restaurant": 74177021}
@@ -291,11 +331,18 @@ def replace_windows(
     start: datetime,
     end: datetime,
     tables: Sequence[tuple[str, Sequence[str], Iterable[tuple]]],
+    ranges: Sequence[tuple[datetime, datetime]] | None = None,
+    restate: tuple[str, str] | None = None,
 ) -> dict[str, int]:
     """In ONE transaction (as the analytics role): for each ``(table, columns,
     rows)`` delete the rows with ``window_start`` in ``[start, end)`` and insert
     ``rows``. Re-running or backfilling a range therefore never duplicates, and
-    readers see either the old or the new rows of the range, never a mix."""
+    readers see either the old or the new rows of the range, never a mix.
+    ``ranges`` (sub-ranges of ``[start, end)``): replace only those windows.
+    ``restate`` = ``(overview table, counted column)``: record the windows
+    this write restates in ``report_restatements`` (``windows.py``).
+    The same transaction records the refresh (range, run: ``computed_by``) in
+    ``report_refreshes``, replacing the refreshes it supersedes."""
     import psycopg2
     from psycopg2.extras import execute_values
 
@@ -305,16 +352,35 @@ def replace_windows(
         with conn, conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_IDS[domain],))
+            ranges = list(ranges) if ranges is not None else [(start, end)]
+            tables = [(table, columns, list(rows)) for table, columns, rows in tables]
+            restated = _restatements(cur, domain, ranges, tables, restate) if restate else []
+            where = " OR ".join("(window_start >= %s AND window_start < %s)" for _ in ranges)
             for table, columns, rows in tables:
-                rows = list(rows)
-                cur.execute(f"DELETE FROM {table} WHERE window_start >= %s AND window_start < %s", (start, end))
+                cur.execute(f"DELETE FROM {table} WHERE {where}", [t for r in ranges for t in r])
                 if rows:
                     execute_values(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows,
                                    page_size=1000)
                 written[table] = len(rows)
+            if restated:
+                record_restatements(cur, domain, restated, _RUN_ID.get())
+            cur.execute("DELETE FROM report_refreshes WHERE domain = %s AND window_start >= %s AND window_end <= %s",
+                        (domain, start, end))
+            cur.execute("INSERT INTO report_refreshes (domain, window_start, window_end, run_id) "
+                        "VALUES (%s, %s, %s, %s)", (domain, start, end, _RUN_ID.get()))
     finally:
         conn.close()
     return written
+
+
+def _restatements(cur, domain: str, ranges, tables, restate: tuple[str, str]):
+    """The windows this write restates (``windows.restatements``), from the new overview rows."""
+    overview, counted = restate
+    for table, columns, rows in tables:
+        if table == overview:
+            i, c = columns.index("window_start"), columns.index(counted)
+            return restatements(cur, domain, overview, counted, ranges, {r[i]: r[c] for r in rows})
+    raise ValueError(f"{overview} is not among the tables written")
 
 
 class Stopwatch:

@@ -15,12 +15,14 @@ from typing import Callable
 
 from flask import Blueprint, current_app, jsonify, request
 
-from dashboard import queries
+from dashboard import drilldown, queries
 from dashboard.db import DatabaseUnavailable
+from dashboard.freshness import pipeline_freshness
 from dashboard.processes import local_processes
 from dashboard.params import (
     EcommerceTimelineParams, ItemParams, LimitParams, NoParams, Params, PeakHoursParams, PipelineParams,
     RangeAllParams, TimelineParams, TimeRange, parse,
+    FreshnessParams,
 )
 
 
@@ -35,6 +37,7 @@ class Endpoint:
     tag: str
     realtime: bool = False
     extra: dict = field(default_factory=dict)
+    with_settings: bool = False  # fn(db, params, settings)
 
 
 ENDPOINTS: list[Endpoint] = [
@@ -73,6 +76,19 @@ ENDPOINTS: list[Endpoint] = [
              "as last recorded by the reports_current sensor, with the age of that record; `processes`: the "
              "local stack's processes as its supervisor sees them (restarting ones with why), null elsewhere.",
              "pipeline"),
+    Endpoint("pipeline", "/api/pipeline/freshness", "freshness", FreshnessParams, pipeline_freshness,
+             "Freshness per domain, each measure with a state (ok / late / stale, or unknown without data) "
+             "against the FRESHNESS_* targets: `rows` event time -> row visible p50/p95 over the rows stored in "
+             "the last minute (late events left out), `reports` the newest report window (as of, age, behind "
+             "the newest event), `lag` the consumer lag last recorded. Same rule as the Dagster reports_fresh "
+             "checks.", "pipeline", with_settings=True),
+    Endpoint("drilldown", "/api/drilldown", "figure", drilldown.DrilldownParams, drilldown.figure,
+             "Drill-down of one figure (a report's value for a span of minute windows, e.g. a category's "
+             "revenue at 14:05): the report rows and totals, the Dagster run that computed each window with its "
+             "Dagster UI link, and the raw events or orders behind it, paged, each with its Kafka topic, "
+             "partition and offset; `csv` links the CSV export.", "drilldown",
+             extra={"example": {"domain": "ecommerce", "report": "category", "window_start": "2026-01-01T14:05Z",
+                                "value": "Electronics"}}),
 ]
 
 
@@ -135,6 +151,8 @@ def _make_view(ep: Endpoint):
             def compute():
                 return {**queries.pipeline_status(db, params, settings.dagster_ui_url),
                         "processes": local_processes(settings.salespulse_state_dir)}
+        elif ep.with_settings:
+            compute = partial(ep.fn, db, params, ext["settings"])
         else:
             compute = partial(ep.fn, db, params)
         # the serialized body is what is cached: encoding a large answer costs more than reusing it
@@ -149,6 +167,7 @@ def _make_view(ep: Endpoint):
 
 def build_blueprints() -> list[Blueprint]:
     bps = {name: Blueprint(name, __name__) for name in ("ecommerce", "restaurant", "pipeline")}
+    bps["drilldown"] = drilldown.build_blueprint()  # + its CSV route
     for ep in ENDPOINTS:
         bps[ep.blueprint].add_url_rule(ep.path, ep.name, _make_view(ep), methods=["GET"])
     return list(bps.values())

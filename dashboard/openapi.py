@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from dashboard import drilldown
 from dashboard.api import ENDPOINTS
 
 openapi_bp = Blueprint("openapi", __name__)
@@ -74,13 +75,14 @@ def build_document() -> dict:
                 "503": _error("database unavailable"),
             },
         }}
+    paths.update(drilldown.openapi_paths(_parameters, _error))
     return {
         "openapi": "3.0.3",
         "info": {"title": "SalesPulse dashboard API", "version": "1.0.0",
                  "description": "Read-only JSON API over the SalesPulse report tables and materialized views. "
                                 "Windows: `range` (relative to now) or `from`/`to` (ISO-8601, naive = UTC, at most 31 days)."},
         "servers": [{"url": "/"}],
-        "tags": [{"name": "ecommerce"}, {"name": "restaurant"}, {"name": "pipeline"}, {"name": "health"}],
+        "tags": [{"name": "ecommerce"}, {"name": "restaurant"}, {"name": "pipeline"}, {"name": "drilldown"}, {"name": "health"}],
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR_SCHEMA},

@@ -403,7 +403,7 @@ def test_database_unreachable_gives_503_json():
     app = create_app(make_settings(url))
     c = app.test_client()
     for ep in ENDPOINTS:
-        resp = c.get(ep.path)
+        resp = c.get(ep.path, query_string=ep.extra.get("example"))  # an endpoint with required parameters
         assert resp.status_code == 503 and resp.is_json, ep.path
         assert resp.get_json()["error"] == "database_unavailable"
     resp = c.get("/health")

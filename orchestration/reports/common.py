@@ -320,6 +320,17 @@ def computed_by(run_id: str | None):
         _RUN_ID.reset(token)
 
 
+def record_refresh(cur, domain: str, ranges: Sequence[tuple[datetime, datetime]]) -> None:
+    """Inside the refresh's transaction: ``ranges`` (the ``[start, end)`` whose
+    report rows were just replaced) were computed by the current run
+    (``computed_by``); refreshes lying wholly inside them are superseded."""
+    for start, end in ranges:
+        cur.execute("DELETE FROM report_refreshes WHERE domain = %s AND window_start >= %s AND window_end <= %s",
+                    (domain, start, end))
+        cur.execute("INSERT INTO report_refreshes (domain, window_start, window_end, run_id) VALUES (%s, %s, %s, %s)",
+                    (domain, start, end, _RUN_ID.get()))
+
+
 #: one advisory lock per domain: concurrent refreshes of overlapping ranges
 #: (a sensor run and a backfill) serialise instead of failing on the primary key
 _LOCK_IDS = {"ecommerce": 74177020, "restaurant": 74177021}
@@ -364,10 +375,7 @@ def replace_windows(
                 written[table] = len(rows)
             if restated:
                 record_restatements(cur, domain, restated, _RUN_ID.get())
-            cur.execute("DELETE FROM report_refreshes WHERE domain = %s AND window_start >= %s AND window_end <= %s",
-                        (domain, start, end))
-            cur.execute("INSERT INTO report_refreshes (domain, window_start, window_end, run_id) "
-                        "VALUES (%s, %s, %s, %s)", (domain, start, end, _RUN_ID.get()))
+            record_refresh(cur, domain, [(start, end)])
     finally:
         conn.close()
     return written

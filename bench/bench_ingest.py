@@ -29,9 +29,10 @@ and the load average.
 
 Usage: ``.venv/bin/python bench/bench_ingest.py [--events 200000] [--batch-sizes 5000]
 [--processes 1,2] [--rate 1000] [--seconds 20] [--latency-batch-size 100]
-[--latency-settings 500/10] [--producer-linger-ms 0]``
-(``--latency-settings``: max-wait/linger in ms per latency run; linger 0 = fill
-to size or max wait)
+[--latency-settings 500/10/10] [--producer-linger-ms 0]``
+(``--latency-settings``: max-wait/linger[/fetch-wait] in ms per latency run;
+linger 0 = fill to size or max wait; fetch-wait defaults to the consumer's
+``CONSUMER_FETCH_WAIT_MS``)
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from salespulse.settings import Settings  # noqa: E402
 from salespulse.stack.broker import EmbeddedBroker  # noqa: E402
 from salespulse.stack.postgres import EmbeddedPostgres  # noqa: E402
 from services.consumer.app import ConsumerService  # noqa: E402
+from services.consumer.gc_tuning import tune_garbage_collector  # noqa: E402
 
 STAGES = ("parse", "db", "dlq", "commit", "total")
 
@@ -238,6 +240,8 @@ def worker(args) -> int:
     svc = ConsumerService(settings, group_id=args.worker_group, assignment=assignment, stop_at_end=True,
                           batch_size=args.worker_batch_size, max_wait_ms=1000)
     svc.writer._connection()  # connected before the clock starts
+    if not args.worker_default_gc:
+        tune_garbage_collector()  # as python -m services.consumer does
     print("ready", flush=True)
     sys.stdin.readline()
     before = stage_sums()
@@ -251,9 +255,10 @@ def worker(args) -> int:
 
 
 def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, processes: int,
-               profile: Path | None = None) -> dict:
+               profile: Path | None = None, default_gc: bool = False) -> dict:
     """Drain the topics into a fresh database with ``processes`` consumer processes
-    (each sampled by py-spy into ``profile``/ if given)."""
+    (each sampled by py-spy into ``profile``/ if given; with CPython's default
+    garbage-collector settings if ``default_gc``, else tuned as the service is)."""
     url = pg.create_database(f"bench_{processes}p_{uuid.uuid4().hex[:6]}")
     migrate(Settings(database_url=url))
     parts = [f"{name}:{p}" for name, t in TOPICS.items() for p in range(t.partitions)]
@@ -262,7 +267,8 @@ def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, pr
                                       "raw", "--nonblocking", "-o"]
     procs = [subprocess.Popen(
         (spy and [*spy, str(profile / f"{processes}p-{i}.txt"), "--"]) + [sys.executable, __file__, "--worker", ",".join(parts[i::processes]), "--worker-url", url,
-         "--worker-bootstrap", broker.bootstrap, "--worker-group", group, "--worker-batch-size", str(batch_size)],
+         "--worker-bootstrap", broker.bootstrap, "--worker-group", group, "--worker-batch-size", str(batch_size)]
+        + (["--worker-default-gc"] if default_gc else []),
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(processes)]
     for p in procs:
         while (line := p.stdout.readline()) and line.strip() != "ready":  # py-spy may say things first
@@ -288,7 +294,8 @@ def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, pr
     conn.close()
     cpu = sum(r["cpu_s"] for r in results)
     return {
-        "processes": processes, "batch_size": batch_size, "rows": rows, "wall_s": wall, "events_per_s": rows / wall,
+        "processes": processes, "batch_size": batch_size, "gc": "default" if default_gc else "tuned",
+        "rows": rows, "wall_s": wall, "events_per_s": rows / wall,
         "consumer_cpu_s": cpu, "postgres_cpu_s": pg_cpu, "broker_cpu_s": broker_cpu,
         "batches": int(sum(r["batches"] for r in results)),
         **{f"{k}_s": sum(r[f"{k}_s"] for r in results) for k in ("parse", "db", "dlq", "commit")},
@@ -298,17 +305,18 @@ def throughput(pg: EmbeddedPostgres, broker: EmbeddedBroker, batch_size: int, pr
 
 
 def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, seconds: float, batch_size: int,
-            max_wait_ms: int, linger_ms: int, producer_linger_ms: int) -> dict:
-    url = pg.create_database(f"lat_{max_wait_ms}_{linger_ms}_{uuid.uuid4().hex[:6]}")
+            max_wait_ms: int, linger_ms: int, fetch_wait_ms: int, producer_linger_ms: int) -> dict:
+    url = pg.create_database(f"lat_{max_wait_ms}_{linger_ms}_{fetch_wait_ms}_{uuid.uuid4().hex[:6]}")
     migrate(Settings(database_url=url))
     group = f"bench-lat-{uuid.uuid4().hex[:8]}"
     start_at_end(bootstrap, group)
-    log_path = state / f"consumer-lat-{max_wait_ms}-{linger_ms}.log"
+    log_path = state / f"consumer-lat-{max_wait_ms}-{linger_ms}-{fetch_wait_ms}.log"
     metrics_port = free_port()
     env = dict(os.environ, DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, METRICS_PORT=str(metrics_port),
                CONSUMER_GROUP=group)
     proc = subprocess.Popen([sys.executable, "-m", "services.consumer", "--batch-size", str(batch_size),
-                             "--max-wait-ms", str(max_wait_ms), "--linger-ms", str(linger_ms)], cwd=REPO, env=env,
+                             "--max-wait-ms", str(max_wait_ms), "--linger-ms", str(linger_ms),
+                             "--fetch-wait-ms", str(fetch_wait_ms)], cwd=REPO, env=env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # the group starts at the end of the topics (the throughput runs' backlog is not
@@ -359,10 +367,22 @@ def latency(pg: EmbeddedPostgres, bootstrap: str, state: Path, rate: int, second
             proc.wait()
     q = statistics.quantiles(lat_ms, n=100)
     return {"rate": rate, "sent": len(sent_at), "achieved_rate": len(sent_at) / send_seconds,
-            "batch_size": batch_size, "max_wait_ms": max_wait_ms, "linger_ms": linger_ms,
+            "batch_size": batch_size, "max_wait_ms": max_wait_ms, "linger_ms": linger_ms, "fetch_wait_ms": fetch_wait_ms,
             "producer_linger_ms": producer_linger_ms,
             "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": lat_ms[-1], "mean_ms": statistics.mean(lat_ms),
             **stages}
+
+
+def latency_settings(spec: str | None) -> list[tuple[int, int, int]]:
+    """``max-wait/linger[/fetch-wait]`` triples from ``spec``; missing parts (or no
+    spec) take the consumer's settings."""
+    s = Settings()
+    defaults = (s.consumer_batch_max_wait_ms, s.consumer_batch_linger_ms, s.consumer_fetch_wait_ms)
+    triples = []
+    for item in [x for x in (spec or "").split(",") if x] or [""]:
+        given = [int(v) for v in item.split("/") if v]
+        triples.append(tuple(given + list(defaults[len(given):]))[:3])
+    return triples
 
 
 def start_at_end(bootstrap: str, group: str) -> None:
@@ -432,15 +452,19 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--latency-batch-size", type=int, default=100)
-    ap.add_argument("--latency-settings", default="500/10",
-                    help="comma-separated max-wait/linger (ms) pairs to measure latency with")
+    ap.add_argument("--latency-settings", default=None,
+                    help="comma-separated max-wait/linger[/fetch-wait] (ms) settings to measure latency with "
+                         "(default: the consumer's settings)")
     ap.add_argument("--producer-linger-ms", type=int, default=0, help="the sending producer's linger.ms")
     ap.add_argument("--profile", type=Path, help="sample the consumer processes with py-spy (raw stacks) into DIR")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--compare-gc", action="store_true",
+                    help="also run each throughput setting with CPython's default garbage-collector settings")
     ap.add_argument("--skip-latency", action="store_true")
     for hidden in ("--worker", "--worker-url", "--worker-bootstrap", "--worker-group"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--worker-batch-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-default-gc", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
@@ -472,11 +496,12 @@ def main() -> int:
                   f"{ref['wall_s']:.2f}s = {ref['rows_per_s']:,.0f} rows/s", flush=True)
             results["throughput"] = []
             for bs in [int(x) for x in args.batch_sizes.split(",") if x]:
-                for n in [int(x) for x in args.processes.split(",") if x]:
-                    r = throughput(pg, broker, bs, n, args.profile)
+                for n, default_gc in [(int(x), gc) for x in args.processes.split(",") if x
+                                      for gc in ((False, True) if args.compare_gc else (False,))]:
+                    r = throughput(pg, broker, bs, n, args.profile, default_gc)
                     r["ratio_to_raw_copy"] = r["events_per_s"] / ref["rows_per_s"]
                     results["throughput"].append(r)
-                    print(f"ingest batch={bs:5d}, {n} consumer process(es): {r['rows']} rows in {r['wall_s']:.2f}s "
+                    print(f"ingest batch={bs:5d}, {n} consumer process(es), {r['gc']} gc: {r['rows']} rows in {r['wall_s']:.2f}s "
                           f"= {r['events_per_s']:,.0f} events/s ({r['ratio_to_raw_copy']:.2f} x raw COPY; "
                           f"{r['batches']} batches)\n"
                           f"   busy time summed over processes: parse (contract check + row) {r['parse_s']:.2f}s, db write "
@@ -485,7 +510,7 @@ def main() -> int:
                           f"{r['postgres_us_per_event']:.1f} us, broker {r['broker_us_per_event']:.1f} us", flush=True)
                     assert r["rows"] == in_topic, f"expected {in_topic} rows, got {r['rows']}"
             by_n = {}
-            for r in results["throughput"]:
+            for r in [r for r in results["throughput"] if r["gc"] == "tuned"]:
                 by_n[r["processes"]] = max(by_n.get(r["processes"], 0), r["events_per_s"])
             best = max(by_n.values())
             summary.update({"events_per_s": round(by_n.get(1, best)), "events_per_s_two_consumers":
@@ -493,13 +518,12 @@ def main() -> int:
                             "ratio_to_raw_copy": round(best / ref["rows_per_s"], 3)})
         if not args.skip_latency:
             results["latency"] = []
-            for pair in [x for x in args.latency_settings.split(",") if x]:
-                mw, linger = (int(v) for v in pair.split("/"))
+            for mw, linger, fetch_wait in latency_settings(args.latency_settings):
                 r = latency(pg, broker.bootstrap, state, args.rate, args.seconds, args.latency_batch_size, mw, linger,
-                            args.producer_linger_ms)
+                            fetch_wait, args.producer_linger_ms)
                 results["latency"].append(r)
                 print(f"latency at {r['achieved_rate']:.0f} events/s (batch {r['batch_size']}, max-wait {mw} ms, "
-                      f"linger {linger} ms, producer linger {args.producer_linger_ms} ms, {r['sent']} events): "
+                      f"linger {linger} ms, fetch wait {fetch_wait} ms, producer linger {args.producer_linger_ms} ms, {r['sent']} events): "
                       f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                       f"max {r['max_ms']:.1f} ms; {r['batches']} batches of {r['mean_batch']:.0f}, "
                       f"per batch: parse {r['parse_ms_per_batch']:.1f} ms, db {r['db_ms_per_batch']:.1f} ms, "

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     consumer_batch_max_wait_ms: int = Field(500, ge=1)
     # write the batch once the stream pauses this long (0 = wait for size/max wait)
     consumer_batch_linger_ms: int = Field(10, ge=0)
+    # librdkafka fetch.wait.max.ms: the longest the broker may hold a fetch (see services/consumer/app.py)
+    consumer_fetch_wait_ms: int = Field(100, ge=1, le=10_000)
     metrics_port: int | None = None  # per process; None = the service's own port (service_metrics_port)
     log_level: str = "INFO"  # the consumer's default --log-level
     # on SIGTERM keep consuming up to this long while lag > 0 (the local stack's
@@ -82,12 +84,43 @@ class Settings(BaseSettings):
     event_earliest: datetime = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
     # --- Dagster checks and sensors -----------------------------------------
-    # reports_fresh: reports may trail the newest raw row by this many minutes
-    report_freshness_minutes: int = 5
     # dead_letter_rate: at most this share of the last hour's messages may be dead letters
     dead_letter_max_rate: float = 0.05
     # kafka_lag_sensor: lag above this many messages is flagged
     kafka_lag_threshold: int = 10_000
+    # new_data_sensor: rows whose ingested_at is up to this much older than the
+    # start of the oldest ingest transaction still open at its last tick are
+    # scanned again (clock steps, a default evaluated before the transaction
+    # id; see orchestration/sensors/late_rows.py)
+    late_rows_margin_seconds: int = Field(60, ge=0)
+
+    # --- reconciliation and alert checks (every minute) ----------------------
+    # minutes (before now) that reports_reconcile / ledger_reconciles look back
+    reconcile_minutes: int = Field(60, ge=5, le=1440)
+    # ... a minute whose report has not caught up with its raw rows fails after this long
+    reconcile_pending_minutes: int = Field(5, ge=1, le=60)
+    # revenue_drop fires when a window's revenue is below (1 - this) x its baseline
+    alert_revenue_drop: float = Field(0.5, gt=0, le=1)
+    # revenue_drop compares windows of this many minutes (the newest complete one)
+    alert_revenue_window_minutes: int = Field(5, ge=1, le=60)
+    # revenue_drop's baseline: the same window on up to this many previous days
+    alert_history_days: int = Field(7, ge=1, le=60)
+    # funnel_break fires when more cart-less purchases / removals than this are seen
+    alert_funnel_max_broken: int = Field(0, ge=0)
+    # failing alert windows are POSTed here as JSON (unset or empty: no notification)
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_s: float = Field(5.0, gt=0, le=60)
+    alert_webhook_attempts: int = Field(3, ge=1, le=10)
+
+    # --- freshness (salespulse/freshness.py: /api/pipeline/freshness, the charts'
+    # data age and the reports_fresh Dagster checks use the same targets and rule)
+    freshness_rows_target_s: float = Field(5.0, gt=0)  # p95 event time -> row visible, last minute
+    freshness_reports_target_s: float = Field(120.0, gt=0)  # newest report window behind the newest event
+    freshness_lag_target_messages: int = Field(1000, ge=0)  # consumer lag of the domain's topic
+    # ok up to the target, late up to target x this factor, stale beyond
+    freshness_stale_factor: float = Field(3.0, ge=1)
+    # a row stamped more than this before it was stored is late data: left out of the latency
+    freshness_late_event_s: float = Field(60.0, gt=0)
 
     # --- dashboard ---------------------------------------------------------
     dashboard_port: int = 5000

@@ -635,3 +635,35 @@ def test_the_metrics_ports_are_settings_of_each_service_and_metrics_port_wins(mo
     monkeypatch.setenv("METRICS_PORT", "0")  # one process, any free port
     assert Settings().service_metrics_port("consumer") == 0
     assert Settings().service_metrics_port("producer-restaurant") == 0
+
+
+def test_the_command_line_refuses_a_fetch_wait_below_one_millisecond(capsys):
+    from services.consumer.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--fetch-wait-ms", "0"])
+    assert exited.value.code == 2
+    assert "--fetch-wait-ms" in capsys.readouterr().err
+
+
+def test_the_fetch_wait_setting_reaches_the_kafka_consumer_config():
+    from services.consumer.app import ConsumerService
+
+    service = ConsumerService(Settings(consumer_fetch_wait_ms=7), pipeline=False)
+    assert service.fetch_wait_ms == 7
+    assert ConsumerService(Settings(), fetch_wait_ms=3, pipeline=False).fetch_wait_ms == 3
+
+
+def test_garbage_collector_tuning_freezes_the_startup_heap_and_raises_the_young_threshold():
+    import gc
+
+    from services.consumer.gc_tuning import THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

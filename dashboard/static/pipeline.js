@@ -116,5 +116,7 @@ document.addEventListener("DOMContentLoaded", function () {
       render(d);
       return { cards: true, throughput: has(d, "series"), lag: has(d, "series"), topics: has(d, "topics"),
                reasons: has(d, "reasons"), runs: has(d, "runs"), "recent-dl": has(d, "recent") };
-    } }]);
+    } },
+    // freshness per domain (freshness.js): its own endpoint, not the time range
+    { panels: ["freshness"], url: "/api/pipeline/freshness", usesRange: false, render: SPFreshness.renderPipeline }]);
 });

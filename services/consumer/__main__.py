@@ -1,4 +1,4 @@
-"""``python -m services.consumer [--batch-size N] [--max-wait-ms M] [--linger-ms L] [--group G]``
+"""``python -m services.consumer [--batch-size N] [--max-wait-ms M] [--linger-ms L] [--fetch-wait-ms F] [--group G]``
 
 Runs the ingestion consumer until SIGTERM/SIGINT (finish the current batch,
 commit, close). A second signal exits at once (nothing is lost: offsets of an
@@ -17,6 +17,7 @@ from salespulse.observability import configure_logging
 from salespulse.settings import get_settings
 
 from .app import ConsumerService
+from .gc_tuning import tune_garbage_collector
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linger-ms", type=int, default=settings.consumer_batch_linger_ms,
                         help="write the batch once no message came for this long; 0 = fill to size or max wait "
                              "(CONSUMER_BATCH_LINGER_MS, default %(default)s)")
+    parser.add_argument("--fetch-wait-ms", type=int, default=settings.consumer_fetch_wait_ms,
+                        help="longest the broker may hold a fetch (CONSUMER_FETCH_WAIT_MS, default %(default)s)")
     parser.add_argument("--group", default=settings.consumer_group,
                         help="consumer group (CONSUMER_GROUP, default %(default)s)")
     parser.add_argument("--log-level", default=settings.log_level, help="log level (LOG_LEVEL, default %(default)s)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.max_wait_ms < 1 or args.linger_ms < 0:
-        parser.error("--batch-size and --max-wait-ms must be positive, --linger-ms not negative")
+    if args.batch_size < 1 or args.max_wait_ms < 1 or args.fetch_wait_ms < 1 or args.linger_ms < 0:
+        parser.error("--batch-size, --max-wait-ms and --fetch-wait-ms must be positive, --linger-ms not negative")
     configure_logging(args.log_level)
 
     service = ConsumerService(settings, group_id=args.group, batch_size=args.batch_size,
-                              max_wait_ms=args.max_wait_ms, linger_ms=args.linger_ms)
+                              max_wait_ms=args.max_wait_ms, linger_ms=args.linger_ms,
+                              fetch_wait_ms=args.fetch_wait_ms)
     signals_seen = []
 
     def on_signal(signum, _frame):
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    tune_garbage_collector()
     try:
         service.run()
     except Exception:

@@ -52,19 +52,13 @@ from .writer import BatchWriter
 
 log = logging.getLogger("services.consumer")
 
-# librdkafka's default (500 ms) is a latency floor with a broker that holds a
-# fetch for its full max wait when no data is there at first (the embedded
-# broker does); Apache Kafka answers as soon as data arrives.
-FETCH_WAIT_MAX_MS = 100
-
-
 class ConsumerService:
     """The ingestion consumer. ``run()`` blocks; ``stop()`` is thread-safe."""
 
     def __init__(self, settings: Settings, *, group_id: str | None = None,
                  assignment: list[TopicPartition] | None = None, stop_at_end: bool = False,
                  batch_size: int | None = None, max_wait_ms: int | None = None, linger_ms: int | None = None,
-                 pipeline: bool = True):
+                 fetch_wait_ms: int | None = None, pipeline: bool = True):
         self.settings = settings
         # assign() mode (replays) commits under its own group by default, so a replay
         # never moves the live group's offsets
@@ -76,6 +70,10 @@ class ConsumerService:
             int(batch_size or settings.consumer_batch_size),
             (max_wait_ms if max_wait_ms is not None else settings.consumer_batch_max_wait_ms) / 1000.0,
             (linger_ms if linger_ms is not None else settings.consumer_batch_linger_ms) / 1000.0)
+        # fetch.wait.max.ms: librdkafka's default (500 ms) is a latency floor with a
+        # broker that holds a fetch while no data is there (the embedded broker
+        # answers about every half wait); Apache Kafka answers as soon as data arrives
+        self.fetch_wait_ms = fetch_wait_ms if fetch_wait_ms is not None else settings.consumer_fetch_wait_ms
         self.pipelined = pipeline  # False: write each batch before consuming the next (A/B benchmarks)
         self.topics = list(TOPICS)
         self._consumer: Consumer | None = None
@@ -136,7 +134,8 @@ class ConsumerService:
         log.info("consumer starting", extra={
             "event": "start", "group": self.group_id, "metrics_port": self.metrics_port,
             "batch_size": self.policy.size, "max_wait_ms": int(self.policy.max_wait * 1000),
-            "linger_ms": int(self.policy.linger * 1000), "drain_on_stop_s": self.drain.seconds,
+            "linger_ms": int(self.policy.linger * 1000), "fetch_wait_ms": self.fetch_wait_ms,
+            "drain_on_stop_s": self.drain.seconds,
             "mode": "assign" if self.assignment is not None else "subscribe",
             "bootstrap": self.settings.kafka_bootstrap_servers})
         stopped, intake, pipeline = self.drain.stopped, self.intake, self.pipeline
@@ -170,7 +169,7 @@ class ConsumerService:
         bootstrap = self.settings.kafka_bootstrap_servers
         ensure_topics(bootstrap)  # an unknown topic would auto-create with the broker's default partition count
         self.incarnations.refresh()
-        extra = {"fetch.wait.max.ms": FETCH_WAIT_MAX_MS}
+        extra = {"fetch.wait.max.ms": self.fetch_wait_ms}
         if self.stop_at_end:
             extra["enable.partition.eof"] = True
         self._consumer = consumer = Consumer(consumer_config(bootstrap, self.group_id, **extra))

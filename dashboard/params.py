@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from salespulse.freshness import DOMAINS as FRESHNESS_DOMAINS
+
 RANGES: dict[str, timedelta] = {
     "15m": timedelta(minutes=15),
     "1h": timedelta(hours=1),
@@ -159,6 +161,11 @@ class NoParams(Params):
 
 class PipelineParams(TimeRange):
     limit: int = Field(10, ge=1, le=100, description="Number of recent dead letters and runs (1..100).")
+
+
+class FreshnessParams(Params):
+    domain: Literal[tuple(FRESHNESS_DOMAINS)] | None = Field(  # type: ignore[valid-type]
+        None, description="Only this domain: " + " or ".join(FRESHNESS_DOMAINS) + " (default: every domain).")
 
 
 def parse(model: type[Params], args) -> Params:

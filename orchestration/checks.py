@@ -13,9 +13,10 @@ open minute are never counted against it.
 
 In the health-check job (every five minutes):
 
-* ``reports_fresh`` — reports are not older than ``REPORT_FRESHNESS_MINUTES``
-  while raw data keeps arriving, and their newest minute is within that many
-  minutes of the newest raw row;
+* ``reports_fresh`` — the domain's freshness by the dashboard's rule
+  (``salespulse.freshness``, targets ``FRESHNESS_*``): rows visible, newest
+  report window, consumer lag; ``late`` fails with severity WARN, ``stale``
+  with ERROR (also evaluated every minute by ``freshness_sensor``);
 * ``dead_letter_rate`` — dead letters are at most ``DEAD_LETTER_MAX_RATE`` of
   the messages of the last hour;
 * ``ingest_ledger_contiguous`` — the consumer's ``ingest_ledger`` ranges of
@@ -35,6 +36,7 @@ from decimal import Decimal
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     MetadataValue,
     asset_check,
@@ -47,9 +49,9 @@ from orchestration.reports import REPORT_DOMAINS
 from orchestration.resources import PostgresResource
 from orchestration.run_checks import run_checks
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.freshness import Targets, cursor_query, measure_all
 from salespulse.settings import get_settings
 
-REPORT_FRESHNESS_MINUTES = get_settings().report_freshness_minutes
 DEAD_LETTER_MAX_RATE = get_settings().dead_letter_max_rate
 CUTOFF_GRACE = timedelta(seconds=60)
 
@@ -140,36 +142,52 @@ def missing_windows(postgres: PostgresResource, domain: str, start: datetime, en
     )
 
 
-def report_freshness(postgres: PostgresResource, domain: str, max_minutes: int) -> AssetCheckResult:
-    reports = REPORT_DOMAINS[domain]
-    raw_table, report_table = reports.raw_table, reports.overview
-    now = datetime.now(timezone.utc)
+def report_freshness(postgres: PostgresResource, domain: str) -> AssetCheckResult:
+    """The domain's freshness by the dashboard's own rule (``salespulse.freshness``,
+    targets ``FRESHNESS_*``): ``late`` fails with severity WARN, ``stale`` with ERROR."""
+    targets = Targets.from_settings(postgres.settings())
     with postgres.connection() as conn, conn.cursor() as cur:
-        cur.execute(f'SELECT max("timestamp") FROM {raw_table}')
-        newest_raw = cur.fetchone()[0]
-        cur.execute(f"SELECT max(window_start), max(computed_at) FROM {report_table}")
-        newest_window, last_computed = cur.fetchone()
-    limit = timedelta(minutes=max_minutes)
-    metadata = {
-        "newest_raw": MetadataValue.text(newest_raw.isoformat() if newest_raw else "none"),
-        "newest_report_window": MetadataValue.text(newest_window.isoformat() if newest_window else "none"),
-        "last_computed": MetadataValue.text(last_computed.isoformat() if last_computed else "never"),
-        "max_minutes": MetadataValue.int(max_minutes),
-    }
-    if newest_raw is None:
-        return AssetCheckResult(passed=True, description=f"no {raw_table} yet: nothing to report", metadata=metadata)
-    problems = []
-    if newest_window is None or _floor_minute(newest_raw) - newest_window > limit:
-        problems.append(f"newest report minute {newest_window} trails newest {raw_table} row {newest_raw} by more than {max_minutes} min")
-    if last_computed is not None:
-        age = now - last_computed
-        metadata["report_age_seconds"] = MetadataValue.float(round(age.total_seconds(), 1))
-        if age > limit and newest_raw > last_computed:
-            problems.append(f"reports last computed {age} ago while new {raw_table} rows arrived")
+        found = measure_all(cursor_query(cur), targets, [domain])["domains"][domain]
+    return freshness_result(found)
+
+
+def freshness_result(found: dict) -> AssetCheckResult:
+    """An evaluation of ``reports_fresh`` from one domain's :func:`salespulse.freshness.measure`."""
+    rows, reports, lag = found["rows"], found["reports"], found["lag"]
+
+    def text(value) -> MetadataValue:
+        return MetadataValue.text("none" if value is None else
+                                  value.isoformat() if isinstance(value, datetime) else str(value))
+
+    parts = [
+        f"rows visible p95 {rows['p95_s']} s (target {rows['target_s']} s): {rows['state']}",
+        f"reports {reports['behind_s']} s behind the newest event (target {reports['target_s']} s)"
+        + ("" if reports["has_window"] else ", no report window") + f": {reports['state']}",
+        f"consumer lag {lag['messages']} (target {lag['target_messages']}): {lag['state']}",
+    ]
+    state = found["state"]
     return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or f"{domain} reports are fresh",
-        metadata=metadata,
+        passed=state in ("ok", "unknown"),
+        severity=AssetCheckSeverity.ERROR if state == "stale" else AssetCheckSeverity.WARN,
+        description=f"{found['domain']} freshness {state.upper()}: " + "; ".join(parts),
+        metadata={
+            "state": MetadataValue.text(state),
+            "rows_state": MetadataValue.text(rows["state"]),
+            "rows_p50_s": text(rows["p50_s"]),
+            "rows_p95_s": text(rows["p95_s"]),
+            "rows_samples": MetadataValue.int(rows["samples"]),
+            "rows_target_s": MetadataValue.float(rows["target_s"]),
+            "reports_state": MetadataValue.text(reports["state"]),
+            "newest_report_window": text(reports["newest_window_start"]),
+            "reports_as_of": text(reports["as_of"]),
+            "reports_behind_s": text(reports["behind_s"]),
+            "reports_target_s": MetadataValue.float(reports["target_s"]),
+            "lag_state": MetadataValue.text(lag["state"]),
+            "lag_messages": text(lag["messages"]),
+            "lag_observed_at": text(lag["observed_at"]),
+            "lag_target_messages": MetadataValue.int(lag["target_messages"]),
+            "reports_stale_after_s": MetadataValue.float(reports["stale_after_s"]),
+        },
     )
 
 
@@ -291,11 +309,11 @@ def window_check(domain: str, name: str, description: str, evaluate):
 
 
 def freshness_check(domain: str, description: str):
-    """``reports_fresh`` of ``domain``'s report asset (limit: ``REPORT_FRESHNESS_MINUTES``)."""
+    """``reports_fresh`` of ``domain``'s report asset (:func:`report_freshness`)."""
 
     @asset_check(asset=REPORT_ASSET_BY_DOMAIN[domain], name="reports_fresh", description=description)
     def check(postgres: PostgresResource) -> AssetCheckResult:
-        return report_freshness(postgres, domain, REPORT_FRESHNESS_MINUTES)
+        return report_freshness(postgres, domain)
 
     return check
 
@@ -313,8 +331,9 @@ ecommerce_windows_complete, restaurant_windows_complete = (
     for domain in ("ecommerce", "restaurant")
 )
 ecommerce_reports_fresh, restaurant_reports_fresh = (
-    freshness_check(domain, f"{title} reports are not older than REPORT_FRESHNESS_MINUTES "
-                            f"({REPORT_FRESHNESS_MINUTES}) while {REPORT_DOMAINS[domain].raw_table} arrive.")
+    freshness_check(domain, f"{title} freshness, by the rule and FRESHNESS_* targets of the dashboard's "
+                            "/api/pipeline/freshness: rows visible (p95, last minute), newest report window "
+                            "behind the newest event, consumer lag. Late: WARN; stale: ERROR.")
     for domain, title in (("ecommerce", "E-commerce"), ("restaurant", "Restaurant"))
 )
 

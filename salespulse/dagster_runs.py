@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
+from salespulse.freshness import DOMAINS as FRESHNESS_DOMAINS
+
 log = logging.getLogger(__name__)
 
 GRPC_INFO_TAG = ".dagster/grpc_info"
@@ -237,10 +239,7 @@ def queue_health(instance: DagsterInstance, now: float | None = None) -> QueueHe
 
 #: per domain: raw table, overview report table (the report code names them too; the base package may
 #: not import it, so tests/test_foundation.py checks the two agree)
-REPORT_TABLES = {
-    "ecommerce": ("events", "report_ecommerce_overview_minute"),
-    "restaurant": ("orders", "report_restaurant_overview_minute"),
-}
+REPORT_TABLES = {name: (d.raw_table, d.overview) for name, d in FRESHNESS_DOMAINS.items()}
 #: the newest report window may trail the newest raw minute by this much (the
 #: minute schedule's tick, the queue and one run)
 REPORT_TARGET_MINUTES = 3

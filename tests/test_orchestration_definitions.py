@@ -101,7 +101,7 @@ def test_checks_schedules_and_sensors_run_by_default():
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name: s for s in repo.sensor_defs}
     assert set(sensors) == {"new_data_sensor", "kafka_lag_sensor", "record_run_failures", "record_run_successes",
-                            "reports_current_sensor"}
+                            "reports_current_sensor", "freshness_sensor"}
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
 
 

@@ -22,6 +22,7 @@ document.addEventListener("DOMContentLoaded", function () {
         ], { yaxis: { title: { text: "events" }, rangemode: "tozero" },
              yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false },
              margin: { l: 48, r: 56, t: 8, b: 40 }, bargap: 0.1 });
+        SP.drill("chart-timeline", d);
         return any;
       } },
     { panel: "top-products", url: "/api/metrics/top-products", params: { limit: 10 }, render: function (d) {
@@ -33,6 +34,7 @@ document.addEventListener("DOMContentLoaded", function () {
           hovertext: rows.map(function (r) { return SP.esc(r.category) + " · " + r.units + " units"; }),
           marker: { color: "#2563eb" } }],
           { margin: { l: 120, r: 12, t: 8, b: 32 }, yaxis: { automargin: true } });
+        SP.drill("chart-top-products", d);
         return rows.length > 0;
       } },
     { panel: "by-category", url: "/api/metrics/by-category", render: function (d) {
@@ -41,6 +43,7 @@ document.addEventListener("DOMContentLoaded", function () {
           labels: rows.map(function (r) { return SP.esc(r.category); }),
           values: rows.map(function (r) { return r.revenue; }), marker: { colors: COLORS } }],
           { legend: { orientation: "v" }, margin: { l: 8, r: 8, t: 8, b: 8 } });
+        SP.drill("chart-by-category", d);
         return rows.some(function (r) { return r.revenue > 0; });
       } },
     { panel: "event-types", url: "/api/metrics/event-types", render: function (d) {
@@ -48,6 +51,7 @@ document.addEventListener("DOMContentLoaded", function () {
         SP.plot("chart-event-types", [{ type: "bar",
           x: rows.map(function (r) { return r.event_type; }), y: rows.map(function (r) { return r.count; }),
           marker: { color: COLORS } }], {});
+        SP.drill("chart-event-types", d);
         return rows.some(function (r) { return r.count > 0; });
       } },
     { panel: "realtime", url: "/api/metrics/realtime", usesRange: false, render: function (d) {

@@ -24,6 +24,7 @@ document.addEventListener("DOMContentLoaded", function () {
         ], { yaxis: { title: { text: "orders" }, rangemode: "tozero" },
              yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false },
              margin: { l: 48, r: 56, t: 8, b: 40 }, bargap: 0.1 });
+        SP.drill("chart-timeline", d);
         return pts.some(function (p) { return p.orders > 0; });
       } },
     { panel: "top-items", url: "/api/restaurant/top-items", params: { limit: 10 }, render: function (d) {
@@ -32,6 +33,7 @@ document.addEventListener("DOMContentLoaded", function () {
           x: rows.map(function (r) { return r.revenue; }), y: rows.map(function (r) { return SP.esc(r.name); }),
           text: rows.map(function (r) { return r.quantity + "×"; }), textposition: "auto",
           marker: { color: "#ea580c" } }], { margin: { l: 120, r: 12, t: 8, b: 32 }, yaxis: { automargin: true } });
+        SP.drill("chart-top-items", d);
         return rows.length > 0;
       } },
     { panel: "by-category", url: "/api/restaurant/by-category", render: function (d) {
@@ -39,6 +41,7 @@ document.addEventListener("DOMContentLoaded", function () {
         SP.plot("chart-by-category", [{ type: "pie", hole: 0.45, sort: false,
           labels: rows.map(function (r) { return SP.esc(r.category); }), values: rows.map(function (r) { return r.revenue; }),
           marker: { colors: COLORS } }], { legend: { orientation: "v" }, margin: { l: 8, r: 8, t: 8, b: 8 } });
+        SP.drill("chart-by-category", d);
         return rows.some(function (r) { return r.revenue > 0; });
       } },
     { panel: "peak-hours", url: "/api/restaurant/peak-hours", render: function (d) {
@@ -55,6 +58,7 @@ document.addEventListener("DOMContentLoaded", function () {
           labels: rows.map(function (r) { return r.channel; }), values: rows.map(function (r) { return r.orders; }),
           text: rows.map(function (r) { return "avg " + f.money(r.avg_ticket); }), textinfo: "label+percent",
           marker: { colors: ["#2563eb", "#f59e0b", "#16a34a"] } }], { legend: { orientation: "v" }, margin: { l: 8, r: 8, t: 8, b: 8 } });
+        SP.drill("chart-channels", d);
         return rows.some(function (r) { return r.orders > 0; });
       } }
   ]);

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dagster import Definitions, EnvVar, in_process_executor
 
 from orchestration.assets import all_assets
-from orchestration.assets.jobs import health_checks_job, refresh_job
+from orchestration.assets.jobs import health_checks_job, minute_checks, pipeline_checks_job, refresh_job
 from orchestration.checks import all_checks
 from orchestration.resources import KafkaResource, PostgresResource, SparkResource
 from orchestration.run_checks import reports_current_sensor
@@ -50,8 +50,8 @@ def build_resources() -> dict:
 
 defs = Definitions(
     assets=all_assets,
-    asset_checks=all_checks,
-    jobs=[refresh_job, health_checks_job],
+    asset_checks=[*all_checks, *minute_checks],
+    jobs=[refresh_job, health_checks_job, pipeline_checks_job],
     schedules=all_schedules,
     sensors=[*all_sensors, reports_current_sensor],
     resources=build_resources(),

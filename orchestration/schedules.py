@@ -6,16 +6,18 @@ from datetime import timedelta
 from dagster import (
     DefaultScheduleStatus,
     RunRequest,
+    RunsFilter,
     ScheduleEvaluationContext,
     SkipReason,
     schedule,
 )
 
-from orchestration.assets.jobs import REPORT_ASSETS, health_checks_job, refresh_job
+from orchestration.assets.jobs import REPORT_ASSETS, health_checks_job, pipeline_checks_job, refresh_job
 from orchestration.assets.partitions import partition_key_for
 from orchestration.sensors.runs import (
     SCHEDULE_TRIGGER,
     TRIGGER_TAG,
+    WAITING,
     covered_by_waiting_run,
     waiting_runs_by_partition,
 )
@@ -77,4 +79,18 @@ def health_checks_every_5_minutes(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"health:{context.scheduled_execution_time.isoformat()}")
 
 
-all_schedules = [refresh_every_minute, health_checks_every_5_minutes]
+@schedule(
+    cron_schedule="* * * * *",
+    job=pipeline_checks_job,
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description=("Every minute: reconciliation (reports vs raw tables vs ingest ledger) and alerts (revenue drop, "
+                 "funnel break, dead-letter rate). Skipped while a previous run of the job has not started."),
+)
+def pipeline_checks_every_minute(context: ScheduleEvaluationContext):
+    if context.instance.get_runs(filters=RunsFilter(job_name=pipeline_checks_job.name, statuses=WAITING), limit=1):
+        return SkipReason("a pipeline_checks_job run is still waiting to start")
+    return RunRequest(run_key=f"checks:{context.scheduled_execution_time.strftime('%Y-%m-%dT%H:%M')}")
+
+
+all_schedules = [refresh_every_minute, health_checks_every_5_minutes, pipeline_checks_every_minute]

@@ -94,9 +94,14 @@ def test_checks_schedules_and_sensors_run_by_default():
         "events:ingest_ledger_contiguous", "orders:ingest_ledger_contiguous",
         "events:raw_tables_consistent", "orders:raw_tables_consistent",
         "ecommerce_reports:reports_current", "restaurant_reports:reports_current",
+        # pipeline_checks_job: reconciliation and alerts
+        "ecommerce_reports:reports_reconcile", "restaurant_reports:reports_reconcile",
+        "events:ledger_reconciles", "orders:ledger_reconciles",
+        "ecommerce_reports:revenue_drop", "restaurant_reports:revenue_drop",
+        "ecommerce_reports:funnel_break", "dead_letters:dead_letter_rate_alert",
     }
     schedules = {s.name: s for s in repo.schedule_defs}
-    assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes"}
+    assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes", "pipeline_checks_every_minute"}
     assert schedules["refresh_every_minute"].cron_schedule == "* * * * *"
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name: s for s in repo.sensor_defs}

@@ -6,13 +6,18 @@ from dagster import AssetSelection, define_asset_job
 
 from orchestration.assets.reports import REPORT_ASSETS
 from orchestration.assets.views import materialized_views
+from orchestration.alerts import alert_checks
 from orchestration.checks import health_checks
+from orchestration.checks_reconcile import reconcile_checks
+
+#: reconciliation and alerts: their own minute job (not part of every refresh run)
+minute_checks = [*reconcile_checks, *alert_checks]
 
 #: both domains' reports for one hourly partition, then the materialized views;
 #: the partition's window checks (reconciliation, complete windows) run with them
 refresh_job = define_asset_job(
     "refresh_reports_job",
-    selection=AssetSelection.assets(*REPORT_ASSETS, *materialized_views) - AssetSelection.checks(*health_checks),
+    selection=AssetSelection.assets(*REPORT_ASSETS, *materialized_views) - AssetSelection.checks(*health_checks, *minute_checks),
     description=(
         "Recompute both domains' Spark reports for one hourly partition and refresh the "
         "materialized views; the partition's reconciliation and completeness checks run with them."
@@ -33,4 +38,14 @@ health_checks_job = define_asset_job(
     description=("Report freshness (both domains), the dead-letter rate of the last hour, ingest ledger "
                  "contiguity and raw-table consistency."),
     tags={"salespulse/job": "health"},
+)
+
+#: reconciliation (reports vs raw tables vs ingest ledger) and alerts, every minute
+pipeline_checks_job = define_asset_job(
+    "pipeline_checks_job",
+    selection=AssetSelection.checks(*minute_checks),
+    description=("Reconciliation of the last hour per minute (reports vs raw tables, raw tables vs the ingest "
+                 "ledger) and the alerts (revenue drop, funnel break, dead-letter rate); outcomes are recorded "
+                 "in pipeline_check_results for the dashboard and failing windows POSTed to ALERT_WEBHOOK_URL."),
+    tags={"salespulse/job": "checks", "dagster/max_runtime": "300"},
 )

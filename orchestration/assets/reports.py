@@ -3,7 +3,9 @@
 Materialising a partition calls ``refresh_*_reports`` for the partition's
 window on the Spark Connect server; it replaces the report rows of every
 minute window in that hour in one transaction, so re-runs and backfills never
-duplicate rows.
+duplicate rows. A run tagged ``salespulse/restate-<domain>`` (the new-data
+sensor's restatements, ``orchestration/restatement.py``) recomputes only the
+tagged minute windows of the hour.
 
 Each asset is derived from its domain's ``ReportDomain``
 (``orchestration.reports.REPORT_DOMAINS``): name ``<domain>_reports``, group,
@@ -20,6 +22,7 @@ from orchestration.assets.partitions import HOURLY
 from orchestration.reports import REPORT_DOMAINS, ReportDomain
 from orchestration.reports.common import computed_by
 from orchestration.resources import PostgresResource, SparkResource
+from orchestration.restatement import windows_from_tags
 
 
 def report_asset(reports: ReportDomain):
@@ -33,10 +36,14 @@ def report_asset(reports: ReportDomain):
 
     def refresh(context: AssetExecutionContext, spark: SparkResource, postgres: PostgresResource) -> MaterializeResult:
         window = context.partition_time_window
+        windows = windows_from_tags(context.run.tags, reports.name, window.start)  # None: the whole hour
         with computed_by(context.run_id):  # recorded with the windows (report_refreshes)
-            result = reports.refresh(spark.session(), postgres.settings(), window.start, window.end)
+            result = reports.refresh(spark.session(), postgres.settings(), window.start, window.end, windows=windows)
         context.log.info(f"{reports.name} reports {window.start}..{window.end}: {result.rows}")
-        return MaterializeResult(metadata=report_metadata(result))
+        metadata = report_metadata(result)
+        if windows is not None:
+            metadata["restated_windows"] = MetadataValue.text(", ".join(f"{w:%H:%M}" for w in windows))
+        return MaterializeResult(metadata=metadata)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)

@@ -49,7 +49,7 @@ from orchestration.reports.common import (
     ReportResult,
     Stopwatch,
     align_range,
-    in_range,
+    in_span,
     jdbc_for,
     minute_column,
     minute_of,
@@ -59,6 +59,7 @@ from orchestration.reports.common import (
     replace_windows,
     run_jobs,
     shuffle_partitions_for,
+    window_ranges,
 )
 from salespulse.settings import Settings
 
@@ -77,18 +78,18 @@ CATEGORY_COLUMNS = ("window_start", "category", "revenue", "units", "orders")
 PRODUCT_COLUMNS = ("window_start", "product_id", "product_name", "category", "revenue", "units", "orders")
 
 
-def events_query(start: datetime, end: datetime) -> str:
+def events_query(start: datetime, end: datetime, ranges=None) -> str:
     return (f'SELECT event_type, "timestamp", user_id, session_id FROM events '
-            'WHERE ' + in_range('"timestamp"', start, end))
+            'WHERE ' + in_span('"timestamp"', start, end, ranges))
 
 
-def transactions_query(start: datetime, end: datetime) -> str:
+def transactions_query(start: datetime, end: datetime, ranges=None) -> str:
     return (f'SELECT t.product_id, p.product_name, p.category, t.quantity, t.total_amount, t."timestamp" '
             f'FROM transactions t JOIN products p ON p.product_id = t.product_id '
-            'WHERE ' + in_range('t."timestamp"', start, end))
+            'WHERE ' + in_span('t."timestamp"', start, end, ranges))
 
 
-def event_overview_frame(spark, settings: Settings, start: datetime, end: datetime):
+def event_overview_frame(spark, settings: Settings, start: datetime, end: datetime, ranges=None):
     """Per minute: event counts by type, active users/sessions and the session funnel.
 
     Two aggregation levels over ONE scan: (minute, session) -> flags and
@@ -97,7 +98,7 @@ def event_overview_frame(spark, settings: Settings, start: datetime, end: dateti
     """
     from pyspark.sql import functions as F
 
-    events = read_query(spark, jdbc_for(settings), events_query(start, end), start, end)
+    events = read_query(spark, jdbc_for(settings), events_query(start, end, ranges), start, end)
     events = events.withColumn("minute", minute_column(F))
     is_type = {t: F.when(F.col("event_type") == t, 1).otherwise(0) for t in EVENT_TYPES}
     per_session = events.groupBy("minute", "session_id").agg(
@@ -123,14 +124,14 @@ def event_overview_frame(spark, settings: Settings, start: datetime, end: dateti
     )
 
 
-def sales_frame(spark, settings: Settings, start: datetime, end: datetime):
+def sales_frame(spark, settings: Settings, start: datetime, end: datetime, ranges=None):
     """Per minute sales at three levels in ONE result (one JDBC scan; the
     product-level shuffle is reused by the category and total branches):
     ``level`` = 'product' | 'category' | 'total'."""
     from pyspark.sql import functions as F
 
     money_type = "decimal(38,2)"
-    tx = read_query(spark, jdbc_for(settings), transactions_query(start, end), start, end)
+    tx = read_query(spark, jdbc_for(settings), transactions_query(start, end, ranges), start, end)
     tx = tx.withColumn("minute", minute_column(F))
     product = tx.groupBy("minute", "product_id", "product_name", "category").agg(
         F.sum("total_amount").cast(money_type).alias("revenue"),
@@ -158,10 +159,10 @@ def sales_frame(spark, settings: Settings, start: datetime, end: datetime):
     )
 
 
-def compute_ecommerce_rows(spark, settings: Settings, start: datetime, end: datetime):
+def compute_ecommerce_rows(spark, settings: Settings, start: datetime, end: datetime, ranges=None):
     """Run the Spark part; return ``(rows per table, source_rows)`` ready to insert."""
-    event_rows, sales_rows = run_jobs(lambda: event_overview_frame(spark, settings, start, end).collect(),
-                                      lambda: sales_frame(spark, settings, start, end).collect())
+    event_rows, sales_rows = run_jobs(lambda: event_overview_frame(spark, settings, start, end, ranges).collect(),
+                                      lambda: sales_frame(spark, settings, start, end, ranges).collect())
 
     totals = {r["minute"]: r for r in sales_rows if r["level"] == "total"}
     overview = []
@@ -194,20 +195,24 @@ def compute_ecommerce_rows(spark, settings: Settings, start: datetime, end: date
     return {OVERVIEW: overview, CATEGORY: category, PRODUCT: product}, source_rows
 
 
-def refresh_ecommerce_reports(spark, settings: Settings, start: datetime, end: datetime) -> ReportResult:
+def refresh_ecommerce_reports(spark, settings: Settings, start: datetime, end: datetime,
+                              windows=None) -> ReportResult:
     """Recompute the e-commerce reports of every minute window in ``[start, end)``
-    (UTC; widened to whole minutes) and replace their rows in one transaction."""
+    (UTC; widened to whole minutes) and replace their rows in one transaction;
+    with ``windows`` (minute starts), only those windows of the range
+    (``windows.py``). Restatements are recorded in the same transaction."""
     start, end = align_range(start, end)
+    ranges = window_ranges(windows, start, end)
     watch = Stopwatch()
     with shuffle_partitions_for(spark, start, end):
-        rows, source_rows = compute_ecommerce_rows(spark, settings, start, end)
+        rows, source_rows = compute_ecommerce_rows(spark, settings, start, end, ranges)
     spark_seconds = watch.seconds()
     watch = Stopwatch()
     written = replace_windows(settings, "ecommerce", start, end, [
         (OVERVIEW, OVERVIEW_COLUMNS, rows[OVERVIEW]),
         (CATEGORY, CATEGORY_COLUMNS, rows[CATEGORY]),
         (PRODUCT, PRODUCT_COLUMNS, rows[PRODUCT]),
-    ])
+    ], ranges=ranges, restate=(OVERVIEW, REPORTS.counted))
     return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
 
 
@@ -216,6 +221,7 @@ REPORTS = ReportDomain(
     raw_table="events",
     sources=("events", "products", "transactions"),
     tables=TABLES,
+    counted="events",
     summary=(
         "Per-minute e-commerce reports computed by Spark for the partition's hour: overview "
         "(events by type, active users/sessions, funnel, conversion, revenue, units, average "

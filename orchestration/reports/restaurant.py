@@ -39,7 +39,7 @@ from orchestration.reports.common import (
     ReportResult,
     Stopwatch,
     align_range,
-    in_range,
+    in_span,
     jdbc_for,
     minute_column,
     minute_of,
@@ -49,6 +49,7 @@ from orchestration.reports.common import (
     replace_windows,
     run_jobs,
     shuffle_partitions_for,
+    window_ranges,
 )
 from salespulse.settings import Settings
 
@@ -66,22 +67,22 @@ CHANNEL_COLUMNS = ("window_start", "channel", "orders", "revenue", "avg_ticket")
 MONEY = "decimal(38,2)"
 
 
-def orders_query(start: datetime, end: datetime) -> str:
+def orders_query(start: datetime, end: datetime, ranges=None) -> str:
     return (f'SELECT order_id::text AS order_id, "timestamp", channel, total_amount FROM orders '
-            'WHERE ' + in_range('"timestamp"', start, end))
+            'WHERE ' + in_span('"timestamp"', start, end, ranges))
 
 
-def items_query(start: datetime, end: datetime) -> str:
+def items_query(start: datetime, end: datetime, ranges=None) -> str:
     return (f'SELECT i.order_id::text AS order_id, o."timestamp", i.item_id, i.name, i.category, i.quantity, '
             f'i.line_total FROM order_items i JOIN orders o ON o.order_id = i.order_id '
-            'WHERE ' + in_range('o."timestamp"', start, end))
+            'WHERE ' + in_span('o."timestamp"', start, end, ranges))
 
 
-def orders_frame(spark, settings: Settings, start: datetime, end: datetime):
+def orders_frame(spark, settings: Settings, start: datetime, end: datetime, ranges=None):
     """Per minute and channel (``channel`` null = all channels) in one result."""
     from pyspark.sql import functions as F
 
-    orders = read_query(spark, jdbc_for(settings), orders_query(start, end), start, end)
+    orders = read_query(spark, jdbc_for(settings), orders_query(start, end, ranges), start, end)
     orders = orders.withColumn("minute", minute_column(F))
     by_channel = orders.groupBy("minute", "channel").agg(
         F.count(F.lit(1)).alias("orders"),
@@ -94,13 +95,13 @@ def orders_frame(spark, settings: Settings, start: datetime, end: datetime):
     return by_channel.unionByName(total)
 
 
-def items_frame(spark, settings: Settings, start: datetime, end: datetime):
+def items_frame(spark, settings: Settings, start: datetime, end: datetime, ranges=None):
     """Per minute: item level, category level and the minute's items sold, in one
     result (``level`` = 'item' | 'category' | 'total')."""
     from pyspark.sql import functions as F
     from pyspark.sql.window import Window
 
-    items = read_query(spark, jdbc_for(settings), items_query(start, end), start, end)
+    items = read_query(spark, jdbc_for(settings), items_query(start, end, ranges), start, end)
     items = items.withColumn("minute", minute_column(F))
     # one shuffle over the scanned lines; every level below is derived from it
     # (Spark reuses that exchange, so PostgreSQL is scanned once per refresh)
@@ -137,9 +138,9 @@ def items_frame(spark, settings: Settings, start: datetime, end: datetime):
     )
 
 
-def compute_restaurant_rows(spark, settings: Settings, start: datetime, end: datetime):
-    order_rows, item_rows = run_jobs(lambda: orders_frame(spark, settings, start, end).collect(),
-                                     lambda: items_frame(spark, settings, start, end).collect())
+def compute_restaurant_rows(spark, settings: Settings, start: datetime, end: datetime, ranges=None):
+    order_rows, item_rows = run_jobs(lambda: orders_frame(spark, settings, start, end, ranges).collect(),
+                                     lambda: items_frame(spark, settings, start, end, ranges).collect())
 
     totals = {r["minute"]: r for r in order_rows if r["channel"] is None}
     items_total = {r["minute"]: r for r in item_rows if r["level"] == "total"}
@@ -162,13 +163,17 @@ def compute_restaurant_rows(spark, settings: Settings, start: datetime, end: dat
     return {OVERVIEW: overview, ITEM: item, CATEGORY: category, CHANNEL: channel}, source_rows
 
 
-def refresh_restaurant_reports(spark, settings: Settings, start: datetime, end: datetime) -> ReportResult:
+def refresh_restaurant_reports(spark, settings: Settings, start: datetime, end: datetime,
+                               windows=None) -> ReportResult:
     """Recompute the restaurant reports of every minute window in ``[start, end)``
-    (UTC; widened to whole minutes) and replace their rows in one transaction."""
+    (UTC; widened to whole minutes) and replace their rows in one transaction;
+    with ``windows`` (minute starts), only those windows of the range
+    (``windows.py``). Restatements are recorded in the same transaction."""
     start, end = align_range(start, end)
+    ranges = window_ranges(windows, start, end)
     watch = Stopwatch()
     with shuffle_partitions_for(spark, start, end):
-        rows, source_rows = compute_restaurant_rows(spark, settings, start, end)
+        rows, source_rows = compute_restaurant_rows(spark, settings, start, end, ranges)
     spark_seconds = watch.seconds()
     watch = Stopwatch()
     written = replace_windows(settings, "restaurant", start, end, [
@@ -176,7 +181,7 @@ def refresh_restaurant_reports(spark, settings: Settings, start: datetime, end: 
         (ITEM, ITEM_COLUMNS, rows[ITEM]),
         (CATEGORY, CATEGORY_COLUMNS, rows[CATEGORY]),
         (CHANNEL, CHANNEL_COLUMNS, rows[CHANNEL]),
-    ])
+    ], ranges=ranges, restate=(OVERVIEW, REPORTS.counted))
     return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
 
 
@@ -185,6 +190,7 @@ REPORTS = ReportDomain(
     raw_table="orders",
     sources=("orders", "order_items"),
     tables=TABLES,
+    counted="orders",
     summary=(
         "Per-minute restaurant reports (relatórios) computed by Spark for the partition's hour: "
         "orders, items sold, revenue and average ticket, and revenue by item, category and "

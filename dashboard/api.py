@@ -86,7 +86,7 @@ ENDPOINTS: list[Endpoint] = [
              "Drill-down of one figure (a report's value for a span of minute windows, e.g. a category's "
              "revenue at 14:05): the report rows and totals, the Dagster run that computed each window with its "
              "Dagster UI link, and the raw events or orders behind it, paged, each with its Kafka topic, "
-             "partition and offset; `csv` links the CSV export.", "drilldown",
+             "partition and offset; `csv` links the CSV export.", "drilldown", with_settings=True,
              extra={"example": {"domain": "ecommerce", "report": "category", "window_start": "2026-01-01T14:05Z",
                                 "value": "Electronics"}}),
 ]

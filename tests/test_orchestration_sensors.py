@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from dagster import (
     AssetKey,
     DagsterRunStatus,
+    RunsFilter,
     asset,
     build_run_status_sensor_context,
     build_schedule_context,
@@ -20,18 +21,21 @@ from dagster import (
 )
 
 from orchestration.assets.jobs import refresh_job
+from orchestration.assets.views import VIEW_KEYS
 from orchestration.resources import KafkaResource, PostgresResource
 from orchestration.schedules import refresh_every_minute
 from orchestration.sensors.kafka_lag import kafka_lag_sensor, observe_topics
+from orchestration.restatement import TAG_PREFIX as RESTATE
 from orchestration.sensors.new_data import new_data_sensor
 from orchestration.sensors.run_status import record_run_failures, record_run_successes
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.settings import get_settings
 from salespulse.kafka import consumer_config, producer_config
 from tests.support.orchestration import BASE_HOUR, query, seed_ecommerce, seed_restaurant
 
 EC = AssetKey("ecommerce_reports")
 RO = AssetKey("restaurant_reports")
-VIEWS = {AssetKey("sales_by_category"), AssetKey("top_products"), AssetKey("daily_metrics")}
+VIEWS = set(VIEW_KEYS)  # the all-time views (and aggregates) refreshed with the newest hour
 
 
 @pytest.fixture
@@ -47,15 +51,17 @@ def tick(sensor, instance, cursor, **resources):
 
 # --- new-data sensor -----------------------------------------------------------
 
-def test_new_data_sensor_requests_touched_partitions_once(database_url, instance):
+def test_new_data_sensor_requests_touched_partitions_once(database_url, instance, monkeypatch):
+    monkeypatch.setenv("LATE_ROWS_MARGIN_SECONDS", "0")  # the history below is not rescanned
+    get_settings.cache_clear()
     pg = PostgresResource(database_url=database_url)
     seed_ecommerce(database_url, BASE_HOUR - timedelta(hours=5))  # history before the sensor starts
 
     first = tick(new_data_sensor, instance, None, postgres=pg)
-    assert first.run_requests == []  # first tick only records the current ids
+    assert first.run_requests == []  # first tick only records where the next scan starts
     assert "initialised" in first.skip_reason.skip_message
     cursor = json.loads(first.cursor)
-    assert cursor["events"] == query(database_url, "SELECT max(id) FROM events")[0][0]
+    assert cursor["ids"]["events"] == query(database_url, "SELECT max(id) FROM events")[0][0]
 
     h0, h1 = BASE_HOUR, BASE_HOUR + timedelta(hours=1)
     n_events = seed_ecommerce(database_url, h0) + seed_ecommerce(database_url, h1, minutes=(7,))
@@ -66,20 +72,30 @@ def test_new_data_sensor_requests_touched_partitions_once(database_url, instance
     assert set(by_partition["2026-03-10-09:00"].asset_selection) == {EC}
     # the newest e-commerce hour also refreshes the (all-time) views; 10:00 has orders too
     assert set(by_partition["2026-03-10-10:00"].asset_selection) == {EC, RO} | VIEWS
+    # exactly the touched minutes of each domain
+    assert {k: {t: v for t, v in r.tags.items() if t.startswith(RESTATE)} for k, r in by_partition.items()} == {
+        "2026-03-10-09:00": {RESTATE + "ecommerce": "0,1,5,30,59"},
+        "2026-03-10-10:00": {RESTATE + "ecommerce": "7", RESTATE + "restaurant": "2,3,30,58"},
+    }
     assert all(r.job_name in (None, refresh_job.name) for r in second.run_requests)
     observed = {e.asset_key.to_user_string(): e.metadata for e in second.asset_events}
     assert observed["events"]["new_rows"].value == n_events
     assert observed["orders"]["new_rows"].value == n_orders
     assert set(observed) == {"events", "products", "transactions", "orders", "order_items", "dead_letters"}
 
+    # no run has written those reports yet: the windows are pending, asked for again
     third = tick(new_data_sensor, instance, second.cursor, postgres=pg)
-    assert third.run_requests == [] and third.skip_reason.skip_message == "no new rows"
-    assert third.cursor == second.cursor
+    assert {(r.partition_key, tuple(sorted(r.tags.items()))) for r in third.run_requests} == \
+        {(r.partition_key, tuple(sorted(r.tags.items()))) for r in second.run_requests}
+    assert json.loads(third.cursor)["pending"] == json.loads(second.cursor)["pending"]
 
-    # a late order for the closed 09:00 hour triggers that partition, restaurant only
+    # a late order for the closed 09:00 hour joins that partition's run, restaurant minute 59
     seed_restaurant(database_url, h0, minutes=(59,), per_minute=1, seed=99)
     fourth = tick(new_data_sensor, instance, third.cursor, postgres=pg)
-    assert [(r.partition_key, set(r.asset_selection)) for r in fourth.run_requests] == [("2026-03-10-09:00", {RO})]
+    nine = {r.partition_key: r for r in fourth.run_requests}["2026-03-10-09:00"]
+    assert set(nine.asset_selection) == {EC, RO}
+    assert nine.tags[RESTATE + "restaurant"] == "59"
+    get_settings.cache_clear()
 
 
 def test_new_data_sensor_skips_a_partition_whose_run_is_still_queued(database_url, instance):
@@ -89,14 +105,23 @@ def test_new_data_sensor_skips_a_partition_whose_run_is_still_queued(database_ur
     _queue_run(instance, "2026-03-10-09:00")  # a queued full refresh of that hour
     second = tick(new_data_sensor, instance, first.cursor, postgres=pg)
     assert second.run_requests == []
-    assert "waiting run" in second.skip_reason.skip_message
+    assert "run in flight" in second.skip_reason.skip_message
+    # a queued run restating other minutes does not cover them
+    instance.delete_run(_queued_run_id(instance))
+    _queue_run(instance, "2026-03-10-09:00", {RESTATE + "restaurant": "2"})
+    third = tick(new_data_sensor, instance, second.cursor, postgres=pg)
+    assert [r.tags[RESTATE + "restaurant"] for r in third.run_requests] == ["2,3,30,58"]
 
 
-def _queue_run(instance, partition_key):
+def _queued_run_id(instance):
+    return instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.NOT_STARTED]))[0].run_id
+
+
+def _queue_run(instance, partition_key, tags=None):
     from dagster._core.storage.dagster_run import DagsterRun
 
     run = DagsterRun(job_name=refresh_job.name, run_id=uuid.uuid4().hex, status=DagsterRunStatus.NOT_STARTED,
-                     tags={"dagster/partition": partition_key})
+                     tags={"dagster/partition": partition_key, **(tags or {})})
     instance.add_run(run)
     return run
 
@@ -260,7 +285,7 @@ def test_new_data_sensor_leaves_the_current_hour_to_a_running_schedule(database_
                                 tags={"dagster/partition": current, "salespulse/trigger": "refresh_every_minute"}))
     covered = tick(new_data_sensor, instance, first.cursor, postgres=pg)
     assert covered.run_requests == []
-    assert "scheduled refresh" in covered.skip_reason.skip_message
+    assert "running schedule" in covered.skip_reason.skip_message
 
 
 def test_new_data_sensor_ignores_hours_outside_the_partitions_and_survives_a_reset(database_url, instance):
@@ -272,8 +297,10 @@ def test_new_data_sensor_ignores_hours_outside_the_partitions_and_survives_a_res
     result = tick(new_data_sensor, instance, first.cursor, postgres=pg)
     assert result.run_requests == [] and result.skip_reason.skip_message == "no new rows"
 
-    # the cursor is ahead of the table (database reset): rows count again from 0
+    # the cursor's transaction ids are ahead of the database's (a database replaced): marks restart
     seed_restaurant(database_url, BASE_HOUR, minutes=(1,), per_minute=1)
-    ahead = json.dumps({**json.loads(result.cursor), "orders": 10_000})
-    again = tick(new_data_sensor, instance, ahead, postgres=pg)
+    ahead = json.loads(result.cursor)
+    ahead["marks"] = [[at, xid + 10**9] for at, xid in ahead["marks"]]
+    again = tick(new_data_sensor, instance, json.dumps(ahead), postgres=pg)
     assert [(r.partition_key, set(r.asset_selection)) for r in again.run_requests] == [("2026-03-10-09:00", {RO})]
+    assert all(xid < 10**9 for _at, xid in json.loads(again.cursor)["marks"])

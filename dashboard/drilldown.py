@@ -37,6 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from dashboard.db import Database
 from dashboard.params import EARLIEST, LATEST, MAX_SPAN, BadParameter, Params, _utc, parse
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.settings import Settings
 
 MINUTE = timedelta(minutes=1)
 MAX_MINUTES = int(MAX_SPAN / MINUTE)  # 31 days, as every other window of the API
@@ -273,9 +274,9 @@ def run_link(base: str, run_id: str | None) -> str | None:
     return f"{base.rstrip('/')}/runs/{run_id}"
 
 
-def figure(db: Database, p: DrilldownParams) -> dict:
+def figure(db: Database, p: DrilldownParams, settings: Settings) -> dict:
     """The drill-down answer (see the module docstring)."""
-    base = current_app.extensions["salespulse"]["settings"].dagster_ui_url
+    base = settings.dagster_ui_url
     rows = report_rows(db, p)
     truncated = len(rows) > MAX_REPORT_ROWS
     rows = rows[:MAX_REPORT_ROWS]

@@ -23,6 +23,11 @@
     return Object.assign({ window_start: isoMinute(ms), minutes: Math.max(1, Math.round((d.bucket_seconds || 60) / 60)) }, fig);
   }
   function reversed(rows) { return (rows || []).slice().reverse(); }
+  // a slice of either domain's category pie
+  function byCategory(d, pt) {
+    var r = (d.categories || [])[pt.pointNumber];
+    return r && span(d, { report: "category", value: r.category, label: "revenue of " + r.category });
+  }
 
   var FIGURES = {
     ecommerce: {
@@ -36,10 +41,7 @@
         var r = reversed(d.products)[pt.pointIndex];
         return r && span(d, { report: "product", value: r.product_id, label: "revenue of " + r.product_name });
       },
-      "chart-by-category": function (d, pt) {
-        var r = (d.categories || [])[pt.pointNumber];
-        return r && span(d, { report: "category", value: r.category, label: "revenue of " + r.category });
-      },
+      "chart-by-category": byCategory,
       "chart-event-types": function (d, pt) {
         var r = (d.event_types || [])[pt.pointIndex];
         return r && span(d, { report: "overview", event_type: r.event_type, label: r.event_type + " events" });
@@ -54,10 +56,7 @@
         var r = reversed(d.items)[pt.pointIndex];
         return r && span(d, { report: "item", value: r.item_id, label: r.name });
       },
-      "chart-by-category": function (d, pt) {
-        var r = (d.categories || [])[pt.pointNumber];
-        return r && span(d, { report: "category", value: r.category, label: "revenue of " + r.category });
-      },
+      "chart-by-category": byCategory,
       "chart-channels": function (d, pt) {
         var r = (d.channels || [])[pt.pointNumber];
         return r && span(d, { report: "channel", value: r.channel, label: r.channel + " orders" });

@@ -53,8 +53,8 @@ def test_graph_lineage_groups_and_descriptions():
     assert keys == {
         "kafka_ecommerce_events", "kafka_restaurant_orders", "kafka_ecommerce_events_dlq",
         "kafka_restaurant_orders_dlq", "events", "products", "transactions", "orders", "order_items",
-        "dead_letters", "ecommerce_reports", "restaurant_reports", "sales_by_category", "top_products",
-        "daily_metrics", "dashboard",
+        "dead_letters", "ecommerce_reports", "restaurant_reports", "daily_aggregates", "sales_by_category",
+        "top_products", "daily_metrics", "dashboard",
     }
 
     def parents(name):
@@ -64,7 +64,9 @@ def test_graph_lineage_groups_and_descriptions():
     assert parents("orders") == {"kafka_restaurant_orders"}
     assert parents("ecommerce_reports") == {"events", "products", "transactions"}
     assert parents("restaurant_reports") == {"orders", "order_items"}
-    assert parents("sales_by_category") == {"transactions", "products"}
+    assert parents("daily_aggregates") == {"events", "transactions"}
+    assert parents("sales_by_category") == {"daily_aggregates", "products"}
+    assert parents("daily_metrics") == {"daily_aggregates"}
     assert parents("dashboard") >= {"ecommerce_reports", "restaurant_reports", "top_products", "daily_metrics"}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
@@ -73,10 +75,10 @@ def test_graph_lineage_groups_and_descriptions():
     assert graph.get(AssetKey("ecommerce_reports")).group_name == "ecommerce"
     assert graph.get(AssetKey("restaurant_reports")).group_name == "restaurant"
     assert graph.get(AssetKey("dashboard")).group_name == "pipeline"
-    # only the reports and the views are materialised by Dagster; the rest are external
+    # only the reports, the daily aggregates and the views are materialised by Dagster; the rest are external
     materializable = {k.to_user_string() for k in graph.materializable_asset_keys}
-    assert materializable == {"ecommerce_reports", "restaurant_reports", "sales_by_category", "top_products",
-                              "daily_metrics"}
+    assert materializable == {"ecommerce_reports", "restaurant_reports", "daily_aggregates", "sales_by_category",
+                              "top_products", "daily_metrics"}
     for name in ("ecommerce_reports", "restaurant_reports"):
         partitions = graph.get(AssetKey(name)).partitions_def
         assert isinstance(partitions, HourlyPartitionsDefinition)

@@ -16,6 +16,8 @@ from decimal import Decimal
 import psycopg2
 import psycopg2.extras
 
+from salespulse.daily_aggregates import rebuild_views
+
 CATEGORIES = ["Electronics", "Books", "Clothing", "Home", "Sports"]
 MENU = [("burger", "Burger", "Mains", Decimal("12.50")), ("pizza", "Pizza", "Mains", Decimal("14.00")),
         ("salad", "Salad", "Starters", Decimal("8.00")), ("soda", "Soda", "Drinks", Decimal("3.00")),
@@ -142,11 +144,6 @@ def seed_pipeline(cur, now: datetime) -> None:
                                               "oldest_queued_seconds": None, "stalled": "[]", "blocked": False}])
 
 
-def refresh_views(cur) -> None:
-    for view in ("sales_by_category", "top_products", "daily_metrics"):
-        cur.execute(f"REFRESH MATERIALIZED VIEW {view}")
-
-
 def seed_all(admin_url: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(timezone.utc)
     conn = psycopg2.connect(admin_url)
@@ -155,7 +152,7 @@ def seed_all(admin_url: str, now: datetime | None = None) -> datetime:
             seed_reports(cur, now)
             seed_raw(cur, now)
             seed_pipeline(cur, now)
-            refresh_views(cur)
+        rebuild_views(conn)
     finally:
         conn.close()
     return now

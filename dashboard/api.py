@@ -16,6 +16,7 @@ from typing import Callable
 from flask import Blueprint, current_app, jsonify, request
 
 from dashboard import drilldown, queries
+from dashboard.restatements import RestatementParams, restated_points
 from dashboard.db import DatabaseUnavailable
 from dashboard.freshness import pipeline_freshness
 from dashboard.processes import local_processes
@@ -82,6 +83,10 @@ ENDPOINTS: list[Endpoint] = [
              "the last minute (late events left out), `reports` the newest report window (as of, age, behind "
              "the newest event), `lag` the consumer lag last recorded. Same rule as the Dagster reports_fresh "
              "checks.", "pipeline", with_settings=True),
+    Endpoint("pipeline", "/api/restatements", "restatements", RestatementParams, restated_points,
+             "Restated points of a domain's timeline (same buckets as its `/timeline`): per bucket the minute "
+             "windows whose figures changed after they had been reported (late or out-of-order rows), the net "
+             "change of raw rows counted, and the latest restatement's time and Dagster run.", "pipeline"),
     Endpoint("drilldown", "/api/drilldown", "figure", drilldown.DrilldownParams, drilldown.figure,
              "Drill-down of one figure (a report's value for a span of minute windows, e.g. a category's "
              "revenue at 14:05): the report rows and totals, the Dagster run that computed each window with its "

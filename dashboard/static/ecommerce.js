@@ -23,6 +23,7 @@ document.addEventListener("DOMContentLoaded", function () {
              yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false },
              margin: { l: 48, r: 56, t: 8, b: 40 }, bargap: 0.1 });
         SP.drill("chart-timeline", d);
+        SP.restated("chart-timeline", "ecommerce", d);
         return any;
       } },
     { panel: "top-products", url: "/api/metrics/top-products", params: { limit: 10 }, render: function (d) {

@@ -25,6 +25,7 @@ document.addEventListener("DOMContentLoaded", function () {
              yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false },
              margin: { l: 48, r: 56, t: 8, b: 40 }, bargap: 0.1 });
         SP.drill("chart-timeline", d);
+        SP.restated("chart-timeline", "restaurant", d);
         return pts.some(function (p) { return p.orders > 0; });
       } },
     { panel: "top-items", url: "/api/restaurant/top-items", params: { limit: 10 }, render: function (d) {

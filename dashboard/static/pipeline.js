@@ -118,5 +118,7 @@ document.addEventListener("DOMContentLoaded", function () {
                reasons: has(d, "reasons"), runs: has(d, "runs"), "recent-dl": has(d, "recent") };
     } },
     // freshness per domain (freshness.js): its own endpoint, not the time range
-    { panels: ["freshness"], url: "/api/pipeline/freshness", usesRange: false, render: SPFreshness.renderPipeline }]);
+    { panels: ["freshness"], url: "/api/pipeline/freshness", usesRange: false, render: SPFreshness.renderPipeline },
+    // reconciliation and alert checks (pipeline_checks.js)
+    SPChecks.panel]);
 });

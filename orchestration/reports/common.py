@@ -375,7 +375,7 @@ def replace_windows(
                 written[table] = len(rows)
             if restated:
                 record_restatements(cur, domain, restated, _RUN_ID.get())
-            record_refresh(cur, domain, [(start, end)])
+            record_refresh(cur, domain, ranges)
     finally:
         conn.close()
     return written

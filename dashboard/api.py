@@ -17,6 +17,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from dashboard import drilldown, queries
 from dashboard.restatements import RestatementParams, restated_points
+from dashboard.checks import pipeline_checks
 from dashboard.db import DatabaseUnavailable
 from dashboard.freshness import pipeline_freshness
 from dashboard.processes import local_processes
@@ -83,6 +84,10 @@ ENDPOINTS: list[Endpoint] = [
              "the last minute (late events left out), `reports` the newest report window (as of, age, behind "
              "the newest event), `lag` the consumer lag last recorded. Same rule as the Dagster reports_fresh "
              "checks.", "pipeline", with_settings=True),
+    Endpoint("pipeline", "/api/pipeline/checks", "checks", PipelineParams, pipeline_checks,
+             "Reconciliation and alert checks (pipeline_checks_job, every minute): the latest outcome of each "
+             "check and asset of the last day (failing first) with its offending windows, the failing "
+             "evaluations of the window (`limit`), and the alert webhook notifications sent in it.", "pipeline"),
     Endpoint("pipeline", "/api/restatements", "restatements", RestatementParams, restated_points,
              "Restated points of a domain's timeline (same buckets as its `/timeline`): per bucket the minute "
              "windows whose figures changed after they had been reported (late or out-of-order rows), the net "

@@ -58,7 +58,8 @@ def conclude(context, postgres: PostgresResource, asset_key: AssetKey, check_nam
     windows = _jsonable(verdict.windows[:MAX_WINDOWS])
     details = _jsonable(verdict.details)
     asset = asset_key.to_user_string()
-    run_id = getattr(context, "run_id", None)
+    run = getattr(context, "run", None)
+    run_id = run.run_id if run is not None else None
     with postgres.connection() as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM pipeline_check_results WHERE evaluated_at < now() - make_interval(days => %s)",
                     (KEEP_DAYS,))

@@ -38,12 +38,13 @@ from salespulse.settings import ROLE_INGEST, Settings, get_settings
 from services.consumer.writer import BatchWriter, RawMessage
 from tests.support.consumer import ecommerce_event, restaurant_order
 from tests.support.db import query
-from tests.support.orchestration import (
+from tests.support.orchestration import (  # noqa: F401  (spark_remote: fixture)
     execute,
     expected_ecommerce_minutes,
     expected_restaurant_minutes,
     seed_ecommerce,
     seed_restaurant,
+    spark_remote,
 )
 
 EC, RO = ECOMMERCE_TOPIC.name, RESTAURANT_TOPIC.name
@@ -63,6 +64,9 @@ def run_checks(url, checks) -> dict:
     )
     result = defs.resolve_job_def("checks").execute_in_process()
     assert result.success
+    # every evaluation is recorded with its run
+    assert query(url, "SELECT count(*) FROM pipeline_check_results WHERE run_id = %s", (result.run_id,)) == [
+        (len(result.get_asset_check_evaluations()),)]
     return {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
 
 
@@ -414,3 +418,30 @@ def test_pipeline_checks_job_of_the_code_location(database_url, monkeypatch):
             "reports_reconcile", "revenue_drop", "funnel_break"}
     finally:
         get_settings.cache_clear()
+
+
+def test_real_spark_reports_reconcile(database_url, spark_remote):
+    """The report assets as Spark computes them agree with this check's SQL figures."""
+    from dagster import materialize
+
+    from orchestration.assets.partitions import partition_key_for
+    from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+
+    minute = now_minute() - timedelta(minutes=8)
+    seed_ecommerce(database_url, minute, minutes=(0,), per_minute=25)
+    seed_restaurant(database_url, minute, minutes=(0,), per_minute=6)
+    consumer_rows(database_url, minute, n_events=20, n_orders=4)
+    result = materialize([ecommerce_reports, restaurant_reports], partition_key=partition_key_for(minute),
+                         resources={"postgres": PostgresResource(database_url=database_url),
+                                    "spark": SparkResource(remote=spark_remote)})
+    assert result.success
+    results = run_checks(database_url, RECONCILE)
+    for key, evaluation in results.items():
+        assert evaluation.passed, (key, evaluation.description)
+    assert results["ecommerce_reports:reports_reconcile"].metadata["minutes_agreeing"].value == 1
+    assert results["restaurant_reports:reports_reconcile"].metadata["minutes_agreeing"].value == 1
+    # and a Spark report row that no longer matches its raw rows fails
+    execute(database_url, """UPDATE report_restaurant_overview_minute SET items_sold = items_sold + 1,
+                             computed_at = now() + INTERVAL '2 minutes'""")
+    failed = run_checks(database_url, [restaurant_reports_reconcile])["restaurant_reports:reports_reconcile"]
+    assert not failed.passed and failed.metadata["windows"].value[0]["differs"] == ["items_sold"]

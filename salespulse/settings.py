@@ -17,8 +17,9 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_DATABASE_URL = "postgresql://salespulse:salespulse@127.0.0.1:55432/salespulse"
@@ -111,6 +112,17 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     alert_webhook_timeout_s: float = Field(5.0, gt=0, le=60)
     alert_webhook_attempts: int = Field(3, ge=1, le=10)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        """Empty means unset (compose passes ``${ALERT_WEBHOOK_URL:-}``); else an http(s) URL."""
+        if not value or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"ALERT_WEBHOOK_URL must be an http:// or https:// URL, got {value!r}")
+        return value.strip()
 
     # --- freshness (salespulse/freshness.py: /api/pipeline/freshness, the charts'
     # data age and the reports_fresh Dagster checks use the same targets and rule)

@@ -317,13 +317,13 @@ def dead_letters(url, n, start=0):
 class Receiver:
     """A real HTTP server on a free local port, in a thread, keeping every POSTed JSON body."""
 
-    def __init__(self):
+    def __init__(self, status: int = 204):
         received = self.received = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -392,6 +392,24 @@ def test_webhook_failure_is_not_fatal_and_is_retried(database_url, webhook_env):
         assert query(database_url, "SELECT status FROM pipeline_alert_notifications") == [("sent",)]
     finally:
         receiver.close()
+
+
+def test_webhook_delivery_bounds():
+    """post_json against a real server: 2xx delivered at once, a refused body (400) not retried,
+    a server error retried up to the bound; the setting refuses a URL that is not http(s)."""
+    from orchestration.webhook import post_json
+
+    for status, ok, attempts in ((200, True, 1), (400, False, 1), (503, False, 3)):
+        receiver = Receiver(status)
+        try:
+            delivery = post_json(receiver.url, {"n": status}, timeout_s=2, attempts=3)
+            assert (delivery.ok, delivery.attempts, delivery.http_status) == (ok, attempts, status)
+            assert receiver.received == [{"n": status}] * attempts
+        finally:
+            receiver.close()
+    assert Settings(alert_webhook_url="").alert_webhook_url is None
+    with pytest.raises(ValueError, match="ALERT_WEBHOOK_URL must be an http"):
+        Settings(alert_webhook_url="file:///etc/passwd")
 
 
 # --- the job of the code location ------------------------------------------------------

@@ -463,3 +463,20 @@ def test_real_spark_reports_reconcile(database_url, spark_remote):
                              computed_at = now() + INTERVAL '2 minutes'""")
     failed = run_checks(database_url, [restaurant_reports_reconcile])["restaurant_reports:reports_reconcile"]
     assert not failed.passed and failed.metadata["windows"].value[0]["differs"] == ["items_sold"]
+
+
+def test_minute_schedule_skips_while_a_run_waits():
+    from dagster import DagsterRun, DagsterRunStatus, build_schedule_context, instance_for_test
+
+    from orchestration.assets.jobs import pipeline_checks_job
+    from orchestration.schedules import pipeline_checks_every_minute
+
+    at = datetime(2026, 12, 6, 9, 17, tzinfo=timezone.utc)
+    with instance_for_test() as instance:
+        request = pipeline_checks_every_minute(build_schedule_context(instance=instance, scheduled_execution_time=at))
+        assert request.run_key == "checks:2026-12-06T09:17"
+        instance.add_run(DagsterRun(job_name=pipeline_checks_job.name, run_id=uuid.uuid4().hex,
+                                    status=DagsterRunStatus.NOT_STARTED))
+        skipped = pipeline_checks_every_minute(build_schedule_context(
+            instance=instance, scheduled_execution_time=at + timedelta(minutes=1)))
+        assert "still waiting" in skipped.skip_message

@@ -30,9 +30,11 @@ What can be compared exactly, given de-duplication:
   with its ``xmin``. Only rows the consumer wrote are counted (``content_hash``
   set: rows seeded by SQL or stored before sql/040 have none). Rows stored
   under a savepoint (the rare isolation path of a batch with a rejected
-  message) carry a subtransaction id; they fall back to their own
-  ``ingested_at`` minute, so such a batch spanning a minute boundary can show
-  as +n/-n in two adjacent minutes;
+  message) carry a subtransaction id; they go to the minute of the first
+  ledger row of the topic recorded at or after their ``ingested_at`` (their
+  own batch's ledger row is written after them in the same transaction; only
+  another consumer's batch recorded in between, across a minute boundary, can
+  make that a neighbouring minute: +n/-n in two adjacent minutes);
 * ``dead_lettered`` counts the batch's dead letters *new or stored before*
   (``dead_letters`` is unique per topic incarnation, partition, offset and
   payload), so dead-letter rows of the batches of the ingestion group
@@ -190,7 +192,7 @@ BATCH_SPAN = timedelta(minutes=10)
 
 _LEDGER_SQL = """
 WITH l AS (
-    SELECT xmin::text::bigint AS xid, date_trunc('minute', recorded_at) AS minute,
+    SELECT xmin::text::bigint AS xid, date_trunc('minute', recorded_at) AS minute, recorded_at,
            consumer_group = %(group)s AS main, messages, stored, duplicates, dead_lettered
     FROM ingest_ledger WHERE topic = %(topic)s AND recorded_at >= %(start)s
 ), lx AS (
@@ -201,13 +203,17 @@ WITH l AS (
            COALESCE(sum(dead_lettered) FILTER (WHERE main), 0) AS dead_lettered_main
     FROM l GROUP BY 1
 ), r AS (
-    SELECT COALESCE(lx.minute, date_trunc('minute', r.ingested_at)) AS minute, count(*) AS rows_present
+    SELECT COALESCE(lx.minute, (SELECT minute FROM l WHERE l.recorded_at >= r.ingested_at
+                                ORDER BY l.recorded_at LIMIT 1),
+                    date_trunc('minute', r.ingested_at)) AS minute, count(*) AS rows_present
     FROM {table} r LEFT JOIN lx ON lx.xid = r.xmin::text::bigint
     WHERE r.content_hash IS NOT NULL AND r.ingested_at >= %(scan_from)s
       AND (lx.xid IS NOT NULL OR r.ingested_at >= %(start)s)
     GROUP BY 1
 ), d AS (
-    SELECT COALESCE(lx.minute, date_trunc('minute', d.received_at)) AS minute, count(*) AS dead_rows,
+    SELECT COALESCE(lx.minute, (SELECT minute FROM l WHERE l.recorded_at >= d.received_at
+                                ORDER BY l.recorded_at LIMIT 1),
+                    date_trunc('minute', d.received_at)) AS minute, count(*) AS dead_rows,
            count(*) FILTER (WHERE lx.main) AS dead_rows_main
     FROM dead_letters d LEFT JOIN lx ON lx.xid = d.xmin::text::bigint
     WHERE d.topic = %(topic)s AND d.received_at >= %(scan_from)s

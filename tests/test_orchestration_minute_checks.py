@@ -231,6 +231,23 @@ def test_ledger_mismatch_fails_with_the_batch_minute(recent):
     assert not orders.passed and "dead-letter rows" in orders.description
 
 
+def test_rows_stored_under_a_savepoint_still_reconcile(database_url):
+    """A batch the database partly rejects is isolated under savepoints: its rows
+    carry subtransaction ids, and still count for their batch."""
+    execute(database_url, "ALTER TABLE events ADD CONSTRAINT no_mallory CHECK (user_id <> 'mallory')")
+    minute = now_minute() - timedelta(minutes=3)
+    events = [ecommerce_event(i, event_type="page_view", timestamp=minute.isoformat()) for i in range(6)]
+    events[1]["user_id"] = "mallory"
+    result = write_batch(database_url, [(EC, e) for e in events])
+    assert result.isolated and result.topics[EC].stored == 5 and result.topics[EC].dead_letters == 1
+    unmatched = query(database_url, """SELECT count(*) FROM events
+                                       WHERE xmin::text <> (SELECT xmin::text FROM ingest_ledger)""")[0][0]
+    assert unmatched > 0  # the savepoint rows: not matched by transaction id
+    evaluation = run_checks(database_url, [ledger_reconciles])["events:ledger_reconciles"]
+    assert evaluation.passed, evaluation.description
+    assert (evaluation.metadata["rows_present"].value, evaluation.metadata["dead_letter_rows"].value) == (5, 1)
+
+
 # --- alerts ------------------------------------------------------------------------
 
 def seed_revenue(url, start, end, per_minute, computed_at=None):

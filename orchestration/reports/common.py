@@ -365,7 +365,7 @@ def replace_windows(
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_IDS[domain],))
             ranges = list(ranges) if ranges is not None else [(start, end)]
             tables = [(table, columns, list(rows)) for table, columns, rows in tables]
-            restated = _restatements(cur, domain, ranges, tables, restate) if restate else []
+            restated = _restatements(cur, ranges, tables, restate) if restate else []
             where = " OR ".join("(window_start >= %s AND window_start < %s)" for _ in ranges)
             for table, columns, rows in tables:
                 cur.execute(f"DELETE FROM {table} WHERE {where}", [t for r in ranges for t in r])
@@ -381,13 +381,13 @@ def replace_windows(
     return written
 
 
-def _restatements(cur, domain: str, ranges, tables, restate: tuple[str, str]):
+def _restatements(cur, ranges, tables, restate: tuple[str, str]):
     """The windows this write restates (``windows.restatements``), from the new overview rows."""
     overview, counted = restate
     for table, columns, rows in tables:
         if table == overview:
             i, c = columns.index("window_start"), columns.index(counted)
-            return restatements(cur, domain, overview, counted, ranges, {r[i]: r[c] for r in rows})
+            return restatements(cur, overview, counted, ranges, {r[i]: r[c] for r in rows})
     raise ValueError(f"{overview} is not among the tables written")
 
 

@@ -73,7 +73,7 @@ def changed_windows(before: dict, after: dict) -> dict[datetime, tuple[int, int]
     return out
 
 
-def restatements(cur, domain: str, overview: str, counted: str, ranges: Sequence[Range],
+def restatements(cur, overview: str, counted: str, ranges: Sequence[Range],
                  new_counts: dict[datetime, int]) -> list[tuple[datetime, int, int]]:
     """Before the write, inside its transaction: the windows of ``ranges`` that
     the write is about to restate, as ``(window, rows_before, rows_after)``.

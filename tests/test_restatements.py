@@ -176,3 +176,29 @@ def test_a_window_stays_pending_until_its_report_agrees(database_url, spark_remo
     # never reported before: a first report is not a restatement
     assert restatements(database_url) == []
     assert tick(instance, third.cursor, database_url).run_requests == []
+
+
+def test_whole_hour_refreshes_record_only_windows_reported_closed(database_url, spark):
+    """The minute schedule and backfills refresh whole hours: the same rule records
+    their restatements; a first report, and a window computed while it was still
+    running, are not restatements."""
+    from orchestration.reports import refresh_ecommerce_reports
+    from salespulse.settings import Settings
+
+    settings = Settings(database_url=database_url)
+    end = BASE_HOUR + timedelta(hours=1)
+    m1, m2, m3 = (BASE_HOUR + n * MINUTE for n in (1, 2, 3))
+    seed_ecommerce(database_url, BASE_HOUR, minutes=(1, 2), per_minute=5)
+    refresh_ecommerce_reports(spark, settings, BASE_HOUR, end)
+    assert restatements(database_url) == []  # the hour's first report
+    # minute 2 was computed while it was still running (as the minute schedule does)
+    query(database_url, "UPDATE report_ecommerce_overview_minute SET computed_at = window_start + interval '30 s' "
+                        "WHERE window_start = %s", (m2,))
+    before = {m: report_events(database_url, m) for m in (m1, m2, m3)}
+    seed_ecommerce(database_url, BASE_HOUR, minutes=(1, 2, 3), per_minute=2, seed=31)
+    refresh_ecommerce_reports(spark, settings, BASE_HOUR, end)
+    after = {m: report_events(database_url, m) for m in (m1, m2, m3)}
+    assert after == {m1: before[m1] + 2, m2: before[m2] + 2, m3: 2}
+    # minute 3 had no row, but the hour had been reported after it closed: shown empty, now 2
+    assert restatements(database_url) == [("ecommerce", m1, before[m1], after[m1], None),
+                                          ("ecommerce", m3, 0, 2, None)]

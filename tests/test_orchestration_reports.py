@@ -107,7 +107,8 @@ def test_refresh_job_of_the_code_location(database_url, spark_remote, monkeypatc
         result = defs.resolve_job_def("refresh_reports_job").execute_in_process(partition_key=PARTITION)
         assert result.success
         done = {key for key, _partition in materializations(result)}
-        assert done == {"ecommerce_reports", "restaurant_reports", "sales_by_category", "top_products", "daily_metrics"}
+        assert done == {"ecommerce_reports", "restaurant_reports", "daily_aggregates", "sales_by_category", "top_products",
+                        "daily_metrics"}
         checks = result.get_asset_check_evaluations()
         assert len(checks) == 4 and all(c.passed for c in checks)
         assert actual_ecommerce_minutes(database_url, START, END) == expected_ecommerce_minutes(database_url, START, END)

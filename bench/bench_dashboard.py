@@ -90,7 +90,8 @@ def seed(url: str, events: int, orders: int, hours: int) -> None:
                    ALTER TABLE events DROP CONSTRAINT events_event_id_key;
                    DROP INDEX idx_events_timestamp; DROP INDEX idx_events_user_id""")
     run(f"events ({events:,})", """
-        INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id, search_query)
+        INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id, search_query,
+                            ingested_at)
         SELECT md5(i::text)::uuid,
                CASE WHEN i % 20 = 0 THEN 'purchase' WHEN i % 20 IN (1, 2) THEN 'add_to_cart'
                     WHEN i % 20 = 3 THEN 'remove_from_cart' WHEN i % 20 IN (4, 5, 6) THEN 'search'
@@ -98,8 +99,9 @@ def seed(url: str, events: int, orders: int, hours: int) -> None:
                now() - (i::float8 / %(n)s) * %(span)s::interval,
                'U' || (i::bigint * 7919) %% 50000, 'S' || (i / 20),
                CASE WHEN i % 20 IN (4, 5, 6) THEN NULL ELSE 'P' || lpad(((i / 7) %% 200)::text, 3, '0') END,
-               CASE WHEN i % 20 IN (4, 5, 6) THEN 'query ' || i % 97 END
-        FROM generate_series(1, %(n)s) i""".replace("i % 20", "i %% 20").replace("i % 200", "i %% 200")
+               CASE WHEN i % 20 IN (4, 5, 6) THEN 'query ' || i % 97 END,
+               now() - (i::float8 / %(n)s) * %(span)s::interval  -- history ingested as it happened
+        FROM generate_series(1, %(n)s) i ORDER BY i DESC""".replace("i % 20", "i %% 20").replace("i % 200", "i %% 200")
         .replace("i % 97", "i %% 97"), {"n": events, "span": span})
     run("events indexes", """
         ALTER TABLE events ADD CONSTRAINT events_event_id_key UNIQUE (event_id);

@@ -228,3 +228,38 @@ def test_reports_on_standalone_cluster_equal_local_run(database_url, tmp_path, m
 def _no_cached_sessions():
     yield
     close_sessions()
+
+
+STUBBORN_SERVER = """
+import sys
+import salespulse.stack.spark as spark
+
+spark.STOP_GRACE_S = 1.0
+spark.SparkConnectServer.prepare = lambda self: None
+spark.SparkConnectServer.env = lambda self: None
+# a "JVM" that ignores SIGTERM, as one whose shutdown hooks hang would
+spark.SparkConnectServer.command = lambda self: ["bash", "-c", "trap '' TERM; echo up; exec sleep 300"]
+spark.SparkConnectServer.wait_ready = lambda self, timeout: None
+sys.exit(spark.run_foreground(port=1, master="local[1]", log_dir=sys.argv[1]))
+"""
+
+
+def test_a_server_that_ignores_sigterm_is_killed_after_the_stop_grace(tmp_path):
+    """Unit test (a shell stands in for the JVM): the foreground runner's stop is bounded."""
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN_SERVER)
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while b"spark connect ready" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # without the bound it waits for the child forever
+        assert b"did not stop within 1s of SIGTERM: killing it" in log.read_bytes()
+        assert subprocess.run(["pgrep", "-f", "exec sleep 300|^sleep 300"], capture_output=True).returncode != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

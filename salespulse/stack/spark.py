@@ -253,6 +253,12 @@ def _terminate_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
+#: after SIGTERM, how long the JVM may take to stop before it is killed when run
+#: on its own (under the local stack the supervisor kills the group sooner: its
+#: ``stop_wait`` for Spark in salespulse/stack/runner.py)
+STOP_GRACE_S = 25.0
+
+
 def run_foreground(port: int | None = None, master: str | None = None, log_dir: Path | None = None) -> int:
     """Run the server for the supervisor; return its exit code (0 on a clean SIGTERM stop)."""
     settings = get_settings()
@@ -265,9 +271,12 @@ def run_foreground(port: int | None = None, master: str | None = None, log_dir: 
     proc = subprocess.Popen(server.command(), env=server.env(), cwd=server.log_dir,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     stopping = False
+    stop_requested_at = 0.0
 
     def _stop(signum, frame):
-        nonlocal stopping
+        nonlocal stopping, stop_requested_at
+        if not stopping:
+            stop_requested_at = time.monotonic()
         stopping = True
         if proc.poll() is None:
             try:
@@ -295,15 +304,20 @@ def run_foreground(port: int | None = None, master: str | None = None, log_dir: 
     # for the main thread's blocking C call to return).
     server._proc = proc
     threading.Thread(target=_announce_ready, daemon=True).start()
+    code = None
     try:
-        while True:
+        while code is None:
             try:
                 code = proc.wait(timeout=0.5)
-                break
             except subprocess.TimeoutExpired:
-                continue
+                # a JVM whose shutdown hooks overrun (a loaded machine, a stuck
+                # gRPC stream) is killed: a stop is bounded, never open-ended
+                if stopping and time.monotonic() - stop_requested_at > STOP_GRACE_S:
+                    print(f"spark connect did not stop within {STOP_GRACE_S:.0f}s of SIGTERM: killing it",
+                          file=sys.stderr, flush=True)
+                    break
     finally:
-        _terminate_group(proc, 20)
+        _terminate_group(proc, 5 if stopping else 20)
     if failed.is_set():
         return 1
     # a JVM stopped by SIGTERM exits 143 (128 + 15): that is a clean stop

@@ -238,7 +238,8 @@ spark.STOP_GRACE_S = 1.0
 spark.SparkConnectServer.prepare = lambda self: None
 spark.SparkConnectServer.env = lambda self: None
 # a "JVM" that ignores SIGTERM, as one whose shutdown hooks hang would
-spark.SparkConnectServer.command = lambda self: ["bash", "-c", "trap '' TERM; echo up; exec sleep 300"]
+spark.SparkConnectServer.command = lambda self: [
+    "bash", "-c", f"echo $$ > {sys.argv[1]}/child.pid; trap '' TERM; exec sleep 300"]
 spark.SparkConnectServer.wait_ready = lambda self, timeout: None
 sys.exit(spark.run_foreground(port=1, master="local[1]", log_dir=sys.argv[1]))
 """
@@ -259,7 +260,9 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_stop_grace(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0  # without the bound it waits for the child forever
         assert b"did not stop within 1s of SIGTERM: killing it" in log.read_bytes()
-        assert subprocess.run(["pgrep", "-f", "exec sleep 300|^sleep 300"], capture_output=True).returncode != 0
+        child = int((tmp_path / "child.pid").read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)  # the stand-in was killed, not left behind
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -20,8 +20,11 @@ Then it measures:
    then, timed, the real Dagster jobs run in process on a warm Spark Connect
    server: ``refresh_reports_job`` for the current hour (both domains' Spark
    reports, the daily aggregates and the three views, the partition's window
-   checks) and every check job the schedules run each minute. Best of
-   ``--refresh-runs``, after one unmeasured run that warms Spark and Dagster.
+   checks) and ``pipeline_checks_job`` (reconciliation and alerts), the jobs
+   the schedules run every minute. Best of ``--refresh-runs``, after one
+   unmeasured run that warms Spark and Dagster. The health checks the
+   schedules run every five minutes (``pipeline_health_checks_job``) are
+   timed too, apart.
 3. **Dashboard p95 at 100 clients**: gunicorn as bench_dashboard serves it,
    wrk (closed loop) over bench_dashboard's paths for ``--duration`` s.
 
@@ -58,8 +61,10 @@ from salespulse.settings import Settings, get_settings  # noqa: E402
 from salespulse.stack.postgres import EmbeddedPostgres  # noqa: E402
 from salespulse.stack.spark import SparkConnectServer  # noqa: E402
 
-#: the jobs one minute of the schedules runs (those present in the definitions)
-MINUTE_JOBS = ("refresh_reports_job", "pipeline_checks_job", "pipeline_health_checks_job")
+#: the jobs the schedules run every minute (orchestration/schedules.py), and
+#: the health checks they run every five minutes (timed apart: not in the minute)
+MINUTE_JOBS = ("refresh_reports_job", "pipeline_checks_job")
+FIVE_MINUTE_JOBS = ("pipeline_health_checks_job",)
 
 #: Dagster's console logger at WARNING: the figures, not every step event
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -113,7 +118,7 @@ def minute_refresh(url: str, remote: str, events_per_minute: int) -> dict[str, f
     hour = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H:00")
     seconds: dict[str, float] = {}
     with DagsterInstance.ephemeral() as instance:
-        for name in [j for j in MINUTE_JOBS if j in present]:
+        for name in [j for j in (*MINUTE_JOBS, *FIVE_MINUTE_JOBS) if j in present]:
             job = defs.resolve_job_def(name)
             started = time.perf_counter()
             result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET,
@@ -142,9 +147,12 @@ def measure(pg: EmbeddedPostgres, server: SparkConnectServer, size: int, args) -
         minute_refresh(url, server.remote, args.events_per_hour // 60)
         args.warm_up = False
     runs = [minute_refresh(url, server.remote, args.events_per_hour // 60) for _ in range(args.refresh_runs)]
-    best = min(runs, key=lambda r: sum(r.values()))
-    print(f"   minute refresh runs (s): {[round(sum(r.values()), 2) for r in runs]}; best by job: "
-          f"{ {k: round(v, 2) for k, v in best.items()} }", flush=True)
+    minute = lambda r: sum(v for k, v in r.items() if k in MINUTE_JOBS)  # noqa: E731
+    best = min(runs, key=minute)
+    five_minute = min(sum(v for k, v in r.items() if k in FIVE_MINUTE_JOBS) for r in runs)
+    print(f"   minute refresh runs (s): {[round(minute(r), 2) for r in runs]}; best by job: "
+          f"{ {k: round(v, 2) for k, v in best.items()} }; five-minute health checks (best) {five_minute:.2f}s",
+          flush=True)
 
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "DASHBOARD_RATE_LIMIT": "100000000/minute", "DASHBOARD_CACHE_TTL": "2",
@@ -167,8 +175,9 @@ def measure(pg: EmbeddedPostgres, server: SparkConnectServer, size: int, args) -
     admin.cursor().execute(f"DROP DATABASE history_{size} WITH (FORCE)")  # the disk for the next size
     admin.close()
     return {"size": size, "hours": hours, "seed_s": seed_s, "db_mb": db_bytes / 2**20,
-            "db_mb_per_million": db_bytes / 2**20 / (size / 1e6), "minute_refresh_s": sum(best.values()),
-            "minute_refresh_by_job_s": best, "all_history_views_s": legacy_s, "dashboard_p95_ms": web["p95"], "dashboard_p50_ms": web["p50"],
+            "db_mb_per_million": db_bytes / 2**20 / (size / 1e6), "minute_refresh_s": minute(best),
+            "five_minute_checks_s": five_minute, "minute_refresh_by_job_s": best, "all_history_views_s": legacy_s,
+            "dashboard_p95_ms": web["p95"], "dashboard_p50_ms": web["p50"],
             "dashboard_errors": web["errors"], "loadavg": os.getloadavg()[0]}
 
 
@@ -212,6 +221,7 @@ def main() -> int:
         "db_mb_per_million_events": [round(r["db_mb_per_million"], 1) for r in results],
         "minute_refresh_by_job_s": [{k: round(v, 2) for k, v in r["minute_refresh_by_job_s"].items()} for r in results],
         "all_history_views_s": [round(r["all_history_views_s"], 2) for r in results],
+        "five_minute_checks_s": [round(r["five_minute_checks_s"], 2) for r in results],
         "loadavg": [round(r["loadavg"], 2) for r in results],
     }
     print(json.dumps(summary), flush=True)  # the last line: one JSON object

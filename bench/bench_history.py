@@ -203,6 +203,9 @@ def main() -> int:
         for size in sizes:
             results.append(measure(pg, server, size, args))
     finally:
+        from orchestration.reports.common import close_sessions
+
+        close_sessions()  # a cached client session left open keeps the process from exiting
         server.stop()
         pg.stop()
         shutil.rmtree(state, ignore_errors=True)

@@ -50,21 +50,21 @@ UNION SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE FROM transactions ORDER BY d
 
 #: the days' UTC bounds, so each day is an index range scan of "timestamp"
 _DAYS = """unnest(%(days)s::DATE[]) AS d(day)"""
-_IN_DAY = """ >= d.day::TIMESTAMP AT TIME ZONE 'UTC' AND {col} < (d.day + 1)::TIMESTAMP AT TIME ZONE 'UTC'"""
+_IN_DAY = """{col} >= d.day::TIMESTAMP AT TIME ZONE 'UTC' AND {col} < (d.day + 1)::TIMESTAMP AT TIME ZONE 'UTC'"""
 
 _RECOMPUTE_EVENTS = f"""
 DELETE FROM daily_event_totals WHERE day = ANY(%(days)s::DATE[]);
 INSERT INTO daily_event_totals (day, events, unique_users, sessions, purchases)
 SELECT d.day, COUNT(*), COUNT(DISTINCT e.user_id), COUNT(DISTINCT e.session_id),
        COUNT(*) FILTER (WHERE e.event_type = 'purchase')
-FROM {_DAYS} JOIN events e ON e."timestamp"{_IN_DAY.format(col='e."timestamp"')}
+FROM {_DAYS} JOIN events e ON {_IN_DAY.format(col='e."timestamp"')}
 GROUP BY d.day"""
 
 _RECOMPUTE_SALES = f"""
 DELETE FROM daily_product_sales WHERE day = ANY(%(days)s::DATE[]);
 INSERT INTO daily_product_sales (day, product_id, units, revenue, orders, last_sale_at)
 SELECT d.day, t.product_id, SUM(t.quantity), SUM(t.total_amount), COUNT(*), MAX(t."timestamp")
-FROM {_DAYS} JOIN transactions t ON t."timestamp"{_IN_DAY.format(col='t."timestamp"')}
+FROM {_DAYS} JOIN transactions t ON {_IN_DAY.format(col='t."timestamp"')}
 GROUP BY d.day, t.product_id"""
 
 

@@ -24,6 +24,11 @@ In the health-check job (every five minutes):
 * ``raw_tables_consistent`` — ``events``/``transactions`` and
   ``orders``/``order_items`` agree (``salespulse.integrity.CONSISTENCY_SQL``).
 
+These two are incremental (``orchestration.increments``): each evaluation
+looks at what was ingested since the previous one (and at what it found wrong
+before, until fixed), so its cost does not grow with history; the whole
+tables are ``salespulse audit``'s.
+
 The last two are checks on the raw tables each topic feeds (``events`` for
 ``ecommerce.events``, ``orders`` for ``restaurant.orders``): one query each,
 whose rows are split by domain, so a failure shows on the domain it hit.
@@ -241,28 +246,56 @@ def _markdown(header: tuple, rows: list[tuple]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-def ledger_gap_results(postgres: PostgresResource) -> list[AssetCheckResult]:
-    """``ingest_ledger_contiguous`` for each integrity asset."""
-    from salespulse.ops.audit import discontinuities
+def _scope(increment, rechecked: int) -> dict:
+    """Metadata of what an incremental evaluation looked at (``rechecked``:
+    earlier findings of this asset looked at again)."""
+    return {
+        "since": MetadataValue.text(increment.since.isoformat()),
+        "first_evaluation": MetadataValue.bool(increment.first),
+        "pending_rechecked": MetadataValue.int(rechecked),
+    }
 
-    with postgres.connection() as conn, conn.cursor() as cur:
-        found = discontinuities(cur)
-        cur.execute("SELECT topic, count(*), COALESCE(sum(messages), 0) FROM ingest_ledger GROUP BY topic")
-        batches = {topic: (n, int(messages)) for topic, n, messages in cur.fetchall()}
+
+def _since_text(increment, rechecked: int) -> str:
+    start = "in the last hour (first evaluation)" if increment.first else f"since {increment.since.isoformat()}"
+    return start + (f", {rechecked} earlier finding(s) re-checked" if rechecked else "")
+
+
+def ledger_gap_results(postgres: PostgresResource) -> list[AssetCheckResult]:
+    """``ingest_ledger_contiguous`` for each integrity asset, over the ledger
+    rows recorded since the last evaluation, their neighbours and the gaps
+    found before (``orchestration.increments``; the whole ledger:
+    ``salespulse audit``)."""
+    from orchestration.increments import evaluate_increment
+    from salespulse.integrity import ledger_gaps_since, ledger_rows_since
+    from salespulse.ops.audit import Discontinuity
+
+    def evaluate(cur, increment):
+        found = [Discontinuity(*row) for row in ledger_gaps_since(cur, increment.since, increment.pending)]
+        batches = ledger_rows_since(cur, increment.since)
+        return (found, batches), [[d.consumer_group, d.topic, d.topic_incarnation, d.partition, d.found_first]
+                                  for d in found]
+
+    with postgres.connection() as conn:
+        (found, batches), increment = evaluate_increment(conn, "ingest_ledger_contiguous",
+                                                         _margin(postgres), evaluate)
     results = []
     for name, (topic, _tables) in INTEGRITY_ASSETS.items():
         mine = [d for d in found if name in _owner(d.topic, 0)]
         n, messages = batches.get(topic, (0, 0))
+        rechecked = sum(1 for k in increment.pending if name in _owner(k[1], 0))
         results.append(AssetCheckResult(
             asset_key=RAW_TABLE_KEYS[name],
             check_name="ingest_ledger_contiguous",
             passed=not mine,
             description=(f"{len(mine)} gap(s)/overlap(s) in the ingest ledger of {topic}" if mine else
-                         f"{topic}: {n} ledger ranges ({messages} messages), contiguous per partition"),
+                         f"{topic}: {n} new ledger ranges ({messages} messages), contiguous per partition")
+                        + f"; ledger rows recorded {_since_text(increment, rechecked)}",
             metadata={
                 "discontinuities": MetadataValue.int(len(mine)),
                 "ledger_rows": MetadataValue.int(n),
                 "messages": MetadataValue.int(messages),
+                **_scope(increment, rechecked),
                 "gaps": _markdown(("kind", "group", "topic", "incarnation", "partition", "expected_first",
                                    "found_first"),
                                   [(d.kind, d.consumer_group, d.topic, d.topic_incarnation or "-", d.partition,
@@ -273,26 +306,53 @@ def ledger_gap_results(postgres: PostgresResource) -> list[AssetCheckResult]:
 
 
 def consistency_results(postgres: PostgresResource) -> list[AssetCheckResult]:
-    """``raw_tables_consistent`` for each integrity asset."""
-    from salespulse.integrity import consistency_violations
+    """``raw_tables_consistent`` for each integrity asset, over the event-time
+    minutes of the rows ingested since the last evaluation and the minutes
+    where it found violations before (``orchestration.increments``; the whole
+    tables: ``salespulse audit``)."""
+    from orchestration.increments import evaluate_increment, minutes_of
+    from salespulse.integrity import consistency_violations_in, ingested_minutes
 
-    with postgres.connection() as conn, conn.cursor() as cur:
-        found = consistency_violations(cur)
+    def evaluate(cur, increment):
+        new = {name: ingested_minutes(cur, name, increment.since) for name in INTEGRITY_ASSETS}
+        again = {name: minutes_of([m for d, m in increment.pending if d == name]) for name in INTEGRITY_ASSETS}
+        minutes = {name: set(new[name]) | set(again[name]) for name in INTEGRITY_ASSETS}
+        found = consistency_violations_in(cur, minutes["events"], minutes["orders"])
+        pending = sorted({(name, _floor_minute(v[4].astimezone(timezone.utc)).isoformat())
+                          for v in found for name in _owner(v[1], 1)}, key=lambda p: p[1])
+        return (new, minutes, found), [list(p) for p in pending]
+
+    with postgres.connection() as conn:
+        (new, minutes, found), increment = evaluate_increment(conn, "raw_tables_consistent",
+                                                              _margin(postgres), evaluate)
     results = []
     for name, (_topic, tables) in INTEGRITY_ASSETS.items():
-        mine = [v for v in found if name in _owner(v[1], 1)]
+        mine = [v[:4] for v in found if name in _owner(v[1], 1)]
+        ingested = sum(new[name].values())
+        rechecked = sum(1 for domain, _minute in increment.pending if domain == name)
         results.append(AssetCheckResult(
             asset_key=RAW_TABLE_KEYS[name],
             check_name="raw_tables_consistent",
             passed=not mine,
             description=(f"{len(mine)} disagreement(s) between {' / '.join(sorted(tables))}" if mine else
-                         f"{' / '.join(sorted(tables))} agree"),
+                         f"{' / '.join(sorted(tables))} agree")
+                        + f" in the {len(minutes[name])} event-time minute(s) of the {ingested} {name} "
+                          f"ingested {_since_text(increment, rechecked)}",
             metadata={
                 "violations": MetadataValue.int(len(mine)),
+                "rows_ingested": MetadataValue.int(ingested),
+                "minutes_checked": MetadataValue.int(len(minutes[name])),
+                **_scope(increment, rechecked),
                 "first_violations": _markdown(("check", "table", "key", "detail"), mine),
             },
         ))
     return results
+
+
+def _margin(postgres: PostgresResource) -> timedelta:
+    """Clock margin of the ``ingested_at`` bound (``LATE_ROWS_MARGIN_SECONDS``,
+    shared with the new-data sensor)."""
+    return timedelta(seconds=postgres.settings().late_rows_margin_seconds)
 
 
 # --- the checks -------------------------------------------------------------
@@ -347,7 +407,8 @@ def dead_letter_rate_check(postgres: PostgresResource) -> AssetCheckResult:
 @multi_asset_check(
     specs=[AssetCheckSpec("ingest_ledger_contiguous", asset=RAW_TABLE_KEYS[name],
                           description=f"The consumer's ingest_ledger ranges of {topic} follow each other per "
-                                      "partition, without a gap or an overlap (see docs/audit.md).")
+                                      "partition, without a gap or an overlap: the ranges recorded since the "
+                                      "last evaluation and their neighbours (see docs/audit.md).")
            for name, (topic, _tables) in INTEGRITY_ASSETS.items()],
     name="ingest_ledger_contiguous",
 )
@@ -358,7 +419,8 @@ def ingest_ledger_contiguous(postgres: PostgresResource):
 @multi_asset_check(
     specs=[AssetCheckSpec("raw_tables_consistent", asset=RAW_TABLE_KEYS[name],
                           description=f"{' / '.join(sorted(tables))} agree: every purchase has its transaction, "
-                                      "every order its items, counts and totals match (see docs/audit.md).")
+                                      "every order its items, counts and totals match, in the event-time minutes "
+                                      "of the rows ingested since the last evaluation (see docs/audit.md).")
            for name, (_topic, tables) in INTEGRITY_ASSETS.items()],
     name="raw_tables_consistent",
 )

@@ -19,20 +19,71 @@ Dagster asset checks all run:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Iterable
 
-_GAPS = """
+MINUTE = timedelta(minutes=1)
+
+def _gaps(source: str, slice_column: str = "") -> str:
+    """Gaps/overlaps between consecutive ranges of ``source`` (ingest_ledger's
+    columns), per partition (and per ``slice_column`` if given)."""
+    by_slice = f"{slice_column}, " if slice_column else ""
+    return f"""
 SELECT consumer_group, topic, topic_incarnation, "partition", expected_first, found_first
 FROM (
     SELECT consumer_group, topic, topic_incarnation, "partition", first_offset AS found_first,
            lag(last_offset) OVER w + 1 AS expected_first
-    FROM ingest_ledger
-    WINDOW w AS (PARTITION BY consumer_group, topic, topic_incarnation, "partition"
+    FROM {source}
+    WINDOW w AS (PARTITION BY {by_slice}consumer_group, topic, topic_incarnation, "partition"
                  ORDER BY first_offset, last_offset)
 ) ranges
 WHERE expected_first IS NOT NULL AND found_first <> expected_first
 """
-LEDGER_GAPS_SQL = _GAPS + 'ORDER BY consumer_group, topic, topic_incarnation, "partition", found_first\n'
+
+
+_GAPS = _gaps("ingest_ledger")
+_GAPS_ORDER = 'ORDER BY consumer_group, topic, topic_incarnation, "partition", found_first\n'
+LEDGER_GAPS_SQL = _GAPS + _GAPS_ORDER
+
+# A ledger slice: one partition's ranges whose first offset is in [lo, hi], plus
+# the range just before and the one just after (index
+# idx_ingest_ledger_partition_offsets, sql/110): consecutive in the partition's
+# order, so every gap between two of them is a real gap.
+_SLICE_KEY = """l.consumer_group = s.consumer_group AND l.topic = s.topic
+                 AND l.topic_incarnation = s.topic_incarnation AND l."partition" = s."partition\""""
+_SLICE_ROWS = f"""(
+    SELECT s.slice, l.* FROM slices s JOIN ingest_ledger l
+        ON {_SLICE_KEY} AND l.first_offset BETWEEN s.lo AND s.hi
+    UNION
+    SELECT s.slice, b.* FROM slices s CROSS JOIN LATERAL (
+        SELECT l.* FROM ingest_ledger l WHERE {_SLICE_KEY} AND l.first_offset < s.lo
+        ORDER BY l.first_offset DESC LIMIT 1) b
+    UNION
+    SELECT s.slice, a.* FROM slices s CROSS JOIN LATERAL (
+        SELECT l.* FROM ingest_ledger l WHERE {_SLICE_KEY} AND l.first_offset > s.hi
+        ORDER BY l.first_offset LIMIT 1) a
+) sliced"""
+# Slices: per partition, the ranges recorded after %(since)s (their lowest and
+# highest first offset), and the given ones (%(keep_*)s arrays: gaps found
+# before, looked at again until they are filled).
+LEDGER_INCREMENT_GAPS_SQL = f"""
+WITH recent AS (
+    SELECT consumer_group, topic, topic_incarnation, "partition", min(first_offset) AS lo,
+           max(first_offset) AS hi
+    FROM ingest_ledger WHERE recorded_at > %(since)s GROUP BY 1, 2, 3, 4
+), slices AS (
+    SELECT row_number() OVER () AS slice, * FROM (
+        SELECT consumer_group, topic, topic_incarnation, "partition", lo, hi FROM recent
+        UNION ALL
+        SELECT * FROM unnest(%(keep_group)s::text[], %(keep_topic)s::text[], %(keep_incarnation)s::text[],
+                             %(keep_partition)s::int[], %(keep_first)s::bigint[], %(keep_first)s::bigint[])
+    ) k
+)
+SELECT DISTINCT * FROM ({_gaps(_SLICE_ROWS, "slice")}) g
+{_GAPS_ORDER}"""
+LEDGER_INCREMENT_COUNT_SQL = """
+SELECT topic, count(*), COALESCE(sum(messages), 0) FROM ingest_ledger WHERE recorded_at > %(since)s GROUP BY topic
+"""
 
 # Time window on the parent's (or the child's) timestamp: NULL = unbounded.
 _IN_WINDOW = "(%(since)s::timestamptz IS NULL OR {ts} >= %(since)s) AND (%(until)s::timestamptz IS NULL OR {ts} < %(until)s)"
@@ -42,12 +93,22 @@ def _window(ts: str) -> str:
     return _IN_WINDOW.format(ts=ts)
 
 
-CONSISTENCY_SQL = f"""
+def _in_ranges(table: str, ranges: str) -> str:
+    """``table``'s rows whose event time is in one of the ``ranges`` (a
+    relation of disjoint ``[lo, hi)``): an index (or partition) range each."""
+    return f"""(SELECT x.* FROM {ranges} AS r(lo, hi) JOIN {table} x ON x."timestamp" >= r.lo AND x."timestamp" < r.hi)"""
+
+
+# One body, two row sources: the whole tables (or one event-time window of
+# them) for `salespulse audit`, or event-time ranges for the incremental check.
+# The last column is the offending row's event time.
+_CONSISTENCY = """
+WITH checked_events AS ({events}), checked_transactions AS ({transactions}), checked_orders AS ({orders})
 SELECT 'purchase_without_transaction', 'events', e.event_id::text,
-       'purchase event ' || e.event_id || ' has no transaction'
-FROM events e
-WHERE e.event_type = 'purchase' AND {_window('e."timestamp"')}
-  AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.event_id = e.event_id)
+       'purchase event ' || e.event_id || ' has no transaction', e."timestamp"
+FROM checked_events e
+WHERE e.event_type = 'purchase'
+  AND NOT EXISTS (SELECT 1 FROM {transaction_of_event} t WHERE t.event_id = e.event_id)
 UNION ALL
 SELECT CASE WHEN e.event_id IS NULL THEN 'transaction_without_event'
             WHEN e.event_type <> 'purchase' THEN 'transaction_event_not_purchase'
@@ -56,10 +117,10 @@ SELECT CASE WHEN e.event_id IS NULL THEN 'transaction_without_event'
        CASE WHEN e.event_id IS NULL THEN 'transaction ' || t.transaction_id || ': event ' || t.event_id || ' missing'
             WHEN e.event_type <> 'purchase' THEN 'transaction ' || t.transaction_id || ': event is a ' || e.event_type
             ELSE 'transaction ' || t.transaction_id || ' at ' || t."timestamp" || ', its event at ' || e."timestamp"
-       END
-FROM transactions t LEFT JOIN events e ON e.event_id = t.event_id
-WHERE {_window('t."timestamp"')}
-  AND (e.event_id IS NULL OR e.event_type <> 'purchase' OR e."timestamp" <> t."timestamp")
+       END,
+       t."timestamp"
+FROM checked_transactions t LEFT JOIN events e ON e.event_id = t.event_id
+WHERE e.event_id IS NULL OR e.event_type <> 'purchase' OR e."timestamp" <> t."timestamp"
 UNION ALL
 SELECT CASE WHEN i.order_id IS NULL THEN 'order_without_items'
             WHEN o.item_count <> i.quantity THEN 'order_item_count_mismatch'
@@ -69,14 +130,37 @@ SELECT CASE WHEN i.order_id IS NULL THEN 'order_without_items'
             WHEN o.item_count <> i.quantity
                 THEN 'item_count ' || o.item_count || ' != sum of item quantities ' || i.quantity
             ELSE 'total_amount ' || o.total_amount || ' != sum of line totals ' || i.line_total
-       END
-FROM orders o
+       END,
+       o."timestamp"
+FROM checked_orders o
 LEFT JOIN (SELECT order_id, sum(quantity) AS quantity, sum(line_total) AS line_total
-           FROM order_items GROUP BY order_id) i ON i.order_id = o.order_id
-WHERE {_window('o."timestamp"')}
-  AND (i.order_id IS NULL OR o.item_count <> i.quantity OR o.total_amount <> i.line_total)
+           FROM order_items {items_of_orders} GROUP BY order_id) i ON i.order_id = o.order_id
+WHERE i.order_id IS NULL OR o.item_count <> i.quantity OR o.total_amount <> i.line_total
 ORDER BY 1, 2, 3
 """
+
+CONSISTENCY_SQL = _CONSISTENCY.format(
+    events=f"""SELECT * FROM events e WHERE {_window('e."timestamp"')}""",
+    transactions=f"""SELECT * FROM transactions t WHERE {_window('t."timestamp"')}""",
+    orders=f"""SELECT * FROM orders o WHERE {_window('o."timestamp"')}""",
+    transaction_of_event="transactions",
+    items_of_orders="",
+)
+
+# The incremental form: rows whose event time is in %(ev_lo)s/%(ev_hi)s
+# (events, transactions) or %(or_lo)s/%(or_hi)s (orders and their items).
+# A purchase's transaction is looked for in the same ranges (transactions has
+# no index on event_id): one whose time is elsewhere shows as
+# purchase_without_transaction (`salespulse audit` names it a mismatch).
+_EVENT_RANGES = "unnest(%(ev_lo)s::timestamptz[], %(ev_hi)s::timestamptz[])"
+_ORDER_RANGES = "unnest(%(or_lo)s::timestamptz[], %(or_hi)s::timestamptz[])"
+CONSISTENCY_IN_RANGES_SQL = _CONSISTENCY.format(
+    events=f"SELECT * FROM {_in_ranges('events', _EVENT_RANGES)} e",
+    transactions=f"SELECT * FROM {_in_ranges('transactions', _EVENT_RANGES)} t",
+    orders=f"SELECT * FROM {_in_ranges('orders', _ORDER_RANGES)} o",
+    transaction_of_event="checked_transactions",
+    items_of_orders="WHERE order_id IN (SELECT order_id FROM checked_orders)",
+)
 
 _SUMMARY_SQL = f"""
 WITH gaps AS ({_GAPS})
@@ -105,7 +189,63 @@ def consistency_violations(cursor, since: datetime | None = None, until: datetim
     """(check_name, table_name, key, detail) for every disagreement between
     events/transactions and orders/order_items, optionally in [since, until)."""
     cursor.execute(CONSISTENCY_SQL, {"since": since, "until": until})
+    return [row[:4] for row in cursor.fetchall()]
+
+
+def minute_ranges(minutes: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
+    """Minute windows -> the fewest disjoint ``[lo, hi)`` ranges covering them."""
+    ranges: list[list[datetime]] = []
+    for minute in sorted(set(minutes)):
+        if ranges and ranges[-1][1] == minute:
+            ranges[-1][1] = minute + MINUTE
+        else:
+            ranges.append([minute, minute + MINUTE])
+    return [(lo, hi) for lo, hi in ranges]
+
+
+def ingested_minutes(cursor, table: str, since: datetime) -> dict[datetime, int]:
+    """Event-time minute -> rows of ``table`` (``events`` or ``orders``) ingested
+    after ``since`` (``ingested_at``, BRIN-indexed: sql/060)."""
+    if table not in ("events", "orders"):
+        raise ValueError(f"{table} has no ingested_at")
+    cursor.execute(f"""SELECT date_trunc('minute', "timestamp", 'UTC'), count(*) FROM {table}
+                       WHERE ingested_at > %s GROUP BY 1""", (since,))
+    return {minute: n for minute, n in cursor.fetchall()}
+
+
+def consistency_violations_in(cursor, event_minutes: Iterable[datetime],
+                              order_minutes: Iterable[datetime]) -> list[tuple]:
+    """(check_name, table_name, key, detail, event time) for every disagreement
+    among the rows of the given event-time minutes: ``event_minutes`` for
+    events/transactions, ``order_minutes`` for orders/order_items
+    (``CONSISTENCY_IN_RANGES_SQL``: index ranges, never a whole table)."""
+    ev, orders = minute_ranges(event_minutes), minute_ranges(order_minutes)
+    cursor.execute(CONSISTENCY_IN_RANGES_SQL, {
+        "ev_lo": [lo for lo, _ in ev], "ev_hi": [hi for _, hi in ev],
+        "or_lo": [lo for lo, _ in orders], "or_hi": [hi for _, hi in orders],
+    })
     return cursor.fetchall()
+
+
+def ledger_gaps_since(cursor, since: datetime, keep: Iterable[tuple] = ()) -> list[tuple]:
+    """:func:`ledger_gaps` restricted to the ranges recorded after ``since``
+    and the range before and after them in each partition, plus, for each
+    ``keep`` item ``(consumer_group, topic, topic_incarnation, partition,
+    found_first)`` (a gap found earlier), the range starting there and its
+    neighbours (``LEDGER_INCREMENT_GAPS_SQL``)."""
+    keep = list(keep)
+    cursor.execute(LEDGER_INCREMENT_GAPS_SQL, {
+        "since": since,
+        **{f"keep_{name}": [k[i] for k in keep]
+           for i, name in enumerate(("group", "topic", "incarnation", "partition", "first"))},
+    })
+    return cursor.fetchall()
+
+
+def ledger_rows_since(cursor, since: datetime) -> dict[str, tuple[int, int]]:
+    """topic -> (ledger rows, messages) recorded after ``since``."""
+    cursor.execute(LEDGER_INCREMENT_COUNT_SQL, {"since": since})
+    return {topic: (n, int(messages)) for topic, n, messages in cursor.fetchall()}
 
 
 def ledger_summary(cursor, group: str | None = None) -> list[dict]:

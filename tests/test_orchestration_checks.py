@@ -259,6 +259,5 @@ def test_consistency_check_fails_on_a_purchase_without_its_transaction(clean):
     assert not failed.passed and failed.metadata["violations"].value == 1
     assert orphan in failed.metadata["first_violations"].value
     assert results["orders:raw_tables_consistent"].passed
-    # an order whose item_count no longer matches its items fails the restaurant side
-    execute(clean, "UPDATE orders SET item_count = item_count + 1 WHERE id = (SELECT min(id) FROM orders)")
-    assert not run_checks_job(clean, [raw_tables_consistent])["orders:raw_tables_consistent"].passed
+    # the check looks at what was ingested since its last evaluation: a new order
+    # whose items disagree, a late row, history left alone: tests/test_health_increments.py

@@ -107,6 +107,25 @@ def next_since(marks: list[Mark], xmin: int, margin: timedelta) -> tuple[datetim
     return marks[0].at - margin, marks[-MAX_MARKS:], True
 
 
+def advance(previous: list[Mark] | None, mark: Mark, xmin: int, margin: timedelta,
+            inclusive: bool = False) -> tuple[datetime, list[Mark], bool, bool]:
+    """One tick's step for any reader of rows by ``ingested_at`` (the new-data
+    sensor, the incremental health checks): the previous marks plus this
+    tick's ``mark`` -> ``(where the next scan starts, marks to keep, fell
+    back, restarted)``. ``restarted``: a previous mark has a higher id than
+    this tick's (the database was replaced): the marks start again.
+
+    ``inclusive``: a mark whose id *equals* ``xmin`` bounds too. The oldest
+    open transaction is then the mark's own (this tick's, when nothing older
+    is open): every other open one got its id after it. With the strict rule
+    (the sensor's) the bound trails one tick behind, so each row is scanned by
+    two consecutive ticks."""
+    restarted = previous is not None and any(m.xid > mark.xid for m in previous)
+    marks = [mark] if restarted else [*(previous or []), mark]
+    since, marks, fell_back = next_since(marks, xmin + 1 if inclusive else xmin, margin)
+    return since, marks, fell_back, restarted
+
+
 def differing(rows: Iterable[tuple[datetime, int, int | None]]) -> list[datetime]:
     """``(window, raw rows, reported count or None)`` -> windows to restate."""
     return sorted(w for w, raw, reported in rows if reported is None and raw > 0 or

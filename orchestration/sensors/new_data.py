@@ -67,9 +67,9 @@ from orchestration.restatement import encode_minutes, tag_name, windows_from_tag
 from orchestration.sensors.late_rows import (
     MAX_PENDING,
     Cursor,
+    advance,
     begin_tick,
     by_hour,
-    next_since,
     windows_to_restate,
 )
 from orchestration.sensors.runs import PARTITION_TAG, TRIGGER_TAG, schedule_is_covering
@@ -153,11 +153,9 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot for the tick
             now, mark, xmin = begin_tick(cur)
             ids = _max_ids(cur)
-            marks = [*(previous.marks if previous else []), mark]
-            if previous is not None and any(m.xid > mark.xid for m in previous.marks):
+            since, marks, fell_back, restarted = advance(previous.marks if previous else None, mark, xmin, margin)
+            if restarted:
                 context.log.warning("transaction ids went back (database replaced): marks restarted")
-                marks = [mark]
-            since, marks, fell_back = next_since(marks, xmin, margin)
             if fell_back and previous is not None:
                 context.log.warning(f"a transaction older than every mark is still open: next scan from {since}")
             newest = {}

@@ -258,7 +258,9 @@ def _scope(increment, rechecked: int) -> dict:
 
 def _since_text(increment, rechecked: int) -> str:
     start = "in the last hour (first evaluation)" if increment.first else f"since {increment.since.isoformat()}"
-    return start + (f", {rechecked} earlier finding(s) re-checked" if rechecked else "")
+    return (start + (f", {rechecked} earlier finding(s) re-checked" if rechecked else "")
+            + ("; an ingest transaction older than every mark is still open: the next evaluation starts "
+               "from the same bound" if increment.fell_back else ""))
 
 
 def ledger_gap_results(postgres: PostgresResource) -> list[AssetCheckResult]:

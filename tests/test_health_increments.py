@@ -73,11 +73,12 @@ def meta(evaluation, name):
     return evaluation.metadata[name].value
 
 
-def whole_table_violations(url) -> list[tuple]:
+def whole_table(url, query) -> list[tuple]:
+    """``query(cursor)`` of ``salespulse.integrity`` over the whole tables (the audit's)."""
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
-            return consistency_violations(cur)
+            return query(cur)
     finally:
         conn.close()
 
@@ -122,7 +123,7 @@ def test_consistency_check_looks_at_the_increment_and_keeps_failing_until_fixed(
     # history is not scanned: a hand edit of an old row is left to `salespulse audit`
     execute(url, """DELETE FROM transactions WHERE id = (SELECT min(id) FROM transactions
                     WHERE "timestamp" < %s)""", (BASE_HOUR + timedelta(minutes=5),))
-    assert [v[0] for v in whole_table_violations(url)] == ["purchase_without_transaction"]
+    assert [v[0] for v in whole_table(url, consistency_violations)] == ["purchase_without_transaction"]
     untouched = consistency(url)
     assert untouched["events"].passed and meta(untouched["events"], "minutes_checked") == 0
 
@@ -206,9 +207,4 @@ def test_ledger_check_finds_a_gap_at_the_increments_boundary(no_margin):
     results = run_checks_job(url, [ingest_ledger_contiguous])
     assert results["events:ingest_ledger_contiguous"].passed
     assert meta(results["events:ingest_ledger_contiguous"], "ledger_rows") == 0
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            assert [(g[1], g[3], g[4], g[5]) for g in ledger_gaps(cur)] == [(EC, 2, 10, 20)]
-    finally:
-        conn.close()
+    assert [(g[1], g[3], g[4], g[5]) for g in whole_table(url, ledger_gaps)] == [(EC, 2, 10, 20)]

@@ -32,6 +32,7 @@ SELECT md5('or' || i)::uuid, %(base)s::timestamptz + (i * %(ostep)s) * interval 
        (ARRAY['takeaway', 'delivery'])[1 + i %% 2], 2 * 12.50, 'pix', 2
 FROM generate_series(0::bigint, %(orders)s - 1) i;
 
-INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total)
-SELECT order_id, 0, 'm-' || (id %% 20), 'Item ' || (id %% 20), 'cat-' || (id %% 4), 2, 12.50, 25.00 FROM orders;
+INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total, "timestamp")
+SELECT order_id, 0, 'm-' || (id %% 20), 'Item ' || (id %% 20), 'cat-' || (id %% 4), 2, 12.50, 25.00, "timestamp"
+FROM orders;
 """

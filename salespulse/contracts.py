@@ -183,7 +183,10 @@ class ContractError(ValueError):
 @dataclass(frozen=True)
 class TimestampWindow:
     """The event times the pipeline accepts: not later than now + ``max_future_seconds``,
-    not earlier than ``earliest``.
+    not earlier than ``earliest`` nor, when ``max_age_days`` is set (the raw
+    retention, ``RAW_RETENTION_DAYS``), than now - ``max_age_days``: an older
+    event's month partition may have been dropped, and storing it there alone
+    would let a restatement overwrite that minute's report with it.
 
     Checked on parsing, not in the models, so the JSON Schema (and any client
     built from it) stays a description of the message shape. Without it one
@@ -193,6 +196,7 @@ class TimestampWindow:
 
     max_future_seconds: int = 300
     earliest: datetime = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    max_age_days: int = 0  # 0: no age limit
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "earliest", _to_utc(self.earliest))  # naive = UTC, like event times
@@ -200,22 +204,27 @@ class TimestampWindow:
 
     @classmethod
     def from_settings(cls, settings) -> "TimestampWindow":
-        """From ``EVENT_MAX_FUTURE_SECONDS`` / ``EVENT_EARLIEST``."""
-        return cls(settings.event_max_future_seconds, settings.event_earliest)
+        """From ``EVENT_MAX_FUTURE_SECONDS`` / ``EVENT_EARLIEST`` / ``RAW_RETENTION_DAYS``."""
+        return cls(settings.event_max_future_seconds, settings.event_earliest, settings.raw_retention_days)
 
     def violation(self, ts: datetime, now: datetime | None = None) -> str | None:
         """The reason ``ts`` is outside the window, or None."""
         if now is None and ts.tzinfo is not None:
             # the usual case, decided on the clock's seconds: more than a second inside the window
-            seconds = ts.timestamp()
-            if self._earliest_s + 1 < seconds < time.time() + self.max_future_seconds - 1:
+            seconds, now_s = ts.timestamp(), time.time()
+            oldest = max(self._earliest_s, now_s - self.max_age_days * 86400) if self.max_age_days else self._earliest_s
+            if oldest + 1 < seconds < now_s + self.max_future_seconds - 1:
                 return None
-        latest = (now or datetime.now(timezone.utc)) + timedelta(seconds=self.max_future_seconds)
+        now = now or datetime.now(timezone.utc)
+        latest = now + timedelta(seconds=self.max_future_seconds)
         if ts > latest:
             return (f"timestamp outside the accepted window: {ts.isoformat()} is more than "
                     f"{self.max_future_seconds} s in the future")
         if ts < self.earliest:
             return f"timestamp outside the accepted window: {ts.isoformat()} is before {self.earliest.isoformat()}"
+        if self.max_age_days and ts < now - timedelta(days=self.max_age_days):
+            return (f"timestamp outside the accepted window: {ts.isoformat()} is older than the "
+                    f"{self.max_age_days} days of raw history kept (RAW_RETENTION_DAYS)")
         return None
 
 

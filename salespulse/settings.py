@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # accepted event-time window: not later than now + this, not earlier than that
     event_max_future_seconds: int = Field(300, ge=0)
     event_earliest: datetime = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    # raw rows are kept this many days (0 = keep everything): the hourly
+    # raw_partitions_job drops older month partitions once their reports exist,
+    # and the consumer dead-letters events older than this (their month may be
+    # gone); see salespulse/partitions.py
+    raw_retention_days: int = Field(0, ge=0, le=36_500)
 
     # --- Dagster checks and sensors -----------------------------------------
     # dead_letter_rate: at most this share of the last hour's messages may be dead letters

@@ -67,8 +67,8 @@ class Seeder:
                          sum(q for *_x, q, _p in items)))
             for line, (item_id, name, category, q, price) in enumerate(items):
                 cur.execute("INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, "
-                            "unit_price, line_total) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                            (order_id, line, item_id, name, category, q, Decimal(price), Decimal(price) * q))
+                            'unit_price, line_total, "timestamp") VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)',
+                            (order_id, line, item_id, name, category, q, Decimal(price), Decimal(price) * q, ts))
         return order_id
 
 

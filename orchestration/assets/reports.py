@@ -15,7 +15,7 @@ upstream raw tables, description and the tables it writes.
 
 import warnings
 
-from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, Failure, MaterializeResult, MetadataValue, asset
 from dagster_shared.utils.warnings import BetaWarning
 
 from orchestration.assets.partitions import HOURLY
@@ -23,6 +23,7 @@ from orchestration.reports import REPORT_DOMAINS, ReportDomain
 from orchestration.reports.common import computed_by
 from orchestration.resources import PostgresResource, SparkResource
 from orchestration.restatement import windows_from_tags
+from salespulse.partitions import RawHistoryDropped, check_retained
 
 
 def report_asset(reports: ReportDomain):
@@ -36,6 +37,7 @@ def report_asset(reports: ReportDomain):
 
     def refresh(context: AssetExecutionContext, spark: SparkResource, postgres: PostgresResource) -> MaterializeResult:
         window = context.partition_time_window
+        refuse_dropped_history(postgres, reports, window.start)
         windows = windows_from_tags(context.run.tags, reports.name, window.start)  # None: the whole hour
         with computed_by(context.run_id):  # recorded with the windows (report_refreshes)
             result = reports.refresh(spark.session(), postgres.settings(), window.start, window.end, windows=windows)
@@ -57,6 +59,17 @@ def report_asset(reports: ReportDomain):
             partitions_def=HOURLY,
             backfill_policy=BackfillPolicy.single_run(),
         )(refresh)
+
+
+def refuse_dropped_history(postgres: PostgresResource, reports: ReportDomain, start) -> None:
+    """Fail a run (a backfill, usually) whose window starts before raw rows
+    that retention dropped: recomputing it would replace complete reports with
+    figures from nothing."""
+    with postgres.connection() as conn, conn.cursor() as cur:
+        try:
+            check_retained(cur, reports.sources, start, postgres.settings().raw_retention_days)
+        except RawHistoryDropped as exc:
+            raise Failure(description=f"{reports.name} reports: {exc}") from None
 
 
 def report_metadata(result) -> dict:

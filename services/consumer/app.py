@@ -82,8 +82,7 @@ class ConsumerService:
         self.abandoned = False  # True if the consumer was left unclosed (see shutdown.py)
         self.ready = threading.Event()  # set once the consumer is subscribed/assigned
 
-        window = TimestampWindow(max_future_seconds=settings.event_max_future_seconds,
-                                 earliest=settings.event_earliest)
+        window = TimestampWindow.from_settings(settings)
         self.writer = BatchWriter(settings.role_url(ROLE_INGEST), group=self.group_id)
         self.dead_letters = DeadLetterPublisher(settings.kafka_bootstrap_servers)
         self.incarnations = TopicIncarnations(settings.kafka_bootstrap_servers, self.topics)

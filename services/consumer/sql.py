@@ -30,21 +30,26 @@ JOIN ingest_ledger l ON l.consumer_group = %(group)s AND l.topic = b.topic AND l
      AND l."partition" = b.p AND int8range(l.first_offset, l.last_offset, '[]') && int8range(b.lo, b.hi, '[]')
 """
 
-# Events, then products and transactions for the events actually inserted.
-# An event keeps the Kafka origin (partition, offset) of its first copy: a
-# re-send is a no-op (ON CONFLICT DO NOTHING).
+# Keys first: event_keys (unpartitioned, one row per event id ever stored)
+# decides which events are new, because events is partitioned by month and
+# cannot hold a unique key on event_id alone (sql/100_partitioned_raw_tables.sql).
+# Then the new events, and products and transactions for them. An event keeps
+# the Kafka origin (partition, offset) of its first copy: a re-send is a no-op.
 # Returns the counts and the ids NOT inserted (stored already: usually none),
 # so a clean batch sends no list of ids back.
 # Products: the latest catalogue data per product by event time (ordered by
 # product_id, so concurrent consumers lock product rows in the same order),
 # only overwriting newer-or-equal, different data.
 INSERT_EVENTS = """
-WITH ins AS (
+WITH keys AS (
+    INSERT INTO event_keys (event_id, "timestamp") SELECT event_id, ts FROM tmp_events
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), ins AS (
     INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id, search_query,
                         content_hash, kafka_partition, kafka_offset)
     SELECT event_id, event_type, ts, user_id, session_id, product_id, search_query, content_hash,
-           kafka_partition, kafka_offset FROM tmp_events
-    ON CONFLICT (event_id) DO NOTHING
+           kafka_partition, kafka_offset FROM tmp_events JOIN keys USING (event_id)
     RETURNING event_id
 ), new AS (
     SELECT t.* FROM tmp_events t JOIN ins USING (event_id)
@@ -65,28 +70,34 @@ WITH ins AS (
                               "timestamp")
     SELECT event_id::text, event_id, product_id, quantity, total_amount, payment_method, ts
     FROM new WHERE event_type = 'purchase'
-    ON CONFLICT (transaction_id) DO NOTHING
+    ON CONFLICT (transaction_id, "timestamp") DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM prod), (SELECT count(*) FROM tx), (SELECT count(*) FROM ins),
        ARRAY(SELECT t.event_id::text FROM tmp_events t WHERE NOT EXISTS (SELECT FROM ins WHERE ins.event_id = t.event_id))
 """
 
-# Orders, then the items of the orders actually inserted; counts and the ids not inserted.
+# Orders (keys first, as for events), then the items of the orders actually
+# inserted, stamped with their order's time (order_items' partition key);
+# counts and the ids not inserted.
 INSERT_ORDERS = """
-WITH ins AS (
+WITH keys AS (
+    INSERT INTO order_keys (order_id, "timestamp") SELECT order_id, ts FROM tmp_orders
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING order_id
+), ins AS (
     INSERT INTO orders (order_id, "timestamp", restaurant_id, table_number, channel, total_amount, payment_method,
                         item_count, content_hash, kafka_partition, kafka_offset)
     SELECT order_id, ts, restaurant_id, table_number, channel, total_amount, payment_method, item_count,
            content_hash, kafka_partition, kafka_offset
-    FROM tmp_orders
-    ON CONFLICT (order_id) DO NOTHING
-    RETURNING order_id
+    FROM tmp_orders JOIN keys USING (order_id)
+    RETURNING order_id, "timestamp"
 ), items AS (
-    INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total)
-    SELECT i.order_id, line_number, item_id, name, category, quantity, unit_price, line_total
+    INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total,
+                             "timestamp")
+    SELECT i.order_id, line_number, item_id, name, category, quantity, unit_price, line_total, ins."timestamp"
     FROM tmp_order_items i JOIN ins USING (order_id)
-    ON CONFLICT (order_id, line_number) DO NOTHING
+    ON CONFLICT (order_id, line_number, "timestamp") DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM ins),
@@ -94,14 +105,17 @@ SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM ins),
 """
 
 # Ids not inserted whose stored content differs (rows stored before content
-# hashes existed have none and count as identical).
+# hashes existed have none and count as identical). The key row says which
+# partition holds the stored row.
 CONFLICTS = """
-SELECT 'e', s.event_id::text FROM events s
-JOIN unnest(%(eids)s::uuid[], %(ehashes)s::text[]) AS c(id, h) ON s.event_id = c.id
+SELECT 'e', s.event_id::text FROM unnest(%(eids)s::uuid[], %(ehashes)s::text[]) AS c(id, h)
+JOIN event_keys k ON k.event_id = c.id
+JOIN events s ON s."timestamp" = k."timestamp" AND s.event_id = k.event_id
 WHERE s.content_hash <> decode(c.h, 'hex')
 UNION ALL
-SELECT 'o', s.order_id::text FROM orders s
-JOIN unnest(%(oids)s::uuid[], %(ohashes)s::text[]) AS c(id, h) ON s.order_id = c.id
+SELECT 'o', s.order_id::text FROM unnest(%(oids)s::uuid[], %(ohashes)s::text[]) AS c(id, h)
+JOIN order_keys k ON k.order_id = c.id
+JOIN orders s ON s."timestamp" = k."timestamp" AND s.order_id = k.order_id
 WHERE s.content_hash <> decode(c.h, 'hex')
 """
 

@@ -95,8 +95,9 @@ def seed_restaurant(url: str, hour: datetime, minutes=(2, 3, 30, 58), per_minute
                 for n, ((item_id, name, cat, price), qty) in enumerate(lines):
                     cur.execute(
                         """INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity,
-                                                    unit_price, line_total) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)""",
-                        (order_id, n, item_id, name, cat, qty, price, price * qty))
+                                                    unit_price, line_total, "timestamp")
+                           VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)""",
+                        (order_id, n, item_id, name, cat, qty, price, price * qty, ts))
                 count += 1
     conn.close()
     return count

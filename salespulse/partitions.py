@@ -1,0 +1,136 @@
+"""Month partitions of the raw tables, and their retention.
+
+The tables and the two SECURITY DEFINER functions that create and drop
+partitions are in ``sql/100_partitioned_raw_tables.sql``; this module decides
+*when*. Used by the hourly ``raw_partitions_job`` (orchestration/retention.py),
+the report assets (a backfill of dropped raw history fails with the reason)
+and ``salespulse status``.
+
+Retention (``RAW_RETENTION_DAYS`` > 0) drops a month partition only when all
+of these hold, so reports and all-time figures never lose a row:
+
+* the whole month ends more than ``RAW_RETENTION_DAYS`` + one day ago (the
+  day of grace covers a consumer that accepted an event just inside the
+  window a moment before the drop; the consumer dead-letters older events);
+* every minute of it that has events or orders has its overview report row;
+* every day of it has its per-day aggregate counting exactly its raw events
+  (``salespulse/daily_aggregates.py``, behind the all-time views).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+#: grace beyond the retention, see the module docstring
+GRACE = timedelta(days=1)
+
+#: raw table -> the overview report that must exist for each of its minutes
+REPORTED_BY = {"events": "report_ecommerce_overview_minute", "orders": "report_restaurant_overview_minute"}
+
+_MONTH_PARTITIONS = "SELECT table_name, partition, range_start, range_end FROM raw_month_partitions ORDER BY 1, 3"
+
+_FIRST_UNREPORTED = """
+SELECT min(date_trunc('minute', t."timestamp")) FROM {table} t
+WHERE t."timestamp" >= %(lo)s AND t."timestamp" < %(hi)s
+  AND NOT EXISTS (SELECT FROM {report} r WHERE r.window_start = date_trunc('minute', t."timestamp"))
+"""
+
+# The first UTC day whose per-day aggregate does not count exactly its raw events.
+_FIRST_UNFOLDED_DAY = """
+SELECT min(r.day) FROM (
+    SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE AS day, count(*) AS n FROM events
+    WHERE "timestamp" >= %(lo)s AND "timestamp" < %(hi)s GROUP BY 1) r
+LEFT JOIN daily_event_totals d USING (day)
+WHERE d.events IS DISTINCT FROM r.n
+"""
+
+
+@dataclass(frozen=True)
+class MonthPartition:
+    table: str
+    name: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Drop:
+    table: str
+    partition: str
+    start: datetime
+    end: datetime
+    rows: int
+
+
+class RawHistoryDropped(Exception):
+    """A report window needs raw rows that retention has dropped."""
+
+
+def ensure_partitions(cur, around: datetime | None = None) -> list[str]:
+    """Create the month partitions of every raw table around ``around`` (now)
+    and for rows waiting in a DEFAULT partition; return the ones created."""
+    cur.execute("SELECT salespulse_ensure_raw_partitions(coalesce(%s, now()))", (around,))
+    return [name for (name,) in cur.fetchall()]
+
+
+def month_partitions(cur) -> list[MonthPartition]:
+    cur.execute(_MONTH_PARTITIONS)
+    return [MonthPartition(*row) for row in cur.fetchall()]
+
+
+def drop_bound(cur, keep_days: int, now: datetime | None = None) -> tuple[datetime | None, str]:
+    """The time before which whole month partitions may be dropped now (None:
+    none may), and why that bound."""
+    if keep_days <= 0:
+        return None, "RAW_RETENTION_DAYS is 0: raw rows are kept"
+    horizon = (now or datetime.now(timezone.utc)) - timedelta(days=keep_days) - GRACE
+    expired = [p for p in month_partitions(cur) if p.end <= horizon]
+    if not expired:
+        return None, f"no month partition ends before the retention horizon {horizon:%Y-%m-%d %H:%M}"
+    lo = min(p.start for p in expired)
+    bound, why = horizon, f"the retention horizon ({keep_days} days + 1 day of grace)"
+    for table, report in REPORTED_BY.items():
+        cur.execute(_FIRST_UNREPORTED.format(table=table, report=report), {"lo": lo, "hi": bound})
+        (first,) = cur.fetchone()
+        if first is not None and first < bound:
+            bound, why = first, f"{table} at {first:%Y-%m-%d %H:%M} has no {report} row yet"
+    cur.execute(_FIRST_UNFOLDED_DAY, {"lo": lo, "hi": bound})
+    (day,) = cur.fetchone()
+    if day is not None:
+        start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        if start < bound:
+            bound, why = start, f"the per-day aggregate of {day} does not count all its events yet"
+    return bound, why
+
+
+def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime | None = None
+                 ) -> tuple[list[Drop], str]:
+    """Drop the month partitions :func:`drop_bound` allows (recorded in
+    ``raw_partition_drops``), with their keys and old dead letters."""
+    bound, why = drop_bound(cur, keep_days, now)
+    if bound is None:
+        return [], why
+    cur.execute("SELECT table_name, partition, range_start, range_end, rows "
+                "FROM salespulse_drop_raw_partitions(%s, %s)", (bound, run_id))
+    return [Drop(*row) for row in cur.fetchall()], why
+
+
+def dropped_until(cur, tables) -> tuple[datetime, str, datetime] | None:
+    """(end of the dropped raw history, partition, when) over ``tables``, or None."""
+    cur.execute("SELECT range_end, partition, dropped_at FROM raw_partition_drops WHERE table_name = ANY(%s) "
+                "ORDER BY range_end DESC LIMIT 1", (list(tables),))
+    return cur.fetchone()
+
+
+def check_retained(cur, tables, start: datetime, keep_days: int) -> None:
+    """Raise :class:`RawHistoryDropped` if raw rows of ``tables`` from
+    ``start`` on may be gone (a report backfill cannot recompute them)."""
+    dropped = dropped_until(cur, tables)
+    if dropped is not None and start < dropped[0]:
+        until, partition, when = dropped
+        raise RawHistoryDropped(
+            f"cannot recompute from {start:%Y-%m-%d %H:%M} UTC: the raw rows before {until:%Y-%m-%d %H:%M} UTC "
+            f"were dropped by retention (RAW_RETENTION_DAYS={keep_days}; {partition} dropped at "
+            f"{when:%Y-%m-%d %H:%M} UTC). The reports already computed for those windows are kept; "
+            f"backfill windows from {until:%Y-%m-%d %H:%M} UTC on.")

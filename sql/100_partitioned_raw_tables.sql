@@ -1,0 +1,259 @@
+-- Partitioned raw tables and retention (issue 14, part 4). See docs/scaling.md.
+--
+-- events, transactions, orders, order_items and pipeline_observations become
+-- tables partitioned by month on their time column (event time; observed_at),
+-- with a DEFAULT partition that catches any row whose month has no partition
+-- yet, so an insert never fails for want of a partition. Monthly, not daily:
+-- queries that cannot prune by time (ingested_at scans, key lookups) open
+-- every partition, and a year is 12 of them rather than 365.
+--
+-- De-duplication moves to two unpartitioned key tables. A unique constraint on
+-- a partitioned table must include the partition key, so UNIQUE (event_id)
+-- on events would become UNIQUE (event_id, "timestamp") and a conflicting
+-- re-send with another timestamp would be stored twice. event_keys and
+-- order_keys keep the consumer's rule exact: one row per id, ever; a second
+-- copy is a duplicate (same content) or a dead letter (other content). Each
+-- key row also says where its row lives (its partition key), and retention
+-- deletes the keys of the partitions it drops.
+--
+-- The foreign keys transactions -> events and order_items -> orders go (they
+-- would have to reference the key tables, and retention would then check every
+-- deleted key against a whole table); the consumer writes both sides in one
+-- statement and the raw_tables_consistent check verifies them.
+-- order_items gains "timestamp" (its order's event time) as its partition key.
+--
+-- The migration converts existing data in its one transaction: each table is
+-- renamed, re-created partitioned (a partition per month that holds rows, and
+-- the months around now), filled with INSERT ... SELECT, and the old one dropped.
+
+-- 1. Partition maintenance, owned by the migrating (admin) role and run by the
+--    analytics role (Dagster) as SECURITY DEFINER: only these functions may
+--    create or drop partitions.
+
+-- The partition of parent for the UTC month holding ts, created if missing.
+-- Rows of that month waiting in the DEFAULT partition are moved into it first
+-- (the default is locked meanwhile, so no insert slips in between).
+CREATE FUNCTION salespulse_month_partition(parent regclass, ts timestamptz) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    lo timestamptz := date_trunc('month', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    hi timestamptz := (date_trunc('month', ts AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+    part text := format('%s_p%s', parent::text, to_char(lo AT TIME ZONE 'UTC', 'YYYY_MM'));
+    dflt text := parent::text || '_default';
+    keycol text;
+    waiting boolean := false;
+BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN part;
+    END IF;
+    SELECT a.attname INTO STRICT keycol FROM pg_partitioned_table p
+    JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+    WHERE p.partrelid = parent;
+    IF to_regclass(dflt) IS NOT NULL THEN
+        EXECUTE format('LOCK TABLE %I IN SHARE ROW EXCLUSIVE MODE', dflt);
+        EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE %I >= $1 AND %I < $2)', dflt, keycol, keycol)
+            INTO waiting USING lo, hi;
+    END IF;
+    IF waiting THEN
+        EXECUTE format('CREATE TABLE %I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part, parent);
+        EXECUTE format('WITH moved AS (DELETE FROM %I WHERE %I >= $1 AND %I < $2 RETURNING *) '
+                       'INSERT INTO %I SELECT * FROM moved', dflt, keycol, keycol, part) USING lo, hi;
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', parent, part, lo, hi);
+    ELSE
+        EXECUTE format('CREATE TABLE %I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)', part, parent, lo, hi);
+    END IF;
+    RETURN part;
+END
+$$;
+
+-- The partitioned raw tables and their time columns (the one list the
+-- functions below and salespulse/partitions.py read).
+CREATE TABLE raw_partitioned_tables (
+    table_name  TEXT PRIMARY KEY,
+    key_column  TEXT NOT NULL
+);
+INSERT INTO raw_partitioned_tables VALUES
+    ('events', 'timestamp'), ('transactions', 'timestamp'), ('orders', 'timestamp'),
+    ('order_items', 'timestamp'), ('pipeline_observations', 'observed_at');
+
+-- Every partitioned raw table has partitions for the months from around-1
+-- month to around+2 months, and one for each month of a row waiting in its
+-- DEFAULT partition (moved there). Returns the partitions created.
+CREATE FUNCTION salespulse_ensure_raw_partitions(around timestamptz DEFAULT now())
+RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    t record;
+    m timestamptz;
+BEGIN
+    FOR t IN SELECT table_name, key_column FROM raw_partitioned_tables ORDER BY table_name LOOP
+        FOR m IN EXECUTE format(
+                'SELECT $1 + make_interval(months => k) FROM generate_series(-1, 2) AS k '
+                'UNION SELECT DISTINCT date_trunc(''month'', %I AT TIME ZONE ''UTC'') AT TIME ZONE ''UTC'' FROM %I',
+                t.key_column, t.table_name || '_default') USING around
+        LOOP
+            IF to_regclass(format('%s_p%s', t.table_name, to_char(m AT TIME ZONE 'UTC', 'YYYY_MM'))) IS NULL THEN
+                RETURN NEXT salespulse_month_partition(t.table_name::regclass, m);
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- 2. Retention: what was dropped, when and by which run (a pipeline record,
+--    shown by `salespulse status` and read by report backfills, which refuse
+--    windows whose raw rows are gone).
+CREATE TABLE raw_partition_drops (
+    id           BIGSERIAL PRIMARY KEY,
+    table_name   TEXT        NOT NULL,
+    partition    TEXT        NOT NULL,
+    range_start  TIMESTAMPTZ NOT NULL,
+    range_end    TIMESTAMPTZ NOT NULL,
+    rows         BIGINT      NOT NULL,
+    run_id       VARCHAR(64),
+    dropped_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX idx_raw_partition_drops_table ON raw_partition_drops (table_name, range_end);
+
+-- The month partitions of the raw tables with their ranges (read by the
+-- function below and salespulse/partitions.py).
+CREATE VIEW raw_month_partitions AS
+SELECT r.table_name, c.relname::text AS partition,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz AS range_start,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS range_end
+FROM raw_partitioned_tables r
+JOIN pg_inherits i ON i.inhparent = r.table_name::regclass
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT';
+
+-- Drop every month partition of the raw tables that ends at or before
+-- `before`, recording each; then delete the keys of the dropped events and
+-- orders and the dead letters received before it. The caller (the retention
+-- job, orchestration/assets/retention.py) decides `before`: the retention
+-- horizon, and never past the reports already computed.
+CREATE FUNCTION salespulse_drop_raw_partitions(before timestamptz, run VARCHAR(64) DEFAULT NULL)
+RETURNS SETOF raw_partition_drops
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    p record;
+    n bigint;
+    dropped raw_partition_drops;
+BEGIN
+    FOR p IN SELECT * FROM raw_month_partitions WHERE range_end <= before ORDER BY table_name, range_start LOOP
+        EXECUTE format('SELECT count(*) FROM %I', p.partition) INTO n;
+        EXECUTE format('DROP TABLE %I', p.partition);
+        INSERT INTO raw_partition_drops (table_name, partition, range_start, range_end, rows, run_id)
+        VALUES (p.table_name, p.partition, p.range_start, p.range_end, n, run) RETURNING * INTO dropped;
+        RETURN NEXT dropped;
+    END LOOP;
+    DELETE FROM event_keys WHERE "timestamp" < (SELECT max(range_end) FROM raw_partition_drops WHERE table_name = 'events');
+    DELETE FROM order_keys WHERE "timestamp" < (SELECT max(range_end) FROM raw_partition_drops WHERE table_name = 'orders');
+    DELETE FROM dead_letters WHERE received_at < before;
+END
+$$;
+
+-- 3. The conversion of existing data, one table at a time.
+-- months_of: the old table whose keycol values say which months need a
+-- partition (the table itself, or for order_items its orders).
+CREATE FUNCTION pg_temp.partition_by_month(tbl text, keycol text, months_of text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    old text := tbl || '_before_100';
+    idx record;
+    m timestamptz;
+BEGIN
+    EXECUTE format('ALTER TABLE %I RENAME TO %I', tbl, old);
+    -- free the index and constraint names for the new table
+    FOR idx IN SELECT conname FROM pg_constraint WHERE conrelid = old::regclass AND contype IN ('p', 'u', 'f') LOOP
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', old, idx.conname);
+    END LOOP;
+    FOR idx IN SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE i.indrelid = old::regclass LOOP
+        EXECUTE format('DROP INDEX %I', idx.relname);
+    END LOOP;
+    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE) '
+                   'PARTITION BY RANGE (%I)', tbl, old, keycol);
+    EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', tbl || '_default', tbl);
+    FOR m IN EXECUTE format('SELECT DISTINCT date_trunc(''month'', %I AT TIME ZONE ''UTC'') AT TIME ZONE ''UTC'' '
+                            'FROM %I', keycol, coalesce(months_of, old)) LOOP
+        PERFORM salespulse_month_partition(tbl::regclass, m);
+    END LOOP;
+END
+$$;
+
+ALTER TABLE transactions DROP CONSTRAINT transactions_event_id_fkey;
+ALTER TABLE order_items DROP CONSTRAINT order_items_order_id_fkey;
+
+SELECT pg_temp.partition_by_month('events', 'timestamp');
+SELECT pg_temp.partition_by_month('transactions', 'timestamp');
+SELECT pg_temp.partition_by_month('orders', 'timestamp');
+SELECT pg_temp.partition_by_month('pipeline_observations', 'observed_at');
+-- order_items: its order's timestamp becomes its partition key (added to the
+-- old table without a rewrite, so LIKE copies it; filled from the orders)
+ALTER TABLE order_items ADD COLUMN "timestamp" TIMESTAMPTZ;
+SELECT pg_temp.partition_by_month('order_items', 'timestamp', 'orders_before_100');
+ALTER TABLE order_items ALTER COLUMN "timestamp" SET NOT NULL;
+
+INSERT INTO events SELECT * FROM events_before_100;
+INSERT INTO transactions SELECT * FROM transactions_before_100;
+INSERT INTO orders SELECT * FROM orders_before_100;
+INSERT INTO order_items
+SELECT i.id, i.order_id, i.line_number, i.item_id, i.name, i.category, i.quantity, i.unit_price, i.line_total,
+       o."timestamp"
+FROM order_items_before_100 i JOIN orders_before_100 o USING (order_id);  -- every item had its order (foreign key)
+INSERT INTO pipeline_observations SELECT * FROM pipeline_observations_before_100;
+
+CREATE TABLE event_keys (
+    event_id    UUID        PRIMARY KEY,
+    "timestamp" TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE order_keys (
+    order_id    UUID        PRIMARY KEY,
+    "timestamp" TIMESTAMPTZ NOT NULL
+);
+INSERT INTO event_keys SELECT event_id, "timestamp" FROM events_before_100;
+INSERT INTO order_keys SELECT order_id, "timestamp" FROM orders_before_100;
+
+-- sequences: the new tables' id defaults already use them; hand them over
+ALTER SEQUENCE events_id_seq OWNED BY events.id;
+ALTER SEQUENCE transactions_id_seq OWNED BY transactions.id;
+ALTER SEQUENCE orders_id_seq OWNED BY orders.id;
+ALTER SEQUENCE order_items_id_seq OWNED BY order_items.id;
+DROP TABLE events_before_100, transactions_before_100, orders_before_100, order_items_before_100,
+    pipeline_observations_before_100;
+
+-- 4. Keys and indexes on the partitioned tables (each partition gets its own).
+ALTER TABLE events ADD PRIMARY KEY (id, "timestamp");
+CREATE INDEX idx_events_timestamp ON events ("timestamp");
+CREATE INDEX idx_events_user_id ON events (user_id);
+CREATE INDEX idx_events_ingested_at_brin ON events USING brin (ingested_at);
+ALTER TABLE transactions ADD PRIMARY KEY (id, "timestamp");
+ALTER TABLE transactions ADD UNIQUE (transaction_id, "timestamp");
+ALTER TABLE transactions ADD FOREIGN KEY (product_id) REFERENCES products (product_id);
+CREATE INDEX idx_transactions_product_id ON transactions (product_id);
+CREATE INDEX idx_transactions_timestamp ON transactions ("timestamp");
+ALTER TABLE orders ADD PRIMARY KEY (id, "timestamp");
+CREATE INDEX idx_orders_timestamp ON orders ("timestamp");
+CREATE INDEX idx_orders_ingested_at_brin ON orders USING brin (ingested_at);
+ALTER TABLE order_items ADD PRIMARY KEY (id, "timestamp");
+ALTER TABLE order_items ADD UNIQUE (order_id, line_number, "timestamp");
+CREATE INDEX idx_order_items_item_id ON order_items (item_id);
+CREATE INDEX idx_order_items_category ON order_items (category);
+ALTER TABLE pipeline_observations ADD PRIMARY KEY (topic, observed_at);
+CREATE INDEX idx_pipeline_observations_observed_at ON pipeline_observations (observed_at);
+
+SELECT count(*) FROM salespulse_ensure_raw_partitions();
+
+-- 5. Grants (the new tables start with none).
+GRANT SELECT, INSERT ON events, transactions, orders, order_items, event_keys, order_keys TO salespulse_ingest;
+GRANT SELECT ON events, transactions, orders, order_items, event_keys, order_keys TO salespulse_analytics;
+GRANT SELECT ON events, transactions, orders, order_items TO salespulse_dashboard;
+GRANT SELECT, INSERT, UPDATE, DELETE ON pipeline_observations TO salespulse_analytics;
+GRANT SELECT ON pipeline_observations, raw_partition_drops, raw_partitioned_tables, raw_month_partitions
+    TO salespulse_dashboard;
+GRANT SELECT ON raw_partition_drops, raw_partitioned_tables, raw_month_partitions TO salespulse_analytics;
+REVOKE ALL ON FUNCTION salespulse_month_partition(regclass, timestamptz),
+    salespulse_ensure_raw_partitions(timestamptz), salespulse_drop_raw_partitions(timestamptz, VARCHAR)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION salespulse_ensure_raw_partitions(timestamptz),
+    salespulse_drop_raw_partitions(timestamptz, VARCHAR) TO salespulse_analytics;

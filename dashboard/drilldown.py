@@ -68,7 +68,8 @@ class ReportSpec:
 
 _PURCHASE = "JOIN transactions t ON t.event_id = e.event_id JOIN products p ON p.product_id = t.product_id"
 _LINES = ("JOIN LATERAL (SELECT sum(i.quantity) AS quantity, sum(i.line_total) AS revenue FROM order_items i "
-          "WHERE i.order_id = o.order_id AND i.{column} = %(value)s) m ON m.quantity IS NOT NULL")
+          "WHERE i.order_id = o.order_id AND i.\"timestamp\" = o.\"timestamp\" AND i.{column} = %(value)s) "
+          "m ON m.quantity IS NOT NULL")  # the timestamp: order_items' partition key (sql/100)
 
 REPORTS: dict[tuple[str, str], ReportSpec] = {
     ("ecommerce", "overview"): ReportSpec(

@@ -75,7 +75,7 @@ def orders_query(start: datetime, end: datetime, ranges=None) -> str:
 def items_query(start: datetime, end: datetime, ranges=None) -> str:
     return (f'SELECT i.order_id::text AS order_id, o."timestamp", i.item_id, i.name, i.category, i.quantity, '
             f'i.line_total FROM order_items i JOIN orders o ON o.order_id = i.order_id '
-            'WHERE ' + in_span('o."timestamp"', start, end, ranges))
+            'WHERE ' + in_span('o."timestamp"', start, end, ranges) + ' AND ' + in_span('i."timestamp"', start, end, ranges))
 
 
 def orders_frame(spark, settings: Settings, start: datetime, end: datetime, ranges=None):

@@ -271,6 +271,7 @@ request = function()
   counter = counter + 1
   return wrk.format("GET", paths[(counter %% #paths) + 1], {["Accept"] = "application/json"})
 end
+%s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("WRK %%d %%d %%.3f %%.3f %%.3f %%.3f %%.3f %%d %%d\\n", summary.requests, summary.duration,
@@ -280,10 +281,14 @@ end
 """
 
 
-def load_wrk(port: int, clients: int, duration: float, threads: int = 2) -> dict:
-    """Closed-loop load with wrk (C, so the load generator takes little CPU from the server)."""
+def load_wrk(port: int, clients: int, duration: float, threads: int = 2, think_ms: int = 0) -> dict:
+    """Load with wrk (C, so the load generator takes little CPU from the server):
+    closed loop, or with ``think_ms`` each connection waits that long between
+    a response and its next request (the ``paced`` mode's 200 ms think time;
+    the dashboard itself polls every 5 s)."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(WRK_LUA % ", ".join(f'"{p}"' for p in PATHS))
+    delay = f"delay = function() return {int(think_ms)} end" if think_ms else ""
+    script.write_text(WRK_LUA % (", ".join(f'"{p}"' for p in PATHS), delay))
     try:
         out = subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(duration)}s",
                               "--timeout", "30s", "-s", str(script), f"http://127.0.0.1:{port}"],
@@ -292,7 +297,8 @@ def load_wrk(port: int, clients: int, duration: float, threads: int = 2) -> dict
         script.unlink()
     line = next(l for l in out.splitlines() if l.startswith("WRK "))
     n, us, p50, p95, p99, mean, mx, status_err, sock_err = line.split()[1:]
-    return {"mode": f"closed via wrk ({clients} connections, {threads} threads)", "ok": int(n) - int(status_err),
+    mode = f"paced via wrk ({think_ms} ms think time)" if think_ms else "closed via wrk"
+    return {"mode": f"{mode} ({clients} connections, {threads} threads)", "ok": int(n) - int(status_err),
             "errors": int(status_err) + int(sock_err), "rps": int(n) / (int(us) / 1e6), "p50": float(p50),
             "p95": float(p95), "p99": float(p99), "mean": float(mean), "max": float(mx)}
 

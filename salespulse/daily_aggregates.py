@@ -40,9 +40,14 @@ _CHANGED_DAYS = """
 SELECT DISTINCT day FROM (
     SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE AS day FROM events WHERE ingested_at >= %(since)s
     UNION ALL
-    SELECT (t."timestamp" AT TIME ZONE 'UTC')::DATE FROM events e JOIN transactions t ON t.event_id = e.event_id
+    SELECT (t."timestamp" AT TIME ZONE 'UTC')::DATE FROM events e
+    JOIN transactions t ON t."timestamp" = e."timestamp" AND t.event_id = e.event_id
     WHERE e.ingested_at >= %(since)s AND e.event_type = 'purchase'
 ) changed ORDER BY day"""
+# the timestamp in the join: a transaction carries its event's time (checked by
+# raw_tables_consistent), and it lets each new purchase find its transaction
+# through idx_transactions_timestamp in its month's partition instead of a
+# scan of every transaction ever stored
 
 _ALL_DAYS = """
 SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE AS day FROM events

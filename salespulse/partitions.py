@@ -134,3 +134,20 @@ def check_retained(cur, tables, start: datetime, keep_days: int) -> None:
             f"were dropped by retention (RAW_RETENTION_DAYS={keep_days}; {partition} dropped at "
             f"{when:%Y-%m-%d %H:%M} UTC). The reports already computed for those windows are kept; "
             f"backfill windows from {until:%Y-%m-%d %H:%M} UTC on.")
+
+
+def summary(cur, keep_days: int) -> str:
+    """One line for ``salespulse status``: the month partitions, rows waiting
+    in DEFAULT partitions (the hourly job moves them), retention."""
+    cur.execute("SELECT min(range_start), max(range_end), count(DISTINCT range_start) FROM raw_month_partitions")
+    first, last, months = cur.fetchone()
+    cur.execute("SELECT table_name FROM raw_partitioned_tables ORDER BY 1")
+    waiting = 0
+    for (table,) in cur.fetchall():
+        cur.execute(f"SELECT count(*) FROM {table}_default")
+        waiting += cur.fetchone()[0]
+    line = (f"{months} months ({first:%Y-%m}..{last - timedelta(days=1):%Y-%m}), {waiting} rows waiting in DEFAULT"
+            if months else f"no month partitions, {waiting} rows waiting in DEFAULT")
+    dropped = dropped_until(cur, REPORTED_BY)
+    retention = f"retention {keep_days} days" if keep_days else "retention off (RAW_RETENTION_DAYS=0)"
+    return f"{line}; {retention}" + (f"; dropped before {dropped[0]:%Y-%m-%d}" if dropped else "")

@@ -81,6 +81,17 @@ def _check_processes(settings: Settings) -> list[Check]:
     return [Check(f"process {p.name}", p.ok, f"{p.state.lower()}: {p.detail}") for p in states]
 
 
+def _check_partitions(settings: Settings) -> Check:
+    """The raw tables' month partitions and retention (salespulse.partitions)."""
+    from salespulse.partitions import summary
+
+    try:
+        with psycopg2.connect(settings.database_url, connect_timeout=3) as conn, conn.cursor() as cur:
+            return Check("raw partitions", True, summary(cur, settings.raw_retention_days))
+    except psycopg2.Error as exc:
+        return Check("raw partitions", False, str(exc).strip().splitlines()[0])
+
+
 def _check_reports(settings: Settings) -> list[Check]:
     """Report lag per domain and the Dagster run queue (salespulse.dagster_runs)."""
     from salespulse.dagster_runs import status_lines
@@ -92,6 +103,7 @@ def check_all(settings: Settings) -> list[Check]:
     spark = urlsplit(settings.spark_remote)  # sc://host:port/;params: urlsplit reads any scheme's host
     return [
         _check_postgres(settings),
+        _check_partitions(settings),
         _check_broker(settings),
         _check_tcp("spark-connect", spark.hostname or "127.0.0.1", spark.port or 15002),
         _check_http("producer-ecommerce", f"http://127.0.0.1:{settings.producer_ecommerce_metrics_port}/health"),

@@ -252,6 +252,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON pipeline_observations TO salespulse_anal
 GRANT SELECT ON pipeline_observations, raw_partition_drops, raw_partitioned_tables, raw_month_partitions
     TO salespulse_dashboard;
 GRANT SELECT ON raw_partition_drops, raw_partitioned_tables, raw_month_partitions TO salespulse_analytics;
+-- rows waiting for their month (salespulse status, the retention job's report)
+GRANT SELECT ON events_default, transactions_default, orders_default, order_items_default,
+    pipeline_observations_default TO salespulse_analytics;
 REVOKE ALL ON FUNCTION salespulse_month_partition(regclass, timestamptz),
     salespulse_ensure_raw_partitions(timestamptz), salespulse_drop_raw_partitions(timestamptz, VARCHAR)
     FROM PUBLIC;

@@ -21,7 +21,7 @@ from orchestration.retention import raw_partitions_job
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, TimestampWindow
 from salespulse.daily_aggregates import rebuild_views
 from salespulse.db import SQL_DIR, apply_migrations, migrate
-from salespulse.partitions import check_retained, drop_expired, ensure_partitions
+from salespulse.partitions import check_retained, drop_expired, ensure_partitions, summary
 from salespulse.settings import ROLE_ANALYTICS, ROLE_INGEST, Settings, get_settings
 from services.consumer.writer import BatchWriter
 from tests.support.consumer import ecommerce_event, query, restaurant_order
@@ -131,12 +131,21 @@ def test_rows_of_a_month_without_partition_wait_in_default_then_move(writer, dat
     writer.write_raw([raw(EC, 0, event), raw(RO, 0, order)])
     for table in ("events", "transactions", "orders", "order_items"):
         assert partitions_of(database_url, table)[f"{table}_default"] >= 1, table
+    conn = analytics(database_url)
+    with conn, conn.cursor() as cur:
+        assert "6 rows waiting in DEFAULT" in summary(cur, 0)  # an event, its transaction, an order, 3 items
+    conn.close()
 
     conn = analytics(database_url)
     with conn, conn.cursor() as cur:
         created = ensure_partitions(cur)
     conn.close()
     assert {"events_p2003_05", "transactions_p2003_05", "orders_p2003_05", "order_items_p2003_05"} <= set(created)
+    conn = analytics(database_url)
+    with conn, conn.cursor() as cur:
+        line = summary(cur, 0)
+    conn.close()
+    assert line.startswith("5 months (2003-05..")  # 2003-05 and last month to two ahead and "0 rows waiting in DEFAULT; retention off" in line
     for table, n in (("events", 1), ("transactions", 1), ("orders", 1), ("order_items", 3)):
         parts = partitions_of(database_url, table)
         assert parts[f"{table}_default"] == 0 and parts[f"{table}_p2003_05"] == n, table
@@ -236,6 +245,11 @@ def test_retention_job_and_a_backfill_of_dropped_history(writer, database_url, m
     meta = result.output_for_node("maintain_raw_partitions")
     assert meta == 8  # two months x events, transactions, orders, order_items
     assert query(database_url, "SELECT count(DISTINCT run_id) FROM raw_partition_drops") == [(1,)]
+    conn = analytics(database_url)
+    with conn, conn.cursor() as cur:
+        after_oct = (times["oct"].replace(day=1) + timedelta(days=32)).replace(day=1)
+        assert f"retention 30 days; dropped before {after_oct:%Y-%m-%d}" in summary(cur, 30)
+    conn.close()
 
     # a backfill of a dropped hour fails with the reason, before any Spark work
     hour = times["sep"].strftime("%Y-%m-%d-%H:00")

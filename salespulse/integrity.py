@@ -119,7 +119,7 @@ SELECT CASE WHEN e.event_id IS NULL THEN 'transaction_without_event'
             ELSE 'transaction ' || t.transaction_id || ' at ' || t."timestamp" || ', its event at ' || e."timestamp"
        END,
        t."timestamp"
-FROM checked_transactions t LEFT JOIN events e ON e.event_id = t.event_id
+FROM checked_transactions t {event_of_transaction}
 WHERE e.event_id IS NULL OR e.event_type <> 'purchase' OR e."timestamp" <> t."timestamp"
 UNION ALL
 SELECT CASE WHEN i.order_id IS NULL THEN 'order_without_items'
@@ -144,6 +144,7 @@ CONSISTENCY_SQL = _CONSISTENCY.format(
     transactions=f"""SELECT * FROM transactions t WHERE {_window('t."timestamp"')}""",
     orders=f"""SELECT * FROM orders o WHERE {_window('o."timestamp"')}""",
     transaction_of_event="transactions",
+    event_of_transaction="LEFT JOIN events e ON e.event_id = t.event_id",
     items_of_orders="",
 )
 
@@ -152,6 +153,19 @@ CONSISTENCY_SQL = _CONSISTENCY.format(
 # A purchase's transaction is looked for in the same ranges (transactions has
 # no index on event_id): one whose time is elsewhere shows as
 # purchase_without_transaction (`salespulse audit` names it a mismatch).
+# A transaction's event: among the checked events (same ranges: pruned, hashed),
+# else (a violation: missing, or at another time) found through event_keys (its
+# partition key, sql/100) in its own partition. LIMIT keeps that lookup a
+# subquery (not flattened into a join), so "near.event_id IS NULL" is a
+# one-time filter: it runs for the transactions whose event is elsewhere only.
+_EVENT_NEAR_OR_FAR = """
+LEFT JOIN checked_events near ON near.event_id = t.event_id
+LEFT JOIN LATERAL (SELECT x.event_id, x.event_type, x."timestamp"
+                   FROM event_keys k JOIN events x ON x."timestamp" = k."timestamp" AND x.event_id = k.event_id
+                   WHERE near.event_id IS NULL AND k.event_id = t.event_id LIMIT 1) far ON true
+CROSS JOIN LATERAL (SELECT COALESCE(near.event_id, far.event_id) AS event_id,
+                           COALESCE(near.event_type, far.event_type) AS event_type,
+                           COALESCE(near."timestamp", far."timestamp") AS "timestamp") e"""
 _EVENT_RANGES = "unnest(%(ev_lo)s::timestamptz[], %(ev_hi)s::timestamptz[])"
 _ORDER_RANGES = "unnest(%(or_lo)s::timestamptz[], %(or_hi)s::timestamptz[])"
 CONSISTENCY_IN_RANGES_SQL = _CONSISTENCY.format(
@@ -159,7 +173,8 @@ CONSISTENCY_IN_RANGES_SQL = _CONSISTENCY.format(
     transactions=f"SELECT * FROM {_in_ranges('transactions', _EVENT_RANGES)} t",
     orders=f"SELECT * FROM {_in_ranges('orders', _ORDER_RANGES)} o",
     transaction_of_event="checked_transactions",
-    items_of_orders="WHERE order_id IN (SELECT order_id FROM checked_orders)",
+    event_of_transaction=_EVENT_NEAR_OR_FAR,
+    items_of_orders="""WHERE (order_id, "timestamp") IN (SELECT order_id, "timestamp" FROM checked_orders)""",
 )
 
 _SUMMARY_SQL = f"""

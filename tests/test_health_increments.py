@@ -144,9 +144,10 @@ def test_a_new_order_whose_items_disagree_fails_the_restaurant_side(database_url
     execute(database_url, """
         WITH o AS (INSERT INTO orders (order_id, "timestamp", restaurant_id, channel, total_amount, payment_method,
                                        item_count)
-                   VALUES (%(id)s, %(ts)s, 'r-1', 'takeaway', 9, 'card', 3) RETURNING order_id)
-        INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total)
-        SELECT order_id, 1, 'i-1', 'Soup', 'mains', 2, 4.5, 9 FROM o""",
+                   VALUES (%(id)s, %(ts)s, 'r-1', 'takeaway', 9, 'card', 3) RETURNING order_id, "timestamp")
+        INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total,
+                                 "timestamp")
+        SELECT order_id, 1, 'i-1', 'Soup', 'mains', 2, 4.5, 9, "timestamp" FROM o""",
             {"id": order_id, "ts": BASE_HOUR + timedelta(minutes=3, seconds=30)})
     results = consistency(database_url)
     assert results["events"].passed

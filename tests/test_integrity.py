@@ -122,6 +122,11 @@ def test_disagreements_between_parents_and_children_are_reported(stored, cur):
     # with the transaction's minute too, it is a mismatch again
     with_moved = consistency_violations_in(cur, minutes("events") + minutes("transactions"), minutes("orders"))
     assert {(check, table, key) for check, table, key, _, _ in with_moved} == found
+    # the moved transaction's minute alone: its event, elsewhere, is found through event_keys
+    cur.execute("""SELECT date_trunc('minute', "timestamp", 'UTC') FROM transactions WHERE event_id = %s""",
+                (purchases[1],))
+    alone = consistency_violations_in(cur, [cur.fetchone()[0]], [])
+    assert [(check, key) for check, _, key, _, _ in alone] == [("transaction_timestamp_mismatch", purchases[1])]
     assert consistency_violations_in(cur, [], []) == []
 
 
@@ -129,3 +134,6 @@ def test_a_transaction_without_its_event_is_reported(stored, cur):
     gone = purchase_ids(stored["events"])[2]
     cur.execute("DELETE FROM events WHERE event_id = %s", (gone,))
     assert [(v[0], v[2]) for v in consistency_violations(cur)] == [("transaction_without_event", gone)]
+    cur.execute("""SELECT DISTINCT date_trunc('minute', "timestamp", 'UTC') FROM transactions""")
+    minutes = [m for (m,) in cur.fetchall()]
+    assert [(v[0], v[2]) for v in consistency_violations_in(cur, minutes, [])] == [("transaction_without_event", gone)]

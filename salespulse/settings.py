@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     # new_data_sensor: rows whose ingested_at is up to this much older than the
     # start of the oldest ingest transaction still open at its last tick are
     # scanned again (clock steps, a default evaluated before the transaction
-    # id; see orchestration/sensors/late_rows.py)
+    # id; see orchestration/sensors/late_rows.py); the same margin bounds the
+    # incremental integrity checks (orchestration/increments.py)
     late_rows_margin_seconds: int = Field(60, ge=0)
 
     # --- reconciliation and alert checks (every minute) ----------------------

@@ -67,9 +67,16 @@ class RawHistoryDropped(Exception):
     """A report window needs raw rows that retention has dropped."""
 
 
+#: creating or dropping a partition locks its table: rather than queue the
+#: consumer and the dashboard behind a long query, give up (the hourly job
+#: tries again)
+LOCK_TIMEOUT = "SET LOCAL lock_timeout = '10s'"
+
+
 def ensure_partitions(cur, around: datetime | None = None) -> list[str]:
     """Create the month partitions of every raw table around ``around`` (now)
     and for rows waiting in a DEFAULT partition; return the ones created."""
+    cur.execute(LOCK_TIMEOUT)
     cur.execute("SELECT salespulse_ensure_raw_partitions(coalesce(%s, now()))", (around,))
     return [name for (name,) in cur.fetchall()]
 
@@ -111,6 +118,7 @@ def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime |
     bound, why = drop_bound(cur, keep_days, now)
     if bound is None:
         return [], why
+    cur.execute(LOCK_TIMEOUT)
     cur.execute("SELECT table_name, partition, range_start, range_end, rows "
                 "FROM salespulse_drop_raw_partitions(%s, %s)", (bound, run_id))
     return [Drop(*row) for row in cur.fetchall()], why

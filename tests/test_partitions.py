@@ -266,3 +266,25 @@ def test_retention_job_and_a_backfill_of_dropped_history(writer, database_url, m
     conn.close()
     monkeypatch.delenv("RAW_RETENTION_DAYS")
     get_settings.cache_clear()
+
+
+def test_partition_maintenance_gives_up_rather_than_queue_the_pipeline(writer, database_url):
+    """A long query holds a raw table: creating a partition waits at most
+    LOCK_TIMEOUT, then fails (the hourly job tries again) instead of making
+    every insert and read queue behind it."""
+    writer.write_raw([raw(EC, 0, ecommerce_event(1, timestamp="2004-02-03T04:05:06+00:00"))])
+    reader = psycopg2.connect(database_url)
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM events")  # its transaction stays open: ACCESS SHARE held
+    conn = analytics(database_url)
+    try:
+        with pytest.raises(psycopg2.errors.LockNotAvailable, match="lock timeout"):
+            with conn, conn.cursor() as cur:
+                ensure_partitions(cur)
+        reader.rollback()
+        with conn, conn.cursor() as cur:
+            assert "events_p2004_02" in ensure_partitions(cur)
+    finally:
+        reader.close()
+        conn.close()
+    assert partitions_of(database_url, "events")["events_p2004_02"] == 1

@@ -32,8 +32,11 @@ from orchestration.sensors.late_rows import Mark, advance, begin_tick
 
 #: what a first evaluation (no state) looks at
 FIRST_LOOKBACK = timedelta(hours=1)
-#: pending items kept per check (the newest); more are left to `salespulse audit`
-MAX_PENDING = 1000
+#: findings kept per check (the newest): each is looked at again by every
+#: evaluation (a raw-table finding is a whole event-time minute of rows), so
+#: they are bounded too; the check fails while any is kept, and
+#: `salespulse audit` lists them all
+MAX_PENDING = 120
 
 
 @dataclass(frozen=True)

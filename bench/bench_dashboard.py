@@ -117,7 +117,12 @@ def seed(url: str, events: int, orders: int, hours: int) -> None:
                (ARRAY['dine_in','takeaway','delivery'])[1 + i %% 3], (10 + (i * 13) %% 90)::numeric(12, 2),
                (ARRAY['cash','card','pix'])[1 + i %% 3], 1 + i %% 5
         FROM generate_series(1, %(n)s) i;
-        INSERT INTO order_keys (order_id, "timestamp") SELECT order_id, "timestamp" FROM orders""",
+        INSERT INTO order_keys (order_id, "timestamp") SELECT order_id, "timestamp" FROM orders;
+        -- one line per order that agrees with it (raw_tables_consistent holds)
+        INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total,
+                                 "timestamp")
+        SELECT order_id, 0, 'item' || (id %% 30), 'Item ' || (id %% 30), 'Mains', item_count,
+               round(total_amount / item_count, 2), total_amount, "timestamp" FROM orders""",
         {"n": orders, "span": span})
     run("report_ecommerce_overview_minute", """
         INSERT INTO report_ecommerce_overview_minute

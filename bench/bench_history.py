@@ -78,8 +78,9 @@ FIVE_MINUTE_JOBS = ("pipeline_health_checks_job",)
 #: Dagster's console logger at WARNING: the figures, not every step event
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-#: one minute of new rows, ingested now: events (every 20th a purchase), their
-#: transactions, restaurant orders
+#: one minute of new rows, ingested now, as the consumer writes them: events
+#: (every 20th a purchase) with their keys and transactions, restaurant orders
+#: with their keys and items
 NEW_MINUTE_SQL = """
 WITH new AS (
     INSERT INTO events (event_id, event_type, "timestamp", user_id, session_id, product_id)
@@ -87,15 +88,23 @@ WITH new AS (
            now() - (i::float8 / %(n)s) * interval '1 minute', 'U' || (i * 7919) %% 50000, 'S-new-' || (i / 20),
            'P' || lpad((i %% 200)::text, 3, '0')
     FROM generate_series(1, %(n)s) i
-    RETURNING id, event_id, event_type, product_id, "timestamp")
+    RETURNING id, event_id, event_type, product_id, "timestamp"
+), keys AS (
+    INSERT INTO event_keys (event_id, "timestamp") SELECT event_id, "timestamp" FROM new)
 INSERT INTO transactions (transaction_id, event_id, product_id, quantity, total_amount, payment_method, "timestamp")
 SELECT 'T-new-' || new.id, new.event_id, new.product_id, 1, p.price, 'pix', new."timestamp"
 FROM new JOIN products p USING (product_id) WHERE new.event_type = 'purchase';
-INSERT INTO orders (order_id, "timestamp", restaurant_id, table_number, channel, total_amount, payment_method,
-                    item_count)
-SELECT gen_random_uuid(), now() - (i::float8 / %(orders)s) * interval '1 minute', 'R1', NULL, 'takeaway', 20,
-       'cash', 1
-FROM generate_series(1, %(orders)s) i"""
+WITH new AS (
+    INSERT INTO orders (order_id, "timestamp", restaurant_id, table_number, channel, total_amount, payment_method,
+                        item_count)
+    SELECT gen_random_uuid(), now() - (i::float8 / %(orders)s) * interval '1 minute', 'R1', NULL, 'takeaway', 20,
+           'cash', 1
+    FROM generate_series(1, %(orders)s) i
+    RETURNING order_id, "timestamp"
+), keys AS (
+    INSERT INTO order_keys (order_id, "timestamp") SELECT order_id, "timestamp" FROM new)
+INSERT INTO order_items (order_id, line_number, item_id, name, category, quantity, unit_price, line_total, "timestamp")
+SELECT order_id, 0, 'item1', 'Item 1', 'Mains', 1, 20, 20, "timestamp" FROM new"""
 
 
 def all_history_views(url: str) -> float:

@@ -103,7 +103,9 @@ def test_checks_schedules_and_sensors_run_by_default():
         "ecommerce_reports:funnel_break", "dead_letters:dead_letter_rate_alert",
     }
     schedules = {s.name: s for s in repo.schedule_defs}
-    assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes", "pipeline_checks_every_minute"}
+    assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes", "pipeline_checks_every_minute",
+                              "raw_partitions_hourly"}
+    assert schedules["raw_partitions_hourly"].job_name == "raw_partitions_job"
     assert schedules["refresh_every_minute"].cron_schedule == "* * * * *"
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name: s for s in repo.sensor_defs}

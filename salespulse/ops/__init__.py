@@ -3,7 +3,7 @@
 ``register(subparsers)`` adds the commands to ``salespulse`` (salespulse/cli.py):
 
 * ``salespulse backup --out FILE``   pg_dump -Fc of DATABASE_URL (``-`` = stdout)
-* ``salespulse restore FILE``        pg_restore --clean --if-exists, one transaction
+* ``salespulse restore FILE``        the dump replaces the public schema, one transaction
 * ``salespulse lag``                 committed offsets vs cached high watermarks
 * ``salespulse reset-db --yes``      drop, re-create and re-migrate the database
 * ``salespulse audit``               ingest ledger per partition, gaps, raw-table consistency

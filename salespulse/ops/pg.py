@@ -3,9 +3,13 @@
 * backup: ``pg_dump --format=custom`` (compressed; restores selectively and in
   any order); ``--out -`` streams it to standard output, e.g. out of a
   container: ``docker compose run --rm -T ops salespulse backup --out - > x.dump``.
-* restore: ``pg_restore --clean --if-exists`` into the same URL, in ONE
-  transaction with ``--exit-on-error`` (all or nothing). Objects of the dump
-  are dropped and re-created; objects that are not in the dump are left alone.
+* restore: the dump replaces the ``public`` schema of the URL's database, in
+  ONE transaction that stops at the first error (all or nothing): the dump is
+  turned into SQL by ``pg_restore`` (a broken dump fails here, before anything
+  is touched), then ``psql`` runs ``DROP SCHEMA public CASCADE; CREATE SCHEMA
+  public`` and that SQL. Not ``pg_restore --clean``: it tries to drop the
+  constraints each month partition inherits (sql/100), which PostgreSQL
+  refuses. Objects that are not in the dump are gone afterwards.
 
 The password is passed to the tools in ``PGPASSWORD``, never on their command
 line (where ``ps`` would show it). Roles are cluster-wide and not part of a
@@ -20,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -86,23 +91,34 @@ def backup(url: str, out: str) -> None:
         raise OpsError(f"pg_dump failed ({result.returncode}): {result.stderr.decode(errors='replace').strip()}")
 
 
+#: what the dump's SQL is run after: the dump re-creates every object
+CLEAN_SCHEMA = "DROP SCHEMA public CASCADE;\nCREATE SCHEMA public;\n"
+
+
 def restore(url: str, source: str, *, single_transaction: bool = True) -> None:
-    """pg_restore --clean --if-exists of ``source`` (a path, or '-' for stdin) into ``url``."""
+    """Replace the public schema of ``url`` with the dump ``source`` (a path,
+    or '-' for stdin); see the module docstring."""
     safe_url, env = split_password(url)
-    cmd = [pg_tool("pg_restore"), "--clean", "--if-exists", "--no-password", "--exit-on-error",
-           f"--dbname={safe_url}"]
-    if single_transaction:
-        cmd.append("--single-transaction")
     stdin = None
     if source == "-":
         stdin = sys.stdin.buffer
-    else:
-        if not Path(source).is_file():
-            raise OpsError(f"no such dump file: {source}")
-        cmd.append(source)
-    result = subprocess.run(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if result.returncode != 0:
-        raise OpsError(f"pg_restore failed ({result.returncode}): {result.stderr.decode(errors='replace').strip()}")
+    elif not Path(source).is_file():
+        raise OpsError(f"no such dump file: {source}")
+    with tempfile.TemporaryDirectory(prefix="salespulse-restore-") as work:
+        clean, script = Path(work, "clean.sql"), Path(work, "dump.sql")
+        clean.write_text(CLEAN_SCHEMA)
+        cmd = [pg_tool("pg_restore"), "--exit-on-error", "-f", str(script)] + ([] if source == "-" else [source])
+        result = subprocess.run(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if result.returncode != 0:
+            raise OpsError(f"pg_restore failed ({result.returncode}): {result.stderr.decode(errors='replace').strip()}")
+        cmd = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=1",
+               f"--dbname={safe_url}", "-f", str(clean), "-f", str(script)]
+        if single_transaction:
+            cmd.insert(1, "--single-transaction")
+        result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if result.returncode != 0:
+            raise OpsError(f"restore failed (psql {result.returncode}): "
+                           f"{result.stderr.decode(errors='replace').strip()}")
 
 
 def cmd_backup(args) -> int:

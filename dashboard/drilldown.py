@@ -66,7 +66,9 @@ class ReportSpec:
     matched: bool = False  # restaurant lines of the category/item: matched_quantity, matched_revenue
 
 
-_PURCHASE = "JOIN transactions t ON t.event_id = e.event_id JOIN products p ON p.product_id = t.product_id"
+# the timestamp in each join: the partition key (sql/100), so one month partition is read
+_PURCHASE = ('JOIN transactions t ON t."timestamp" = e."timestamp" AND t.event_id = e.event_id '
+             "JOIN products p ON p.product_id = t.product_id")
 _LINES = ("JOIN LATERAL (SELECT sum(i.quantity) AS quantity, sum(i.line_total) AS revenue FROM order_items i "
           "WHERE i.order_id = o.order_id AND i.\"timestamp\" = o.\"timestamp\" AND i.{column} = %(value)s) "
           "m ON m.quantity IS NOT NULL")  # the timestamp: order_items' partition key (sql/100)
@@ -75,7 +77,7 @@ REPORTS: dict[tuple[str, str], ReportSpec] = {
     ("ecommerce", "overview"): ReportSpec(
         "report_ecommerce_overview_minute", None,
         ("events", "page_views", "searches", "add_to_carts", "remove_from_carts", "purchases", "revenue", "units"),
-        "events", "LEFT JOIN transactions t ON t.event_id = e.event_id "
+        "events", 'LEFT JOIN transactions t ON t."timestamp" = e."timestamp" AND t.event_id = e.event_id '
                   "LEFT JOIN products p ON p.product_id = e.product_id"),
     ("ecommerce", "category"): ReportSpec(
         "report_ecommerce_category_minute", "category", ("revenue", "units", "orders"),

@@ -81,7 +81,8 @@ _RAW_SQL = {
               FROM events WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s GROUP BY 1) e
         FULL JOIN (SELECT date_trunc('minute', t."timestamp") AS minute, sum(t.total_amount) AS revenue,
                           sum(t.quantity) AS units, max(ev.ingested_at) AS last_ingested
-                   FROM transactions t LEFT JOIN events ev ON ev.event_id = t.event_id
+                   FROM transactions t
+                   LEFT JOIN events ev ON ev."timestamp" = t."timestamp" AND ev.event_id = t.event_id
                    WHERE t."timestamp" >= %(start)s AND t."timestamp" < %(end)s GROUP BY 1) t
           USING (minute)""",
     "restaurant": """
@@ -90,8 +91,9 @@ _RAW_SQL = {
                      sum(total_amount) AS revenue, max(ingested_at) AS last_ingested
               FROM orders WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s GROUP BY 1) o
         LEFT JOIN (SELECT date_trunc('minute', o."timestamp") AS minute, sum(i.quantity) AS items_sold
-                   FROM order_items i JOIN orders o USING (order_id)
-                   WHERE o."timestamp" >= %(start)s AND o."timestamp" < %(end)s GROUP BY 1) i USING (minute)""",
+                   FROM order_items i JOIN orders o ON o."timestamp" = i."timestamp" AND o.order_id = i.order_id
+                   WHERE o."timestamp" >= %(start)s AND o."timestamp" < %(end)s
+                     AND i."timestamp" >= %(start)s AND i."timestamp" < %(end)s GROUP BY 1) i USING (minute)""",
 }
 FIGURES = {
     "ecommerce": ("events", "purchases", "add_to_carts", "remove_from_carts", "revenue", "units"),

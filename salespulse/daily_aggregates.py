@@ -53,6 +53,12 @@ _ALL_DAYS = """
 SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE AS day FROM events
 UNION SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE FROM transactions ORDER BY day"""
 
+#: a rebuild starts again from the raw rows it has: the days whose raw rows
+#: retention dropped (sql/100) keep their figures
+_FORGET_RETAINED_DAYS = """
+DELETE FROM daily_event_totals WHERE day >= (salespulse_raw_floor('events') AT TIME ZONE 'UTC')::DATE;
+DELETE FROM daily_product_sales WHERE day >= (salespulse_raw_floor('transactions') AT TIME ZONE 'UTC')::DATE"""
+
 #: the days' UTC bounds, so each day is an index range scan of "timestamp"
 _DAYS = """unnest(%(days)s::DATE[]) AS d(day)"""
 _IN_DAY = """{col} >= d.day::TIMESTAMP AT TIME ZONE 'UTC' AND {col} < (d.day + 1)::TIMESTAMP AT TIME ZONE 'UTC'"""
@@ -89,7 +95,7 @@ def maintain(conn, rebuild: bool = False) -> Maintenance:
         cur.execute("SELECT maintained_until FROM daily_aggregates_state FOR UPDATE")
         row = cur.fetchone()
         if row is None or rebuild:
-            cur.execute("DELETE FROM daily_event_totals; DELETE FROM daily_product_sales")
+            cur.execute(_FORGET_RETAINED_DAYS)
             cur.execute(_ALL_DAYS)
         else:
             cur.execute(_CHANGED_DAYS, {"since": row[0] - MARGIN})

@@ -12,9 +12,15 @@ of these hold, so reports and all-time figures never lose a row:
 * the whole month ends more than ``RAW_RETENTION_DAYS`` + one day ago (the
   day of grace covers a consumer that accepted an event just inside the
   window a moment before the drop; the consumer dead-letters older events);
-* every minute of it that has events or orders has its overview report row;
+* every minute of it with events or orders has its overview report row,
+  counting the same rows (the new-data sensor's rule: a late row not yet
+  restated holds the drop);
 * every day of it has its per-day aggregate counting exactly its raw events
   (``salespulse/daily_aggregates.py``, behind the all-time views).
+
+The database enforces these rules (``salespulse_raw_drop_bound``), and after
+a drop it refuses rows for the dropped months, so a late or replayed event
+cannot bring a dropped day back as a lone row.
 """
 
 from __future__ import annotations
@@ -25,25 +31,11 @@ from datetime import datetime, timedelta, timezone
 #: grace beyond the retention, see the module docstring
 GRACE = timedelta(days=1)
 
-#: raw table -> the overview report that must exist for each of its minutes
-REPORTED_BY = {"events": "report_ecommerce_overview_minute", "orders": "report_restaurant_overview_minute"}
+#: raw tables whose dropped history bounds what reports may be recomputed
+REPORTED_TABLES = ("events", "orders")
 
-_MONTH_PARTITIONS = "SELECT table_name, partition, range_start, range_end FROM raw_month_partitions ORDER BY 1, 3"
-
-_FIRST_UNREPORTED = """
-SELECT min(date_trunc('minute', t."timestamp")) FROM {table} t
-WHERE t."timestamp" >= %(lo)s AND t."timestamp" < %(hi)s
-  AND NOT EXISTS (SELECT FROM {report} r WHERE r.window_start = date_trunc('minute', t."timestamp"))
-"""
-
-# The first UTC day whose per-day aggregate does not count exactly its raw events.
-_FIRST_UNFOLDED_DAY = """
-SELECT min(r.day) FROM (
-    SELECT ("timestamp" AT TIME ZONE 'UTC')::DATE AS day, count(*) AS n FROM events
-    WHERE "timestamp" >= %(lo)s AND "timestamp" < %(hi)s GROUP BY 1) r
-LEFT JOIN daily_event_totals d USING (day)
-WHERE d.events IS DISTINCT FROM r.n
-"""
+_MONTH_PARTITIONS = ("SELECT table_name, partition, range_start, range_end "
+                     "FROM salespulse_raw_month_partitions() ORDER BY 1, 3")
 
 
 @dataclass(frozen=True)
@@ -88,40 +80,35 @@ def month_partitions(cur) -> list[MonthPartition]:
 
 def drop_bound(cur, keep_days: int, now: datetime | None = None) -> tuple[datetime | None, str]:
     """The time before which whole month partitions may be dropped now (None:
-    none may), and why that bound."""
+    none may), and why that bound (``salespulse_raw_drop_bound`` in sql/100
+    holds the rules, so the database enforces them whoever calls)."""
     if keep_days <= 0:
         return None, "RAW_RETENTION_DAYS is 0: raw rows are kept"
     horizon = (now or datetime.now(timezone.utc)) - timedelta(days=keep_days) - GRACE
-    expired = [p for p in month_partitions(cur) if p.end <= horizon]
-    if not expired:
-        return None, f"no month partition ends before the retention horizon {horizon:%Y-%m-%d %H:%M}"
-    lo = min(p.start for p in expired)
-    bound, why = horizon, f"the retention horizon ({keep_days} days + 1 day of grace)"
-    for table, report in REPORTED_BY.items():
-        cur.execute(_FIRST_UNREPORTED.format(table=table, report=report), {"lo": lo, "hi": bound})
-        (first,) = cur.fetchone()
-        if first is not None and first < bound:
-            bound, why = first, f"{table} at {first:%Y-%m-%d %H:%M} has no {report} row yet"
-    cur.execute(_FIRST_UNFOLDED_DAY, {"lo": lo, "hi": bound})
-    (day,) = cur.fetchone()
-    if day is not None:
-        start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-        if start < bound:
-            bound, why = start, f"the per-day aggregate of {day} does not count all its events yet"
+    cur.execute("SELECT bound, reason FROM salespulse_raw_drop_bound(%s)", (horizon,))
+    bound, why = cur.fetchone()
+    if bound is not None and not any(p.end <= bound for p in month_partitions(cur)):
+        return None, why + ": no month partition ends before it"
     return bound, why
 
 
 def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime | None = None
                  ) -> tuple[list[Drop], str]:
     """Drop the month partitions :func:`drop_bound` allows (recorded in
-    ``raw_partition_drops``), with their keys and old dead letters."""
+    ``raw_partition_drops``) and commit; then, in a second transaction that
+    locks no raw table, delete the dropped rows' keys and older dead letters."""
     bound, why = drop_bound(cur, keep_days, now)
     if bound is None:
         return [], why
     cur.execute(LOCK_TIMEOUT)
     cur.execute("SELECT table_name, partition, range_start, range_end, rows "
                 "FROM salespulse_drop_raw_partitions(%s, %s)", (bound, run_id))
-    return [Drop(*row) for row in cur.fetchall()], why
+    drops = [Drop(*row) for row in cur.fetchall()]
+    cur.connection.commit()
+    if drops:
+        cur.execute("SELECT salespulse_trim_dropped_history()")
+        cur.connection.commit()
+    return drops, why
 
 
 def dropped_until(cur, tables) -> tuple[datetime, str, datetime] | None:
@@ -147,7 +134,8 @@ def check_retained(cur, tables, start: datetime, keep_days: int) -> None:
 def summary(cur, keep_days: int) -> str:
     """One line for ``salespulse status``: the month partitions, rows waiting
     in DEFAULT partitions (the hourly job moves them), retention."""
-    cur.execute("SELECT min(range_start), max(range_end), count(DISTINCT range_start) FROM raw_month_partitions")
+    cur.execute("SELECT min(range_start), max(range_end), count(DISTINCT range_start) "
+                "FROM salespulse_raw_month_partitions()")
     first, last, months = cur.fetchone()
     cur.execute("SELECT table_name FROM raw_partitioned_tables ORDER BY 1")
     waiting = 0
@@ -156,6 +144,6 @@ def summary(cur, keep_days: int) -> str:
         waiting += cur.fetchone()[0]
     line = (f"{months} months ({first:%Y-%m}..{last - timedelta(days=1):%Y-%m}), {waiting} rows waiting in DEFAULT"
             if months else f"no month partitions, {waiting} rows waiting in DEFAULT")
-    dropped = dropped_until(cur, REPORTED_BY)
+    dropped = dropped_until(cur, REPORTED_TABLES)
     retention = f"retention {keep_days} days" if keep_days else "retention off (RAW_RETENTION_DAYS=0)"
     return f"{line}; {retention}" + (f"; dropped before {dropped[0]:%Y-%m-%d}" if dropped else "")

@@ -196,20 +196,25 @@ def test_retention_drops_expired_months_only_once_reported_and_aggregated(writer
 
     with conn, conn.cursor() as cur:  # no reports yet: nothing may go
         drops, why = drop_expired(cur, 30)
-    assert drops == [] and "has no report_ecommerce_overview_minute row" in why
+    assert drops == [] and "do not match their report_ecommerce_overview_minute row yet" in why
     query(database_url, REPORT_ROWS)
-    with conn, conn.cursor() as cur:  # reports exist, but the all-time aggregates never saw the rows
+    with conn, conn.cursor() as cur:  # reports agree, but the all-time aggregates never saw the rows
         drops, why = drop_expired(cur, 30)
     assert drops == [] and "per-day aggregate" in why
     admin = psycopg2.connect(database_url)
     rebuild_views(admin)
     admin.close()
+    late = times["sep"] + timedelta(minutes=2)  # a late row of a reported minute, not yet restated
+    query(database_url, "UPDATE report_restaurant_overview_minute SET orders = 0 WHERE window_start = %s", (late,))
+    with conn, conn.cursor() as cur:
+        drops, why = drop_expired(cur, 30)
+    assert drops == [] and f"the orders of {late:%Y-%m-%d %H:%M} do not match" in why
+    query(database_url, "UPDATE report_restaurant_overview_minute SET orders = 1 WHERE window_start = %s", (late,))
     all_time = query(database_url, "SELECT day, events, unique_users FROM daily_metrics ORDER BY 1")
     reports = query(database_url, "SELECT count(*), sum(events) FROM report_ecommerce_overview_minute")
 
     with conn, conn.cursor() as cur:
         drops, why = drop_expired(cur, 30, run_id="run-1")
-    conn.close()
     assert drops, why
     dropped = {(d.table, d.partition) for d in drops}
     for table in ("events", "transactions", "orders", "order_items"):
@@ -221,13 +226,38 @@ def test_retention_drops_expired_months_only_once_reported_and_aggregated(writer
     assert query(database_url, "SELECT count(*) FROM events") == [(5,)]
     assert query(database_url, "SELECT count(*) FROM event_keys") == [(5,)]
     assert query(database_url, "SELECT count(*) FROM order_keys") == [(5,)]
-    # reports and the all-time figures are untouched, also after the views are refreshed again
+    # a late or replayed event of a dropped month is refused by the database itself
+    # (this writer has no event-time window), and no partition comes back for it
+    result = writer.write_raw([raw(EC, 99, ecommerce_event(7, timestamp=(times["sep"] + timedelta(hours=1)).isoformat()))])
+    assert result.topics[EC].dead_letters == 1
+    assert 'violates check constraint "raw_history_dropped"' in query(
+        database_url, 'SELECT error FROM dead_letters WHERE "offset" = 99')[0][0]
+    with conn, conn.cursor() as cur:
+        assert not [p for p in ensure_partitions(cur) if month(times["sep"]) in p or month(times["oct"]) in p]
+        # whoever calls the drop, the database keeps what is not covered or too recent: the
+        # current month's rows stay (only last month's empty partitions may go)
+        cur.execute("SELECT DISTINCT range_start FROM salespulse_drop_raw_partitions('infinity')")
+        assert all(start < times["kept"] - timedelta(days=2) for (start,) in cur.fetchall())
+    conn.close()
+    assert query(database_url, "SELECT count(*) FROM events") == [(5,)]
+    # reports and the all-time figures are untouched, also after the aggregates are rebuilt from raw rows
     assert query(database_url, "SELECT count(*), sum(events) FROM report_ecommerce_overview_minute") == reports
     admin = psycopg2.connect(database_url)
-    with admin, admin.cursor() as cur:
-        cur.execute("REFRESH MATERIALIZED VIEW daily_metrics")
+    rebuild_views(admin)
     admin.close()
     assert query(database_url, "SELECT day, events, unique_users FROM daily_metrics ORDER BY 1") == all_time
+
+
+def test_partition_bounds_are_utc_months_whatever_the_session_says(database_url):
+    conn = analytics(database_url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'")
+        assert "events_p2027_05" in ensure_partitions(cur, datetime(2027, 6, 15, tzinfo=timezone.utc))
+        cur.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'")  # for psycopg2 to read the answer
+        cur.execute("SELECT range_start, range_end FROM salespulse_raw_month_partitions() "
+                    "WHERE partition = 'events_p2027_05'")
+        assert cur.fetchone() == (datetime(2027, 5, 1, tzinfo=timezone.utc), datetime(2027, 6, 1, tzinfo=timezone.utc))
+    conn.close()
 
 
 def test_retention_job_and_a_backfill_of_dropped_history(writer, database_url, monkeypatch):

@@ -154,6 +154,7 @@ DECLARE
     lo timestamptz;
     first timestamptz;
     day date;
+    pair record;
 BEGIN
     bound := least(before, now() - interval '2 days');
     reason := 'the retention horizon';
@@ -164,24 +165,18 @@ BEGIN
                                                                    'YYYY-MM-DD HH24:MI'));
         RETURN;
     END IF;
-    SELECT min(r.m) INTO first FROM (
-        SELECT date_trunc('minute', "timestamp") AS m, count(*) AS n FROM events
-        WHERE "timestamp" >= lo AND "timestamp" < bound GROUP BY 1) r
-    LEFT JOIN report_ecommerce_overview_minute o ON o.window_start = r.m WHERE o.events IS DISTINCT FROM r.n;
-    IF first < bound THEN
-        bound := first;
-        reason := format('the events of %s do not match their report_ecommerce_overview_minute row yet',
-                         to_char(first, 'YYYY-MM-DD HH24:MI'));
-    END IF;
-    SELECT min(r.m) INTO first FROM (
-        SELECT date_trunc('minute', "timestamp") AS m, count(*) AS n FROM orders
-        WHERE "timestamp" >= lo AND "timestamp" < bound GROUP BY 1) r
-    LEFT JOIN report_restaurant_overview_minute o ON o.window_start = r.m WHERE o.orders IS DISTINCT FROM r.n;
-    IF first < bound THEN
-        bound := first;
-        reason := format('the orders of %s do not match their report_restaurant_overview_minute row yet',
-                         to_char(first, 'YYYY-MM-DD HH24:MI'));
-    END IF;
+    FOR pair IN SELECT * FROM (VALUES ('events', 'report_ecommerce_overview_minute'),
+                                   ('orders', 'report_restaurant_overview_minute')) AS v (tbl, report) LOOP
+        EXECUTE format('SELECT min(r.m) FROM (SELECT date_trunc(''minute'', "timestamp") AS m, count(*) AS n '
+                       'FROM public.%I WHERE "timestamp" >= $1 AND "timestamp" < $2 GROUP BY 1) r '
+                       'LEFT JOIN public.%I o ON o.window_start = r.m WHERE o.%I IS DISTINCT FROM r.n',
+                       pair.tbl, pair.report, pair.tbl) INTO first USING lo, bound;
+        IF first < bound THEN
+            bound := first;
+            reason := format('the %s of %s do not match their %s row yet', pair.tbl,
+                             to_char(first, 'YYYY-MM-DD HH24:MI'), pair.report);
+        END IF;
+    END LOOP;
     SELECT min(r.day) INTO day FROM (  -- the whole days before the bound
         SELECT "timestamp"::date AS day, count(*) AS n FROM events
         WHERE "timestamp" >= lo AND "timestamp" < date_trunc('day', bound) GROUP BY 1) r

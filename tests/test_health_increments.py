@@ -166,20 +166,22 @@ def test_a_row_committed_after_an_evaluation_that_could_not_see_it_is_found(no_m
     try:
         orphan = orphan_purchase(url, BASE_HOUR + timedelta(minutes=20), conn=held)
         during = consistency(url)
-        assert during["events"].passed and meta(during["events"], "rows_ingested") == 0  # not visible yet
+        assert during["events"].passed and orphan not in meta(during["events"], "first_violations")  # not visible yet
         held.commit()
     finally:
         held.close()
     # visible now, with an ingested_at before the previous evaluation
     after = consistency(url)
     assert not after["events"].passed and orphan in meta(after["events"], "first_violations")
-    assert meta(after["events"], "rows_ingested") == 1
+    assert meta(after["events"], "rows_ingested") >= 1
 
 
 def test_ledger_check_finds_a_gap_at_the_increments_boundary(no_margin):
     """(No margin: with one, the rows recorded in the minute before an
-    evaluation are looked at again by the next, which the counts below would
-    show.)"""
+    evaluation are looked at again by the next. The bound also waits for any
+    transaction open anywhere in the cluster during an evaluation, e.g. another
+    test's background process: the next evaluation then reads the same rows
+    again, so the row counts below are upper bounds, not exact.)"""
     url = no_margin
     ledger(url, RO, 0, 0, 99)
     ledger(url, RO, 0, 100, 149)
@@ -190,11 +192,11 @@ def test_ledger_check_finds_a_gap_at_the_increments_boundary(no_margin):
 
     ledger(url, RO, 0, 160, 170)  # 150..159 in no batch: between the old last range and the new one
     failed = run_checks_job(url, [ingest_ledger_contiguous])["orders:ingest_ledger_contiguous"]
-    assert not failed.passed and meta(failed, "discontinuities") == 1 and meta(failed, "ledger_rows") == 1
+    assert not failed.passed and meta(failed, "discontinuities") == 1 and 1 <= meta(failed, "ledger_rows") <= 3
     assert f"| gap | salespulse-ingest | {RO} | inc-1 | 0 | 150 | 160 |" in meta(failed, "gaps")
 
     still = run_checks_job(url, [ingest_ledger_contiguous])["orders:ingest_ledger_contiguous"]
-    assert not still.passed and meta(still, "ledger_rows") == 0 and meta(still, "pending_rechecked") == 1
+    assert not still.passed and meta(still, "ledger_rows") <= 1 and meta(still, "pending_rechecked") == 1
 
     ledger(url, RO, 0, 150, 159)  # the missing batch arrives
     results = run_checks_job(url, [ingest_ledger_contiguous])

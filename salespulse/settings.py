@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # --- stream services ---------------------------------------------------
     consumer_group: str = "salespulse-ingest"
     consumer_batch_size: int = Field(100, ge=1)
+    # a batch is also written once its messages hold this many key + value
+    # bytes (memory bound whatever the message sizes; librdkafka's prefetch is
+    # bounded too: salespulse/kafka.py consumer_config)
+    consumer_batch_max_bytes: int = Field(16 << 20, ge=1)
     consumer_batch_max_wait_ms: int = Field(500, ge=1)
     # write the batch once the stream pauses this long (0 = wait for size/max wait)
     consumer_batch_linger_ms: int = Field(10, ge=0)
@@ -88,6 +92,23 @@ class Settings(BaseSettings):
     # and the consumer dead-letters events older than this (their month may be
     # gone); see salespulse/partitions.py
     raw_retention_days: int = Field(0, ge=0, le=36_500)
+
+    # --- bounded stores (orchestration/retention.py store_retention_job, every 10 min;
+    # salespulse/bounded_stores.py). Retention windows are floats in days, so a
+    # soak can scale them down (0.01 = 14.4 min) through the same code path.
+    # dead letters keep at most this many payload bytes (with the full size and
+    # SHA-256 of the whole payload; 0 = keep none)
+    dead_letter_payload_max_bytes: int = Field(64 * 1024, ge=0)
+    # dead letters older than this are deleted (never those the hourly checks
+    # and the ledger reconciliation still read: see bounded_stores.py)
+    dead_letter_retention_days: float = Field(30.0, gt=0)
+    # dead letters' total size: the oldest are deleted first beyond this
+    dead_letter_max_mb: float = Field(256.0, gt=0)
+    # pipeline records that grow with time, not data (report refreshes and
+    # restatements, check results and alert claims, lag observations,
+    # pipeline_runs, raw_partition_drops): kept this long, except what a rule
+    # still reads (the newest row per check/topic/table)
+    ops_history_retention_days: float = Field(30.0, gt=0)
 
     # --- Dagster checks and sensors -----------------------------------------
     # dead_letter_rate: at most this share of the last hour's messages may be dead letters

@@ -121,7 +121,7 @@ WHERE s.content_hash <> decode(c.h, 'hex')
 
 INSERT_DEAD_LETTERS = """
 INSERT INTO dead_letters (topic, topic_incarnation, "partition", "offset", key, key_bytes, headers, payload,
-                          payload_sha256, error)
+                          payload_bytes, payload_sha256, error)
 VALUES %s
 ON CONFLICT (topic, topic_incarnation, "partition", "offset", payload_sha256) DO NOTHING
 RETURNING topic, topic_incarnation, "partition", "offset", payload_sha256

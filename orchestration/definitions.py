@@ -20,7 +20,12 @@ from orchestration.assets import all_assets
 from orchestration.assets.jobs import health_checks_job, minute_checks, pipeline_checks_job, refresh_job
 from orchestration.checks import all_checks
 from orchestration.resources import KafkaResource, PostgresResource, SparkResource
-from orchestration.retention import raw_partitions_hourly, raw_partitions_job
+from orchestration.retention import (
+    raw_partitions_hourly,
+    raw_partitions_job,
+    store_retention_every_10_minutes,
+    store_retention_job,
+)
 from orchestration.run_checks import reports_current_sensor
 from orchestration.schedules import all_schedules
 from orchestration.sensors import all_sensors
@@ -52,8 +57,8 @@ def build_resources() -> dict:
 defs = Definitions(
     assets=all_assets,
     asset_checks=[*all_checks, *minute_checks],
-    jobs=[refresh_job, health_checks_job, pipeline_checks_job, raw_partitions_job],
-    schedules=[*all_schedules, raw_partitions_hourly],
+    jobs=[refresh_job, health_checks_job, pipeline_checks_job, raw_partitions_job, store_retention_job],
+    schedules=[*all_schedules, raw_partitions_hourly, store_retention_every_10_minutes],
     sensors=[*all_sensors, reports_current_sensor],
     resources=build_resources(),
     executor=in_process_executor,

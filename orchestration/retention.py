@@ -1,5 +1,8 @@
-"""The raw tables' month partitions: created ahead, and dropped after
-``RAW_RETENTION_DAYS`` once their reports exist (``salespulse/partitions.py``).
+"""Retention jobs.
+
+``raw_partitions_job``: the raw tables' month partitions, created ahead, and
+dropped after ``RAW_RETENTION_DAYS`` once their reports exist
+(``salespulse/partitions.py``).
 
 One op in its own job, every hour: creating next month's partitions does not
 wait for a day boundary, and a retention drop that had to wait for a report
@@ -21,6 +24,7 @@ from dagster import (
 )
 
 from orchestration.resources import PostgresResource
+from salespulse.bounded_stores import trim_all
 from salespulse.partitions import drop_expired, ensure_partitions
 
 
@@ -56,3 +60,54 @@ def raw_partitions_job():
           description="Hourly at :07: raw_partitions_job (month partitions ahead; retention when RAW_RETENTION_DAYS > 0).")
 def raw_partitions_hourly(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"partitions:{context.scheduled_execution_time.strftime('%Y-%m-%dT%H')}")
+
+
+# --- store_retention_job: every store that grows with time has a bound ----------
+# Each op of STORE_TRIMS is independent (no inputs): one failing leaves the
+# others to run. The trims themselves are plain functions in salespulse/
+# (bounded per call: batches of rows, one transaction each); the op's output
+# metadata says what was deleted per table.
+
+
+@op(description="Dead letters (DEAD_LETTER_RETENTION_DAYS, DEAD_LETTER_MAX_MB) and the pipeline records that grow "
+                "with time (OPS_HISTORY_RETENTION_DAYS), in bounded batches; never what a check still reads "
+                "(salespulse/bounded_stores.py).")
+def trim_pipeline_records(context: OpExecutionContext, postgres: PostgresResource) -> Output[int]:
+    settings = postgres.settings()
+    with postgres.connection() as conn:
+        trims = trim_all(conn, settings)
+    for t in trims:
+        if t.deleted or t.emptied:
+            context.log.info(f"{t.table}: deleted {t.deleted} rows" + (f", emptied {t.emptied} payloads" if t.emptied
+                                                                        else ""))
+    rows = [f"| {t.table} | {t.deleted} | {t.emptied} | {t.horizon:%Y-%m-%d %H:%M} | {'yes' if t.more else 'no'} "
+            f"| {t.note} |" for t in trims]
+    metadata = {
+        "deleted": MetadataValue.md("| table | deleted | payloads emptied | older than (UTC) | more left | note |\n"
+                                    "|---|---|---|---|---|---|\n" + "\n".join(rows)),
+        **{f"deleted_{t.table}": MetadataValue.int(t.deleted) for t in trims},
+        "dead_letter_payloads_emptied": MetadataValue.int(trims[0].emptied),
+        "ops_history_retention_days": MetadataValue.float(settings.ops_history_retention_days),
+        "dead_letter_retention_days": MetadataValue.float(settings.dead_letter_retention_days),
+        "dead_letter_max_mb": MetadataValue.float(settings.dead_letter_max_mb),
+    }
+    return Output(sum(t.deleted for t in trims), metadata=metadata)
+
+
+#: the ops of store_retention_job (each independent; other stores add theirs here)
+STORE_TRIMS = [trim_pipeline_records]
+
+
+@job(description="Every store that grows with time stays bounded: old dead letters, pipeline records "
+                 "(and the others listed in STORE_TRIMS), each trimmed in bounded batches.",
+     tags={"salespulse/job": "retention", "dagster/max_runtime": "900"})
+def store_retention_job():
+    for trim in STORE_TRIMS:
+        trim()
+
+
+@schedule(cron_schedule="*/10 * * * *", job=store_retention_job, execution_timezone="UTC",
+          default_status=DefaultScheduleStatus.RUNNING,
+          description="Every 10 minutes: store_retention_job (dead letters, pipeline records, ...).")
+def store_retention_every_10_minutes(context: ScheduleEvaluationContext):
+    return RunRequest(run_key=f"stores:{context.scheduled_execution_time.strftime('%Y-%m-%dT%H:%M')}")

@@ -104,8 +104,10 @@ def test_checks_schedules_and_sensors_run_by_default():
     }
     schedules = {s.name: s for s in repo.schedule_defs}
     assert set(schedules) == {"refresh_every_minute", "health_checks_every_5_minutes", "pipeline_checks_every_minute",
-                              "raw_partitions_hourly"}
+                              "raw_partitions_hourly", "store_retention_every_10_minutes"}
     assert schedules["raw_partitions_hourly"].job_name == "raw_partitions_job"
+    assert schedules["store_retention_every_10_minutes"].job_name == "store_retention_job"
+    assert schedules["store_retention_every_10_minutes"].cron_schedule == "*/10 * * * *"
     assert schedules["refresh_every_minute"].cron_schedule == "* * * * *"
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name: s for s in repo.sensor_defs}

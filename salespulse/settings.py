@@ -27,7 +27,7 @@ DEFAULT_STATE_DIR = Path("/var/tmp/salespulse")
 
 #: The /health + /metrics port of each stream service by default (each has its
 #: own setting below; ``METRICS_PORT`` overrides it for one process).
-DEFAULT_METRICS_PORTS = {"producer-ecommerce": 9101, "producer-restaurant": 9102, "consumer": 9103}
+DEFAULT_METRICS_PORTS = {"producer-ecommerce": 9101, "producer-restaurant": 9102, "consumer": 9103, "broker": 9104}
 
 #: Database roles per service: role name and the variable holding its password.
 ROLE_INGEST = "salespulse_ingest"
@@ -62,8 +62,19 @@ class Settings(BaseSettings):
     producer_ecommerce_metrics_port: int = DEFAULT_METRICS_PORTS["producer-ecommerce"]
     producer_restaurant_metrics_port: int = DEFAULT_METRICS_PORTS["producer-restaurant"]
     consumer_metrics_port: int = DEFAULT_METRICS_PORTS["consumer"]
+    broker_metrics_port: int = DEFAULT_METRICS_PORTS["broker"]  # the embedded broker's wrapper
+    # the embedded broker is restarted empty (producers paused, the consumer
+    # drained first: salespulse/broker_rotation.py) once it holds this many
+    # messages (0 = never); its memory and CPU grow with what it holds
+    broker_rotate_messages: int = Field(50_000, ge=0)
+    broker_rotate_check_s: float = Field(15.0, gt=0)  # how often the held messages are counted
+    # a rotation is given up (nothing lost, tried again at the next check) if the
+    # producers have not paused and the consumer has not committed the end by then
+    broker_rotate_timeout_s: float = Field(30.0, gt=0, le=600)
     spark_connect_port: int = 15002
     spark_master: str = "local[2]"
+    # the Spark Connect server drops a session idle this long (a client killed before it released it)
+    spark_connect_idle_session_minutes: int = Field(10, ge=1, le=1440)
     jdbc_jar: str = "/usr/share/java/postgresql.jar"
     java_home: str = "/usr/lib/jvm/java-17-openjdk-amd64"
 
@@ -109,6 +120,26 @@ class Settings(BaseSettings):
     # pipeline_runs, raw_partition_drops): kept this long, except what a rule
     # still reads (the newest row per check/topic/table)
     ops_history_retention_days: float = Field(30.0, gt=0)
+    # Dagster's runs with their event logs and compute logs (store_retention_job's
+    # trim_dagster_storage, salespulse/dagster_retention.py): successful runs are
+    # deleted this many days after they ended, failed and canceled ones after the
+    # second setting; every partition they materialized stays materialized
+    dagster_run_retention_days: float = Field(7.0, gt=0)
+    dagster_failed_run_retention_days: float = Field(30.0, gt=0)
+    # ... at most this many runs deleted per call (every 10 minutes): a first run
+    # against a long history catches up over several calls
+    dagster_retention_max_runs: int = Field(3000, ge=1)
+    # first hourly partition of the report assets (ISO datetime, floored to the
+    # hour, UTC when naive); unset: the hour of the first data the stack holds
+    # (raw rows or report windows), read when the code location loads
+    # (orchestration/assets/partitions.py)
+    report_partitions_start: datetime | None = None
+
+    @field_validator("report_partitions_start", mode="before")
+    @classmethod
+    def _partitions_start(cls, value):
+        """Empty means unset (compose passes ``${REPORT_PARTITIONS_START:-}``)."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     # --- Dagster checks and sensors -----------------------------------------
     # dead_letter_rate: at most this share of the last hour's messages may be dead letters
@@ -206,6 +237,7 @@ class Settings(BaseSettings):
             "producer-ecommerce": self.producer_ecommerce_metrics_port,
             "producer-restaurant": self.producer_restaurant_metrics_port,
             "consumer": self.consumer_metrics_port,
+            "broker": self.broker_metrics_port,
         }[service]
 
     @property

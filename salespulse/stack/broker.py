@@ -12,7 +12,9 @@ import signal
 import socket
 import sys
 import subprocess
+import threading
 import time
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -67,12 +69,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            _terminate(self._proc)
 
     def restart(self) -> None:
         self.stop()
@@ -96,8 +93,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _serve_gate(public_port: int, internal_port: int, proc: subprocess.Popen) -> int:
-    """Forward ``public_port`` to the broker until a signal or until the broker exits."""
+async def _serve_gate(public_port: int, internal_port: int, broker: "BrokerProcess") -> int:
+    """Forward ``public_port`` to the broker until a signal or until the broker exits
+    (other than by a rotation's restart)."""
 
     async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -113,13 +111,100 @@ async def _serve_gate(public_port: int, internal_port: int, proc: subprocess.Pop
         loop.add_signal_handler(sig, stop.set)
     server = await asyncio.start_server(forward, "127.0.0.1", public_port, reuse_address=True)
     print(f"broker (tansu, in-memory) ready on 127.0.0.1:{public_port}", flush=True)
-    exited = loop.run_in_executor(None, proc.wait)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
+    while not stop.is_set() and broker.exit_code() is None:
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
     server.close()
-    if proc.poll() is None:
-        proc.terminate()
-    return await exited
+    return broker.stop()
+
+
+class BrokerProcess:
+    """The tansu process behind the gate; :meth:`restart` replaces it with an empty one
+    on the same port (a rotation), its topics created before it is used."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self._lock = threading.Lock()
+        self._proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        # same process group as this wrapper (the supervisor stops and kills the
+        # group); the parent-death signal ends it even if this wrapper is SIGKILLed
+        proc = subprocess.Popen(broker_command(port=self.port), preexec_fn=partial(die_with_parent, signal.SIGKILL))
+        wait_port("127.0.0.1", self.port)
+        return proc
+
+    def ensure_topics(self) -> dict[str, int]:
+        from salespulse.kafka import ensure_topics
+
+        return ensure_topics(f"127.0.0.1:{self.port}", timeout=30)
+
+    def restart(self) -> None:
+        with self._lock:
+            _terminate(self._proc)
+            self._proc = self._start()
+            self.ensure_topics()
+
+    def exit_code(self) -> int | None:
+        """The exit code if tansu ended on its own (not while a rotation restarts it)."""
+        with self._lock:
+            return self._proc.poll()
+
+    def stop(self) -> int:
+        with self._lock:
+            code = self._proc.poll()
+            if code is None:
+                _terminate(self._proc)
+                code = self._proc.returncode
+            return code
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _start_rotation(broker: BrokerProcess, stop: threading.Event) -> None:
+    """Rotate the broker when it holds more than ``BROKER_ROTATE_MESSAGES`` (0 = never);
+    its figures on ``BROKER_METRICS_PORT`` (salespulse/broker_rotation.py)."""
+    from salespulse.broker_rotation import RotationFiles, Rotator
+    from salespulse.contracts import TOPICS
+    from salespulse.lag import group_lag
+    from salespulse.observability import serve_health_and_metrics
+    from salespulse.settings import get_settings
+
+    settings = get_settings()
+    bootstrap = f"127.0.0.1:{broker.port}"
+    data_topics = {t.name: t.partitions for t in TOPICS.values()}
+    rotator = Rotator(RotationFiles(settings.salespulse_state_dir), settings.broker_rotate_messages,
+                      observe=lambda: group_lag(bootstrap, settings.consumer_group, data_topics, timeout=5.0),
+                      restart=broker.restart, timeout_s=settings.broker_rotate_timeout_s)
+    _register_metrics(rotator)
+    serve_health_and_metrics(settings.service_metrics_port("broker"),
+                             lambda: (broker.exit_code() is None, {"service": "broker", **asdict(rotator.state)}))
+    threading.Thread(target=rotator.run, args=(stop, settings.broker_rotate_check_s), name="rotation",
+                     daemon=True).start()
+
+
+def _register_metrics(rotator) -> None:
+    from prometheus_client import Gauge
+
+    Gauge("salespulse_broker_held_messages", "Messages the embedded broker holds (last check)").set_function(
+        lambda: rotator.state.held_messages)
+    Gauge("salespulse_broker_rotation_threshold", "Held messages that trigger a rotation (0 = never)").set_function(
+        lambda: rotator.state.threshold)
+    Gauge("salespulse_broker_rotations_recorded", "Rotations recorded in the state folder").set_function(
+        lambda: rotator.state.rotations)
+    Gauge("salespulse_broker_rotation_aborts_recorded", "Rotations given up").set_function(
+        lambda: rotator.state.aborted)
+    Gauge("salespulse_broker_last_pause_seconds", "How long producers were paused by the last rotation").set_function(
+        lambda: rotator.state.last_pause_s or 0)
 
 
 def run_foreground(port: int) -> int:
@@ -134,18 +219,18 @@ def run_foreground(port: int) -> int:
     A client started before the stack gets "connection refused" and retries
     until the topics are there, so it can never create them with the wrong
     count. A restarted broker (empty, in memory) gets its topics again the
-    same way before anyone can reach it.
+    same way before anyone can reach it; a rotation (salespulse/broker_rotation.py)
+    restarts it on the same private port.
     """
-    from salespulse.kafka import ensure_topics
-
-    internal = _free_port()
-    # same process group as this wrapper (the supervisor stops and kills the
-    # group); the parent-death signal ends it even if this wrapper is SIGKILLed
-    proc = subprocess.Popen(broker_command(port=internal), preexec_fn=partial(die_with_parent, signal.SIGKILL))
-    wait_port("127.0.0.1", internal)
-    topics = ensure_topics(f"127.0.0.1:{internal}", timeout=30)
+    broker = BrokerProcess(_free_port())
+    topics = broker.ensure_topics()
     print("broker topics: " + ", ".join(f"{n}({p})" for n, p in topics.items()), flush=True)
-    return asyncio.run(_serve_gate(port, internal, proc))
+    stop = threading.Event()
+    _start_rotation(broker, stop)
+    try:
+        return asyncio.run(_serve_gate(port, broker.port, broker))
+    finally:
+        stop.set()
 
 
 if __name__ == "__main__":

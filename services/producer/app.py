@@ -21,6 +21,7 @@ import threading
 import time
 from datetime import datetime
 
+from salespulse.broker_rotation import ProducerPause
 from salespulse.contracts import parse_message
 from salespulse.kafka import ensure_topics
 from salespulse.observability import serve_health_and_metrics
@@ -128,15 +129,17 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
     reporter = RateReporter(domain, topic.name, publisher, tty=tty)
     port = settings.service_metrics_port(f"producer-{domain}")
     server = None
+    # the embedded broker's rotations pause this producer (salespulse/broker_rotation.py)
+    pause = ProducerPause(settings.salespulse_state_dir)
     try:
         server = serve_health_and_metrics(port, health)
         log.info("producer started", extra={
             "domain": domain, "topic": topic.name, "bootstrap": bootstrap, "seed": sim.seed,
             "rate": "max" if max_speed else rate, "count": count, "metrics_port": server.server_port})
         if max_speed:
-            _run_max(sim, topic.name, publisher, reporter, count, stop_event)
+            _run_max(sim, topic.name, publisher, reporter, count, stop_event, pause)
         else:
-            _run_paced(sim, topic.name, publisher, reporter, rate, count, stop_event)
+            _run_paced(sim, topic.name, publisher, reporter, rate, count, stop_event, pause)
         remaining = publisher.flush(flush_timeout)
         if remaining:
             log.error("%d messages still undelivered at shutdown", remaining, extra=publisher.stats())
@@ -146,16 +149,19 @@ def run(domain: str, *, rate: float | None = None, max_speed: bool = False, coun
         return publisher.delivered
     finally:
         state["running"] = False
+        pause.close()
         restore_signals()
         if server is not None:
             # shutdown() waits for serve_forever's 0.5 s poll: let it finish on its own thread
             threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
 
 
-def _run_max(sim, topic: str, publisher: Publisher, reporter: RateReporter, count, stop_event) -> None:
+def _run_max(sim, topic: str, publisher: Publisher, reporter: RateReporter, count, stop_event,
+             pause: ProducerPause) -> None:
     next_message, send = sim.next_message, publisher.send
     sent = 0
     while count is None or sent < count:
+        pause.hold(publisher, stop_event)
         batch = MAX_SPEED_BATCH if count is None else min(MAX_SPEED_BATCH, count - sent)
         key, value = next_message()
         parse_message(topic, value)  # one in every batch is validated
@@ -171,7 +177,7 @@ def _run_max(sim, topic: str, publisher: Publisher, reporter: RateReporter, coun
 
 
 def _run_paced(sim, topic: str, publisher: Publisher, reporter: RateReporter, rate: float, count,
-               stop_event) -> None:
+               stop_event, pause: ProducerPause) -> None:
     interval = 1.0 / rate
     due = time.monotonic()
     sent = 0
@@ -183,6 +189,8 @@ def _run_paced(sim, topic: str, publisher: Publisher, reporter: RateReporter, ra
             if stop_event.is_set():
                 return
             now = time.monotonic()
+        if pause.hold(publisher, stop_event):
+            due = now = time.monotonic()  # events are generated after the pause, not stamped before it
         key, value = sim.next_message()
         parse_message(topic, value)
         publisher.send(topic, key, value)

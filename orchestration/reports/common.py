@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ def spark_session(remote: str | None = None):
                     spark.stop()
                 except Exception:  # noqa: BLE001
                     pass
+        # every Dagster run is a new client process: release its server-side
+        # session when the process exits, or the Spark Connect server keeps it
+        # (and its memory) until the idle timeout (salespulse/stack/spark.py)
+        os.environ.setdefault("SPARK_CONNECT_RELEASE_SESSION_ON_EXIT", "true")
         spark = SparkSession.builder.remote(remote).create()
         spark.conf.set("spark.sql.session.timeZone", "UTC")
         _sessions[remote] = spark

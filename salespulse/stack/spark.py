@@ -98,6 +98,7 @@ class SparkConnectServer:
         self.java_home = java_home or settings.java_home
         self.jdbc_jar = jdbc_jar or settings.jdbc_jar
         self.extra_conf = dict(extra_conf or {})
+        self.idle_session_minutes = settings.spark_connect_idle_session_minutes
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
 
@@ -129,6 +130,12 @@ class SparkConnectServer:
             "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{self.log_dir / 'log4j2.properties'}"
                                              " -Duser.timezone=UTC",
             "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+            # a client that exits without releasing its session (SIGKILL) leaves it on the
+            # server until this idle timeout; the clients release theirs on exit
+            # (orchestration/reports/common.py: SPARK_CONNECT_RELEASE_SESSION_ON_EXIT)
+            "spark.connect.session.manager.defaultSessionTimeout": f"{self.idle_session_minutes}m",
+            # the driver's periodic GC frees the shuffle and broadcast files of finished queries
+            "spark.cleaner.periodicGC.interval": "5min",
         }
         if self.master.startswith("spark://"):
             # standalone: keep executors small (2 cores shared by everything here)

@@ -120,6 +120,17 @@ class Settings(BaseSettings):
     # pipeline_runs, raw_partition_drops): kept this long, except what a rule
     # still reads (the newest row per check/topic/table)
     ops_history_retention_days: float = Field(30.0, gt=0)
+    # ingest ledger (sql/130, salespulse/ledger.py): ranges recorded more than
+    # this many minutes ago are merged per stream and hour where contiguous
+    # (ledger_reconciles matches raw rows to their batch's range for
+    # RECONCILE_MINUTES + 10 before that; it looks no further back)
+    ledger_rollup_minutes: float = Field(120.0, gt=0)
+    # ... and deleted after this many days (or with the raw history
+    # RAW_RETENTION_DAYS drops, if sooner), a contiguous prefix per stream at a
+    # time, into the stream's trimmed range (offsets and counts kept, so the
+    # audit still accounts for every offset); rolled up, a month costs about
+    # 100 bytes per stream and hour
+    ledger_retention_days: float = Field(30.0, gt=0)
     # Dagster's runs with their event logs and compute logs (store_retention_job's
     # trim_dagster_storage, salespulse/dagster_retention.py): successful runs are
     # deleted this many days after they ended, failed and canceled ones after the

@@ -50,7 +50,25 @@ def _check_broker(settings: Settings) -> Check:
     missing = [t for t in all_topic_partitions() if t not in present]
     if missing:
         return Check("broker", False, f"missing topics: {', '.join(missing)}")
-    return Check("broker", True, f"{len(present)} topics")
+    return Check("broker", True, f"{len(present)} topics" + rotation_summary(settings))
+
+
+def rotation_summary(settings: Settings) -> str:
+    """The embedded broker's rotations (salespulse/broker_rotation.py), if this machine runs it."""
+    import time
+
+    from salespulse.broker_rotation import RotationFiles
+
+    state = RotationFiles(settings.salespulse_state_dir).load_state()
+    if state is None:
+        return ""
+    text = f"; holds {state.held_messages:,} messages (rotated at {state.threshold:,}), {state.rotations} rotations"
+    if state.last_rotation_at:
+        text += (f", last at {time.strftime('%H:%M:%S', time.localtime(state.last_rotation_at))}"
+                 f" (producers paused {state.last_pause_s} s)")
+    if state.aborted:
+        text += f", {state.aborted} given up (last: {state.last_abort_reason})"
+    return text
 
 
 def _check_tcp(name: str, host: str, port: int) -> Check:

@@ -13,7 +13,7 @@ import time
 
 from confluent_kafka import Producer
 
-from salespulse.broker_rotation import ProducerPause, RotationFiles, Rotator, held_messages
+from salespulse.broker_rotation import ProducerPause, RotationFiles, RotationState, Rotator, held_messages
 from salespulse.contracts import ECOMMERCE_TOPIC, TOPICS
 from salespulse.kafka import producer_config
 from salespulse.lag import group_lag
@@ -165,3 +165,17 @@ def test_dead_producers_are_forgotten(tmp_path):
     files.register(dead.pid)
     assert dead.pid not in files.live_producers()
     assert not (files.producers / str(dead.pid)).exists()
+
+
+def test_status_shows_the_rotations(tmp_path):
+    from salespulse.settings import Settings
+    from salespulse.status import rotation_summary
+
+    settings = Settings(salespulse_state_dir=tmp_path)
+    assert rotation_summary(settings) == ""  # no embedded broker on this machine
+    RotationFiles(tmp_path).save_state(RotationState(rotations=2, held_messages=1234, threshold=50_000,
+                                                     last_rotation_at=time.time(), last_pause_s=0.8, aborted=1,
+                                                     last_abort_reason="producers [1] did not pause in time"))
+    text = rotation_summary(settings)
+    assert "holds 1,234 messages (rotated at 50,000), 2 rotations" in text
+    assert "producers paused 0.8 s" in text and "1 given up (last: producers [1] did not pause in time)" in text

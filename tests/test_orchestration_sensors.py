@@ -304,3 +304,22 @@ def test_new_data_sensor_ignores_hours_outside_the_partitions_and_survives_a_res
     again = tick(new_data_sensor, instance, json.dumps(ahead), postgres=pg)
     assert [(r.partition_key, set(r.asset_selection)) for r in again.run_requests] == [("2026-03-10-09:00", {RO})]
     assert all(xid < 10**9 for _at, xid in json.loads(again.cursor)["marks"])
+
+
+def test_kafka_lag_observations_show_the_embedded_brokers_rotations(settings, broker, database_url, monkeypatch,
+                                                                   tmp_path):
+    from salespulse.broker_rotation import RotationFiles, RotationState
+    from salespulse.settings import get_settings
+
+    monkeypatch.setenv("SALESPULSE_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    kafka = KafkaResource(bootstrap_servers=broker.bootstrap, consumer_group=f"g-{uuid.uuid4().hex[:6]}")
+    pg = PostgresResource(database_url=database_url)
+    before = tick(kafka_lag_sensor, None, None, kafka=kafka, postgres=pg)
+    assert all("broker_rotations" not in e.metadata for e in before.asset_events)  # no embedded broker here
+    RotationFiles(tmp_path).save_state(RotationState(rotations=3, held_messages=120, threshold=500,
+                                                     last_rotation_at=1_700_000_000.0, last_pause_s=1.5))
+    after = tick(kafka_lag_sensor, None, before.cursor, kafka=kafka, postgres=pg)
+    ec = {e.asset_key.to_user_string(): e.metadata for e in after.asset_events}["kafka_ecommerce_events"]
+    assert (ec["broker_rotations"].value, ec["broker_held_messages"].value) == (3, 120)
+    assert ec["broker_last_rotation_at"].value == 1_700_000_000.0

@@ -30,8 +30,10 @@ from dagster import (
 
 from orchestration.assets.sources import TOPIC_KEYS
 from orchestration.resources import KafkaResource, PostgresResource
+from salespulse.broker_rotation import RotationFiles
 from salespulse.contracts import TOPICS, all_topic_partitions
 from salespulse.lag import group_lag, partition_lag
+from salespulse.settings import get_settings
 
 
 @dataclass
@@ -105,6 +107,7 @@ def kafka_lag_sensor(context: SensorEvaluationContext, kafka: KafkaResource, pos
             obs.messages_per_s = round((obs.high_watermark - before) / elapsed, 3)
     record_observations(postgres, observations)
 
+    rotation = RotationFiles(get_settings().salespulse_state_dir).load_state()
     flagged = []
     events = []
     for obs in observations:
@@ -126,6 +129,12 @@ def kafka_lag_sensor(context: SensorEvaluationContext, kafka: KafkaResource, pos
             })
         if obs.messages_per_s is not None:
             metadata["messages_per_s"] = MetadataValue.float(obs.messages_per_s)
+        if rotation is not None:  # the embedded broker restarts empty now and then (offsets from 0)
+            metadata.update({
+                "broker_rotations": MetadataValue.int(rotation.rotations),
+                "broker_held_messages": MetadataValue.int(rotation.held_messages),
+                "broker_last_rotation_at": MetadataValue.float(rotation.last_rotation_at or 0.0),
+            })
         events.append(AssetObservation(asset_key=TOPIC_KEYS[obs.topic], metadata=metadata))
     for message in flagged:
         context.log.warning(f"consumer lag above threshold: {message}")

@@ -186,8 +186,11 @@ def _start_rotation(broker: BrokerProcess, stop: threading.Event) -> None:
                       observe=lambda: group_lag(bootstrap, settings.consumer_group, data_topics, timeout=5.0),
                       restart=broker.restart, timeout_s=settings.broker_rotate_timeout_s)
     _register_metrics(rotator)
-    serve_health_and_metrics(settings.service_metrics_port("broker"),
-                             lambda: (broker.exit_code() is None, {"service": "broker", **asdict(rotator.state)}))
+    try:
+        serve_health_and_metrics(settings.service_metrics_port("broker"),
+                                 lambda: (broker.exit_code() is None, {"service": "broker", **asdict(rotator.state)}))
+    except OSError as exc:  # the port is taken: the broker and its rotations go on without /metrics
+        print(f"broker metrics not served: {exc}", flush=True)
     threading.Thread(target=rotator.run, args=(stop, settings.broker_rotate_check_s), name="rotation",
                      daemon=True).start()
 

@@ -22,7 +22,8 @@ from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_VARIABLES = ("EMBEDDED_PG_PORT", "EMBEDDED_BROKER_PORT", "SPARK_CONNECT_PORT", "DAGSTER_PORT", "DASHBOARD_PORT",
-                  "PRODUCER_ECOMMERCE_METRICS_PORT", "PRODUCER_RESTAURANT_METRICS_PORT", "CONSUMER_METRICS_PORT")
+                  "PRODUCER_ECOMMERCE_METRICS_PORT", "PRODUCER_RESTAURANT_METRICS_PORT", "CONSUMER_METRICS_PORT",
+                  "BROKER_METRICS_PORT")
 
 
 def marked_processes(marker: str) -> list[int]:

@@ -25,6 +25,7 @@ from dagster import (
 
 from orchestration.resources import PostgresResource
 from salespulse.bounded_stores import trim_all
+from salespulse.dagster_retention import trim_dagster_storage as trim_dagster
 from salespulse.partitions import drop_expired, ensure_partitions
 
 
@@ -94,8 +95,36 @@ def trim_pipeline_records(context: OpExecutionContext, postgres: PostgresResourc
     return Output(sum(t.deleted for t in trims), metadata=metadata)
 
 
+@op(description="Dagster's runs with their event logs, compute logs and check executions: successes after "
+                "DAGSTER_RUN_RETENTION_DAYS, failures after DAGSTER_FAILED_RUN_RETENTION_DAYS, at most "
+                "DAGSTER_RETENTION_MAX_RUNS a call; each partition whose latest materialization was in a deleted "
+                "run is re-recorded first, so it stays materialized (salespulse/dagster_retention.py).")
+def trim_dagster_storage(context: OpExecutionContext, postgres: PostgresResource) -> Output[int]:
+    settings = postgres.settings()
+    trim = trim_dagster(context.instance, run_retention_days=settings.dagster_run_retention_days,
+                        failed_run_retention_days=settings.dagster_failed_run_retention_days,
+                        max_runs=settings.dagster_retention_max_runs, log=context.log.debug)
+    context.log.info(f"deleted {trim.runs_deleted} runs ({trim.failed_runs_deleted} failed/canceled), re-recorded "
+                     f"{trim.rematerialized} latest materializations, {trim.check_executions_deleted} check "
+                     f"executions, {trim.observations_deleted} runless observations in {trim.seconds:.1f} s"
+                     + ("; more left for the next call" if trim.more else ""))
+    return Output(trim.runs_deleted, metadata={
+        "runs_deleted": MetadataValue.int(trim.runs_deleted),
+        "failed_runs_deleted": MetadataValue.int(trim.failed_runs_deleted),
+        "materializations_rerecorded": MetadataValue.int(trim.rematerialized),
+        "check_executions_deleted": MetadataValue.int(trim.check_executions_deleted),
+        "observations_deleted": MetadataValue.int(trim.observations_deleted),
+        "more_left": MetadataValue.bool(trim.more),
+        "oldest_run_kept": MetadataValue.text(trim.oldest_kept.isoformat() if trim.oldest_kept else "none"),
+        "run_retention_days": MetadataValue.float(settings.dagster_run_retention_days),
+        "failed_run_retention_days": MetadataValue.float(settings.dagster_failed_run_retention_days),
+        "max_runs": MetadataValue.int(settings.dagster_retention_max_runs),
+        "seconds": MetadataValue.float(round(trim.seconds, 2)),
+    })
+
+
 #: the ops of store_retention_job (each independent; other stores add theirs here)
-STORE_TRIMS = [trim_pipeline_records]
+STORE_TRIMS = [trim_pipeline_records, trim_dagster_storage]
 
 
 @job(description="Every store that grows with time stays bounded: old dead letters, pipeline records "

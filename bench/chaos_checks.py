@@ -257,7 +257,9 @@ def _check_messages(out: Outcome, cur, delivered, readback, dlq) -> tuple[int, i
                                      "WHERE table_name = 'dead_letters'")}
     extra = [c for c in ("key_bytes", "headers") if c in cols]
     dls = defaultdict(list)
-    for r in _rows(cur, 'SELECT topic, "partition", "offset", payload_sha256, octet_length(payload), error'
+    # the whole payload's size (sql/120 stores the payload up to a cap, with its full size)
+    length = "coalesce(payload_bytes, octet_length(payload))" if "payload_bytes" in cols else "octet_length(payload)"
+    for r in _rows(cur, f'SELECT topic, "partition", "offset", payload_sha256, {length}, error'
                         + "".join(f", {c}" for c in extra) + " FROM dead_letters"):
         dls[r[:3]].append(dict(zip(("sha", "length", "error", *extra), r[3:])))
     for c in ("key_bytes", "headers"):

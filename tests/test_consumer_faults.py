@@ -5,6 +5,7 @@ Real broker and PostgreSQL (tests/conftest.py); unit tests where noted."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -129,8 +130,10 @@ def test_a_bad_message_near_the_size_limit_does_not_stall_its_partition(settings
     svc = ConsumerService(service_settings(settings), group_id=unique_group("near-limit"), stop_at_end=True)
     ServiceThread(svc).start().join(150)
     assert count_events(database_url, [good["event_id"]]) == 1
-    stored = query(database_url, "SELECT length(payload) FROM dead_letters WHERE key = %s", (run,))
-    assert stored == [(len(payload),)]  # the table keeps it whole
+    stored = query(database_url, "SELECT length(payload), payload_bytes, payload_sha256 FROM dead_letters "
+                                 "WHERE key = %s", (run,))
+    # the table keeps its size and hash, and its payload up to DEAD_LETTER_PAYLOAD_MAX_BYTES
+    assert stored == [(settings.dead_letter_payload_max_bytes, len(payload), hashlib.sha256(payload).hexdigest())]
 
 
 def service_settings(settings, **update):

@@ -245,12 +245,13 @@ def test_nul_in_key_value_error_and_headers_is_stored_in_full(writer, database_u
     assert rows[2][3] == [{"key": "\\xc3(", "value_b64": base64.b64encode(b"v").decode()}]
 
 
-def test_a_large_bad_value_is_stored_in_full(writer, database_url):
+def test_a_large_bad_value_is_stored_up_to_the_cap_with_its_full_size_and_hash(writer, database_url):
     big = b"\x00" + bytes(range(256)) * 8192  # 2 MB, not UTF-8
     result = writer.write_raw([RawMessage(RO, 0, 0, None, big, None), raw(RO, 1, restaurant_order(1))])
     assert result.topics[RO].dead_letters == 1 and result.topics[RO].stored == 1
-    payload, sha = query(database_url, "SELECT payload, payload_sha256 FROM dead_letters")[0]
-    assert bytes(payload) == big and sha == hashlib.sha256(big).hexdigest()
+    payload, size, sha = query(database_url, "SELECT payload, payload_bytes, payload_sha256 FROM dead_letters")[0]
+    cap = Settings().dead_letter_payload_max_bytes  # DEAD_LETTER_PAYLOAD_MAX_BYTES (64 KiB)
+    assert bytes(payload) == big[:cap] and size == len(big) and sha == hashlib.sha256(big).hexdigest()
 
 
 def test_an_unexpected_error_on_one_message_dead_letters_only_that_message(writer, database_url, monkeypatch):

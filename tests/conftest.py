@@ -7,6 +7,7 @@ start, the tests that need it error out.
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import uuid
@@ -21,6 +22,12 @@ from salespulse.stack.broker import EmbeddedBroker
 from salespulse.stack.postgres import EmbeddedPostgres
 
 pytest_plugins = ["tests.support.spark_fixtures"]
+
+# The report partitions begin at the first data when the code location loads
+# (orchestration/assets/partitions.py); the tests import it before any database
+# exists and materialize fixed past hours: give them a fixed start (also
+# inherited by the webservers and daemons they start).
+os.environ.setdefault("REPORT_PARTITIONS_START", "2024-01-01T00:00:00+00:00")
 
 
 def free_port() -> int:

@@ -121,12 +121,14 @@ def all_history_views(url: str) -> float:
 
 
 #: the seeded history's ingest ledger: a range per partition every ten seconds
+#: (sql/130: a stream per partition, its compact ranges)
 LEDGER_SQL = """
-INSERT INTO ingest_ledger (consumer_group, topic, topic_incarnation, "partition", first_offset, last_offset,
-                           messages, stored, duplicates, dead_lettered, recorded_at)
-SELECT 'salespulse-ingest', 'ecommerce.events', 'bench', p, b * 10, b * 10 + 9, 10, 10, 0, 0,
-       now() - interval '1 minute' - (%(batches)s - b) * interval '10 seconds'
-FROM generate_series(0, 2) p, generate_series(0, %(batches)s - 1) b"""
+INSERT INTO ingest_streams (consumer_group, topic, topic_incarnation, "partition")
+SELECT 'salespulse-ingest', 'ecommerce.events', 'bench', p FROM generate_series(0, 2) p;
+INSERT INTO ingest_ledger_ranges (stream, first_offset, last_offset, stored, duplicates, dead_lettered, recorded_at)
+SELECT s.id, b * 10, b * 10 + 9, 10, 0, 0, now() - interval '1 minute' - (%(batches)s - b) * interval '10 seconds'
+FROM ingest_streams s, generate_series(0, %(batches)s - 1) b
+WHERE s.topic_incarnation = 'bench'"""
 
 
 def whole_table_integrity(url: str) -> float:
@@ -179,7 +181,7 @@ def measure(pg: EmbeddedPostgres, server: SparkConnectServer, size: int, args) -
     seed(url, size, size // 20, hours)
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(LEDGER_SQL, {"batches": hours * 360})
-        cur.execute("ANALYZE ingest_ledger")
+        cur.execute("ANALYZE ingest_ledger_ranges, ingest_streams")
     seed_s = time.perf_counter() - started
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_database_size(current_database())")

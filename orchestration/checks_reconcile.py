@@ -17,7 +17,9 @@ see rows that came later). Then
   ``stale``; before that the minute is *pending* (counted, not failing).
 
 ``ledger_reconciles`` (on ``events`` and ``orders``): the raw tables against
-the consumer's ``ingest_ledger`` per minute of the ledger's ``recorded_at``.
+the consumer's ``ingest_ledger`` per minute of the ledger's ``recorded_at``,
+over the minutes whose ranges are still one per batch (not rolled up nor
+trimmed: ``LEDGER_ROLLUP_MINUTES``, ``LEDGER_RETENTION_DAYS``).
 What can be compared exactly, given de-duplication:
 
 * a ledger row's ``messages = stored + duplicates + dead_lettered`` (also a
@@ -59,6 +61,7 @@ from orchestration.check_outcomes import Verdict, conclude
 from orchestration.checks import CUTOFF_GRACE
 from orchestration.resources import PostgresResource
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.ledger import detail_since
 from salespulse.settings import get_settings
 
 RECONCILE_MINUTES = get_settings().reconcile_minutes
@@ -194,9 +197,9 @@ BATCH_SPAN = timedelta(minutes=10)
 
 _LEDGER_SQL = """
 WITH l AS (
-    SELECT xmin::text::bigint AS xid, date_trunc('minute', recorded_at) AS minute, recorded_at,
+    SELECT xid, date_trunc('minute', recorded_at) AS minute, recorded_at,
            consumer_group = %(group)s AS main, messages, stored, duplicates, dead_lettered
-    FROM ingest_ledger WHERE topic = %(topic)s AND recorded_at >= %(start)s
+    FROM ingest_ledger WHERE topic = %(topic)s AND recorded_at >= %(start)s AND NOT trimmed
 ), lx AS (
     SELECT xid, min(minute) AS minute, bool_or(main) AS main FROM l GROUP BY xid
 ), led AS (
@@ -254,6 +257,10 @@ def reconcile_ledger(postgres: PostgresResource, name: str, minutes: int = RECON
             cur.execute("SELECT now()")
             now = cur.fetchone()[0]
             start = _floor_minute(now) - timedelta(minutes=minutes)
+            # ranges rolled up or trimmed (sql/130) no longer carry their batch's
+            # transaction: only the minutes still held one range per batch
+            settings = get_settings()
+            start = max(start, _floor_minute(detail_since(settings, now)) + timedelta(minutes=1))
             cur.execute(_LEDGER_SQL.format(table=table), {"topic": topic, "start": start,
                                                          "scan_from": start - BATCH_SPAN,
                                                          "group": get_settings().consumer_group})

@@ -26,6 +26,8 @@ from dagster import (
 from orchestration.resources import PostgresResource
 from salespulse.bounded_stores import trim_all
 from salespulse.dagster_retention import trim_dagster_storage as trim_dagster
+from salespulse.ledger import maintain as maintain_ledger
+from salespulse.ledger import sizes as ledger_sizes
 from salespulse.partitions import drop_expired, ensure_partitions
 
 
@@ -123,8 +125,35 @@ def trim_dagster_storage(context: OpExecutionContext, postgres: PostgresResource
     })
 
 
+@op(description="The ingest ledger (sql/130): ranges older than LEDGER_ROLLUP_MINUTES merged per stream and hour "
+                "where contiguous, then those older than LEDGER_RETENTION_DAYS (or than the raw history dropped) "
+                "deleted into each stream's trimmed range, a contiguous prefix at a time, so the audit still "
+                "accounts for every offset (salespulse/ledger.py).")
+def trim_ingest_ledger(context: OpExecutionContext, postgres: PostgresResource) -> Output[int]:
+    settings = postgres.settings()
+    with postgres.connection() as conn:
+        done = maintain_ledger(conn, settings.ledger_rollup_minutes, settings.ledger_retention_days)
+        with conn.cursor() as cur:
+            size = ledger_sizes(cur)
+        conn.commit()
+    context.log.info(f"ingest ledger: {done.rolled_up} ranges rolled up, {done.trimmed} trimmed, "
+                     f"{done.streams_forgotten} idle streams forgotten in {done.calls} calls; now {size['ranges']} "
+                     f"ranges, {size['bytes']} bytes" + ("" if done.complete else "; more left for the next run"))
+    return Output(done.rolled_up + done.trimmed, metadata={
+        "ranges_rolled_up": MetadataValue.int(done.rolled_up),
+        "ranges_trimmed": MetadataValue.int(done.trimmed),
+        "streams_forgotten": MetadataValue.int(done.streams_forgotten),
+        "more_left": MetadataValue.bool(not done.complete),
+        "ledger_ranges": MetadataValue.int(size["ranges"]),
+        "ledger_streams": MetadataValue.int(size["streams"]),
+        "ledger_bytes": MetadataValue.int(size["bytes"]),
+        "ledger_rollup_minutes": MetadataValue.float(settings.ledger_rollup_minutes),
+        "ledger_retention_days": MetadataValue.float(settings.ledger_retention_days),
+    })
+
+
 #: the ops of store_retention_job (each independent; other stores add theirs here)
-STORE_TRIMS = [trim_pipeline_records, trim_dagster_storage]
+STORE_TRIMS = [trim_pipeline_records, trim_dagster_storage, trim_ingest_ledger]
 
 
 @job(description="Every store that grows with time stays bounded: old dead letters, pipeline records "

@@ -5,10 +5,12 @@ Dagster asset checks all run:
 
 * ``LEDGER_GAPS_SQL`` — is ``ingest_ledger`` contiguous? Per (consumer group,
   topic, topic incarnation, partition), ordered by first offset, every range
-  must start right after the previous one ends. A gap means offsets that were
+  must start right after the previous one ends, the first one right after the
+  stream's trimmed range (retention, sql/130). A gap means offsets that were
   committed but never written (or dead-lettered); an overlap means offsets
-  written twice. The table's exclusion constraint already refuses overlaps, so
-  in practice this finds gaps.
+  written twice (the consumer's per-stream lock and coverage read prevent
+  them, the primary key refuses two ranges from one offset; this finds any
+  other).
 * ``CONSISTENCY_SQL`` — do the parent and child tables agree? ``events`` vs
   ``transactions`` (every purchase has its transaction and nothing else has
   one, with the same timestamp) and ``orders`` vs ``order_items`` (every order
@@ -24,65 +26,71 @@ from typing import Iterable
 
 MINUTE = timedelta(minutes=1)
 
-def _gaps(source: str, slice_column: str = "") -> str:
-    """Gaps/overlaps between consecutive ranges of ``source`` (ingest_ledger's
-    columns), per partition (and per ``slice_column`` if given)."""
+def _gaps(source: str, slice_column: str = "", key: str = 'consumer_group, topic, topic_incarnation, "partition"') -> str:
+    """Gaps/overlaps between consecutive ranges of ``source`` (columns ``key``,
+    first_offset, last_offset), per stream (and per ``slice_column`` if given)."""
     by_slice = f"{slice_column}, " if slice_column else ""
     return f"""
-SELECT consumer_group, topic, topic_incarnation, "partition", expected_first, found_first
+SELECT {key}, expected_first, found_first
 FROM (
-    SELECT consumer_group, topic, topic_incarnation, "partition", first_offset AS found_first,
+    SELECT {key}, first_offset AS found_first,
            lag(last_offset) OVER w + 1 AS expected_first
     FROM {source}
-    WINDOW w AS (PARTITION BY {by_slice}consumer_group, topic, topic_incarnation, "partition"
+    WINDOW w AS (PARTITION BY {by_slice}{key}
                  ORDER BY first_offset, last_offset)
 ) ranges
 WHERE expected_first IS NOT NULL AND found_first <> expected_first
 """
 
 
+# The ledger (sql/130_compact_ledger.sql): per stream, its ranges and its
+# trimmed range (the prefix retention deleted after finding it contiguous),
+# so a range that does not continue the trimmed one is a gap or an overlap.
 _GAPS = _gaps("ingest_ledger")
 _GAPS_ORDER = 'ORDER BY consumer_group, topic, topic_incarnation, "partition", found_first\n'
 LEDGER_GAPS_SQL = _GAPS + _GAPS_ORDER
 
-# A ledger slice: one partition's ranges whose first offset is in [lo, hi], plus
-# the range just before and the one just after (index
-# idx_ingest_ledger_partition_offsets, sql/110): consecutive in the partition's
-# order, so every gap between two of them is a real gap.
-_SLICE_KEY = """l.consumer_group = s.consumer_group AND l.topic = s.topic
-                 AND l.topic_incarnation = s.topic_incarnation AND l."partition" = s."partition\""""
-_SLICE_ROWS = f"""(
-    SELECT s.slice, l.* FROM slices s JOIN ingest_ledger l
-        ON {_SLICE_KEY} AND l.first_offset BETWEEN s.lo AND s.hi
+# A ledger slice: one stream's ranges whose first offset is in [lo, hi], plus
+# the range just before and the one just after (primary key of
+# ingest_ledger_ranges; the trimmed range is a stream's first span): consecutive
+# in the stream's order, so every gap between two of them is a real gap.
+_SLICE_ROWS = """(
+    SELECT s.slice, l.* FROM slices s JOIN ingest_ledger_spans l
+        ON l.stream = s.stream AND l.first_offset BETWEEN s.lo AND s.hi
     UNION
     SELECT s.slice, b.* FROM slices s CROSS JOIN LATERAL (
-        SELECT l.* FROM ingest_ledger l WHERE {_SLICE_KEY} AND l.first_offset < s.lo
+        SELECT l.* FROM ingest_ledger_spans l WHERE l.stream = s.stream AND l.first_offset < s.lo
         ORDER BY l.first_offset DESC LIMIT 1) b
     UNION
     SELECT s.slice, a.* FROM slices s CROSS JOIN LATERAL (
-        SELECT l.* FROM ingest_ledger l WHERE {_SLICE_KEY} AND l.first_offset > s.hi
+        SELECT l.* FROM ingest_ledger_spans l WHERE l.stream = s.stream AND l.first_offset > s.hi
         ORDER BY l.first_offset LIMIT 1) a
 ) sliced"""
-# Slices: per partition, the ranges recorded after %(since)s (their lowest and
+# Slices: per stream, the ranges recorded after %(since)s (their lowest and
 # highest first offset), and the given ones (%(keep_*)s arrays: gaps found
 # before, looked at again until they are filled).
 LEDGER_INCREMENT_GAPS_SQL = f"""
 WITH recent AS (
-    SELECT consumer_group, topic, topic_incarnation, "partition", min(first_offset) AS lo,
-           max(first_offset) AS hi
-    FROM ingest_ledger WHERE recorded_at > %(since)s GROUP BY 1, 2, 3, 4
+    SELECT stream, min(first_offset) AS lo, max(first_offset) AS hi
+    FROM ingest_ledger_ranges WHERE recorded_at > %(since)s GROUP BY 1
 ), slices AS (
     SELECT row_number() OVER () AS slice, * FROM (
-        SELECT consumer_group, topic, topic_incarnation, "partition", lo, hi FROM recent
+        SELECT stream, lo, hi FROM recent
         UNION ALL
-        SELECT * FROM unnest(%(keep_group)s::text[], %(keep_topic)s::text[], %(keep_incarnation)s::text[],
-                             %(keep_partition)s::int[], %(keep_first)s::bigint[], %(keep_first)s::bigint[])
+        SELECT st.id, k.first, k.first
+        FROM unnest(%(keep_group)s::text[], %(keep_topic)s::text[], %(keep_incarnation)s::text[],
+                    %(keep_partition)s::int[], %(keep_first)s::bigint[]) AS k(g, t, i, p, first)
+        JOIN ingest_streams st ON st.consumer_group = k.g AND st.topic = k.t AND st.topic_incarnation = k.i
+                              AND st."partition" = k.p
     ) k
 )
-SELECT DISTINCT * FROM ({_gaps(_SLICE_ROWS, "slice")}) g
+SELECT DISTINCT st.consumer_group, st.topic, st.topic_incarnation, st."partition", g.expected_first, g.found_first
+FROM ({_gaps(_SLICE_ROWS, "slice", "stream")}) g JOIN ingest_streams st ON st.id = g.stream
 {_GAPS_ORDER}"""
 LEDGER_INCREMENT_COUNT_SQL = """
-SELECT topic, count(*), COALESCE(sum(messages), 0) FROM ingest_ledger WHERE recorded_at > %(since)s GROUP BY topic
+SELECT s.topic, count(*), COALESCE(sum(r.stored + r.duplicates + r.dead_lettered), 0)
+FROM ingest_ledger_ranges r JOIN ingest_streams s ON s.id = r.stream
+WHERE r.recorded_at > %(since)s GROUP BY s.topic
 """
 
 # Time window on the parent's (or the child's) timestamp: NULL = unbounded.
@@ -181,7 +189,7 @@ _SUMMARY_SQL = f"""
 WITH gaps AS ({_GAPS})
 SELECT l.consumer_group, l.topic, l.topic_incarnation, l."partition",
        min(l.first_offset), max(l.last_offset), sum(l.messages), sum(l.stored), sum(l.duplicates),
-       sum(l.dead_lettered), count(*),
+       sum(l.dead_lettered), sum(l.ranges), COALESCE(max(l.last_offset) FILTER (WHERE l.trimmed), -1),
        (SELECT count(*) FROM gaps g WHERE (g.consumer_group, g.topic, g.topic_incarnation, g."partition")
                                           = (l.consumer_group, l.topic, l.topic_incarnation, l."partition"))
 FROM ingest_ledger l
@@ -190,7 +198,7 @@ GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 """
 _SUMMARY_KEYS = ("consumer_group", "topic", "topic_incarnation", "partition", "first_offset", "last_offset",
-                 "messages", "stored", "duplicates", "dead_lettered", "batches", "gaps")
+                 "messages", "stored", "duplicates", "dead_lettered", "batches", "trimmed_through", "gaps")
 
 
 def ledger_gaps(cursor) -> list[tuple]:
@@ -265,7 +273,9 @@ def ledger_rows_since(cursor, since: datetime) -> dict[str, tuple[int, int]]:
 
 def ledger_summary(cursor, group: str | None = None) -> list[dict]:
     """Per group/topic/incarnation/partition: offsets covered, where the messages
-    went, number of ledger rows (batches) and of gaps/overlaps."""
+    went, number of ledger ranges (``batches``: one per batch until rolled up
+    per hour, sql/130), the last offset of the trimmed range (-1: none) and
+    the number of gaps/overlaps."""
     cursor.execute(_SUMMARY_SQL, {"group": group})
     return [{k: (int(v) if k not in ("consumer_group", "topic", "topic_incarnation") else v)
              for k, v in zip(_SUMMARY_KEYS, row)} for row in cursor.fetchall()]

@@ -96,7 +96,9 @@ def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime |
                  ) -> tuple[list[Drop], str]:
     """Drop the month partitions :func:`drop_bound` allows (recorded in
     ``raw_partition_drops``) and commit; then, in a second transaction that
-    locks no raw table, delete the dropped rows' keys and older dead letters."""
+    locks no raw table, delete the dropped rows' keys and older dead letters;
+    then the ingest ledger's ranges recorded before the dropped history, in
+    bounded transactions of their own (salespulse/ledger.py)."""
     bound, why = drop_bound(cur, keep_days, now)
     if bound is None:
         return [], why
@@ -108,6 +110,9 @@ def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime |
     if drops:
         cur.execute("SELECT salespulse_trim_dropped_history()")
         cur.connection.commit()
+        from salespulse.ledger import trim_dropped
+
+        trim_dropped(cur.connection)
     return drops, why
 
 

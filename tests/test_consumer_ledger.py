@@ -1,7 +1,8 @@
 """The ingest ledger as the batch writer keeps it, against a real PostgreSQL:
-one row per batch and partition in the batch's transaction, re-deliveries of a
-committed batch skipped, topic incarnations told apart, and two writers owning
-the same partition at once never both landing."""
+one compact row per batch and partition in the batch's transaction
+(sql/130_compact_ledger.sql), re-deliveries of a committed batch skipped,
+topic incarnations told apart, and two writers owning the same partition at
+once never both landing."""
 
 from __future__ import annotations
 
@@ -47,13 +48,17 @@ def test_each_batch_records_its_ranges_and_a_redelivery_is_skipped(writer, datab
         ("g", EC, "topic-id-1", 2, 100, 102, 3, 3, 0, 0),
         ("g", RO, "", 0, 7, 7, 1, 1, 0, 0),
     ]
-    ledger = query(database_url, "SELECT * FROM ingest_ledger ORDER BY id")
+    ledger = query(database_url, "SELECT * FROM ingest_ledger ORDER BY stream, first_offset")
+    # structure: one narrow row per (batch, partition), three streams, in the batch's transaction
+    assert query(database_url, "SELECT count(*), count(DISTINCT stream), count(DISTINCT xmin::text) "
+                               "FROM ingest_ledger_ranges") == [(3, 3, 1)]
+    assert query(database_url, "SELECT count(*) FROM ingest_streams") == [(3,)]
     rows = query(database_url, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM dead_letters)")
 
     again = writer.write_raw(batch, incarnations={EC: "topic-id-1"})  # crash after the DB commit, before the offsets
     assert len(again.skipped) == len(batch) and again.dead_letters == []
     assert (again.topics[EC].skipped, again.topics[EC].stored, again.topics[EC].dead_letters) == (13, 0, 0)
-    assert query(database_url, "SELECT * FROM ingest_ledger ORDER BY id") == ledger
+    assert query(database_url, "SELECT * FROM ingest_ledger ORDER BY stream, first_offset") == ledger
     assert query(database_url, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM dead_letters)") == rows
     # the two dead letters may never have reached the DLQ topic: they are handed back for re-publication
     assert sorted((m.raw.offset, m.error) for m in again.republish) == sorted(
@@ -100,7 +105,11 @@ def test_each_consumer_group_has_its_own_ledger(writer, ingest_url, database_url
     assert [(row[0], row[7:]) for row in query(database_url, LEDGER)] == [("g", (4, 0, 1)), ("replay-1", (0, 4, 1))]
 
 
-def test_the_ledger_refuses_overlapping_ranges(database_url):
+def test_the_ledger_refuses_a_second_range_from_an_offset_and_the_check_finds_any_other_overlap(database_url):
+    """No GiST exclusion constraint any more (sql/130): the primary key refuses
+    two ranges of a stream starting at the same offset; any other overlap (a
+    writer bypassing the consumer's lock and coverage read) is committed but
+    found by the contiguity check."""
     conn = psycopg2.connect(database_url)
     insert = ('INSERT INTO ingest_ledger (consumer_group, topic, topic_incarnation, "partition", first_offset, '
               'last_offset, messages, stored, duplicates, dead_lettered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, 0)')
@@ -108,10 +117,14 @@ def test_the_ledger_refuses_overlapping_ranges(database_url):
         with conn, conn.cursor() as cur:
             cur.execute(insert, ("g", EC, "", 0, 0, 9, 10, 10))
             cur.execute(insert, ("g", EC, "other", 0, 0, 9, 10, 10))  # another incarnation: fine
-        with pytest.raises(psycopg2.errors.ExclusionViolation), conn, conn.cursor() as cur:
-            cur.execute(insert, ("g", EC, "", 0, 9, 12, 4, 4))
+        with pytest.raises(psycopg2.errors.UniqueViolation), conn, conn.cursor() as cur:
+            cur.execute(insert, ("g", EC, "", 0, 0, 12, 13, 13))
         with pytest.raises(psycopg2.errors.CheckViolation), conn, conn.cursor() as cur:
             cur.execute(insert, ("g", EC, "", 0, 10, 12, 3, 2))  # counts do not add up
+        with conn, conn.cursor() as cur:
+            assert ledger_gaps(cur) == []
+            cur.execute(insert, ("g", EC, "", 0, 9, 12, 4, 4))
+            assert ledger_gaps(cur) == [("g", EC, "", 0, 10, 9)]  # an overlap: expected 10, found 9
     finally:
         conn.close()
 

@@ -47,7 +47,7 @@ def no_margin(database_url, monkeypatch):
 
 def backdate(url, minutes=10):
     """Every row so far as if ingested (ledger rows recorded) ``minutes`` ago."""
-    for table, column in (("events", "ingested_at"), ("orders", "ingested_at"), ("ingest_ledger", "recorded_at")):
+    for table, column in (("events", "ingested_at"), ("orders", "ingested_at"), ("ingest_ledger_ranges", "recorded_at")):
         execute(url, f"UPDATE {table} SET {column} = {column} - %s", (timedelta(minutes=minutes),))
 
 

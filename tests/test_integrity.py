@@ -51,13 +51,13 @@ def test_normal_writes_show_no_violation_and_a_full_summary(stored, cur):
     assert ledger_summary(cur) == [
         {"consumer_group": "g", "topic": EC, "topic_incarnation": "", "partition": 0, "first_offset": 0,
          "last_offset": 20, "messages": 21, "stored": 20, "duplicates": 0, "dead_lettered": 1, "batches": 1,
-         "gaps": 0},
+         "trimmed_through": -1, "gaps": 0},
         {"consumer_group": "g", "topic": EC, "topic_incarnation": "t1", "partition": 0, "first_offset": 21,
          "last_offset": 60, "messages": 40, "stored": 20, "duplicates": 20, "dead_lettered": 0, "batches": 2,
-         "gaps": 0},
+         "trimmed_through": -1, "gaps": 0},
         {"consumer_group": "g", "topic": RO, "topic_incarnation": "", "partition": 0, "first_offset": 0,
          "last_offset": 11, "messages": 12, "stored": 12, "duplicates": 0, "dead_lettered": 0, "batches": 1,
-         "gaps": 0},
+         "trimmed_through": -1, "gaps": 0},
     ]
 
 

@@ -1,12 +1,16 @@
 """``salespulse audit``: where every consumed offset went, and whether the raw tables agree.
 
-The consumer records each batch in ``ingest_ledger`` (same transaction as the
-rows): per partition the offset range it covered and how many of those
-messages were stored, duplicates or dead-lettered. Per (group, topic, topic
-incarnation, partition) the ranges must follow each other without a gap or an
-overlap from the group's first batch on; a gap means offsets were committed
-that nothing stored nor dead-lettered, an overlap means a range was written
-twice. The audit prints that summary, every gap/overlap, and the number of
+The consumer records each batch in the ingest ledger (same transaction as the
+rows; sql/130_compact_ledger.sql): per partition the offset range it covered
+and how many of those messages were stored, duplicates or dead-lettered.
+Per (group, topic, topic incarnation, partition) the ranges must follow each
+other without a gap or an overlap from the group's first batch on; a gap
+means offsets were committed that nothing stored nor dead-lettered, an
+overlap means a range was written twice. Ranges older than
+``LEDGER_ROLLUP_MINUTES`` are merged per hour where contiguous, and retention
+(``LEDGER_RETENTION_DAYS``, or the raw history dropped) deletes a contiguous
+prefix of each stream into its *trimmed range*, counts kept: the audit
+starts each stream there, so it still accounts for every offset. The audit prints that summary, every gap/overlap, and the number of
 disagreements between ``events``/``transactions`` and ``orders``/``order_items``
 (``salespulse.integrity.CONSISTENCY_SQL``).
 
@@ -98,7 +102,8 @@ def run_audit(url: str, group: str | None = None) -> Audit:
 
 
 COLUMNS = (("group", "consumer_group"), ("topic", "topic"), ("incarnation", "topic_incarnation"),
-           ("partition", "partition"), ("offsets", None), ("batches", "batches"), ("messages", "messages"),
+           ("partition", "partition"), ("offsets", None), ("trimmed to", "trimmed_through"),
+           ("ranges", "batches"), ("messages", "messages"),
            ("stored", "stored"), ("duplicates", "duplicates"), ("dead-lettered", "dead_lettered"),
            ("gaps/overlaps", "gaps"))
 
@@ -107,7 +112,7 @@ def _cell(row: dict, key: str | None) -> str:
     if key is None:
         return f"{row['first_offset']}..{row['last_offset']}"
     value = row.get(key)
-    return "-" if value in (None, "") else str(value)
+    return "-" if value in (None, "") or (key == "trimmed_through" and value < 0) else str(value)
 
 
 def format_report(audit: Audit) -> str:

@@ -98,6 +98,7 @@ class Attempt:
         self.skipped: list[ParsedMessage] = []
         self.republish: list[ParsedMessage] = []
         self.covered: dict[tuple, list[tuple[int, int]]] = {}
+        self.streams: dict[tuple, int] = {}  # part -> ingest_streams.id
         self.outcome: list[str | None] = []  # per todo position: STORED | DUPLICATE | dead-letter reason
         self.rows_inserted = {"products": 0, "events": 0, "transactions": 0, "orders": 0, "order_items": 0}
         self.new_dead: set[tuple] = set()
@@ -116,8 +117,12 @@ class Attempt:
             "locks": sorted(lock_key(self.w.group, *k) for k in keys), "group": self.w.group,
             "topics": [k[0] for k in keys], "incs": [k[1] for k in keys], "parts": [k[2] for k in keys],
             "los": [min(offsets[k]) for k in keys], "his": [max(offsets[k]) for k in keys]})
-        for topic, inc, p, lo, hi in self.cur.fetchall():
-            self.covered.setdefault((topic, inc, p), []).append((lo, hi))
+        for topic, inc, p, stream, lo, hi in self.cur.fetchall():
+            self.streams[(topic, inc, p)] = stream
+            if lo is not None:
+                self.covered.setdefault((topic, inc, p), []).append((lo, hi))
+        if len(self.streams) != len(keys):
+            raise DatabaseUnavailable("a ledger stream of this batch is missing (forgotten meanwhile): retry")
         if not self.covered and all(len(set(o)) == len(o) for o in offsets.values()):
             # the usual case: nothing committed before, no offset twice
             self.todo, self.todo_parts, self.todo_groups = list(batch), self.parts, self.batch_groups
@@ -309,7 +314,10 @@ class Attempt:
             self.ledger.append(self._run_row(part, run))
         if self.ledger:
             try:
-                execute_values(self.cur, INSERT_LEDGER, self.ledger, page_size=len(self.ledger))
+                streams = self.streams
+                execute_values(self.cur, INSERT_LEDGER,  # (stream, first, last, stored, duplicates, dead)
+                               [(streams[row[1:4]], *row[4:6], *row[7:]) for row in self.ledger],
+                               page_size=len(self.ledger))
             except psycopg2.IntegrityError as exc:
                 raise DatabaseUnavailable(f"another consumer recorded some of these offsets meanwhile: "
                                           f"{str(exc).strip()}") from exc

@@ -19,15 +19,37 @@ CREATE TEMP TABLE IF NOT EXISTS tmp_order_items (
 """
 TRUNCATE_TEMP = "TRUNCATE tmp_events, tmp_orders, tmp_order_items"
 
-# Two statements in one round trip: each gets its own snapshot, so the ledger
-# read sees whatever a consumer that held the lock before us committed.
+# Three statements in one round trip, each with its own snapshot, so the
+# ledger read sees whatever a consumer that held the lock before us committed:
+# 1. the ledger's shared lock (a trim takes it exclusively to forget an idle
+#    stream, sql/130) and the batch's streams' locks, in a fixed order;
+# 2. the streams (group, topic, incarnation, partition) not recorded yet get
+#    their id (nextval only for the new ones);
+# 3. per stream of the batch: its id, and the recorded ranges that overlap the
+#    batch's offsets [lo, hi]: those starting inside, the one before (primary
+#    key, backwards) and the stream's trimmed range (sql/130_compact_ledger.sql).
 LOCK_AND_COVERAGE = """
-SELECT pg_advisory_xact_lock(k) FROM unnest(%(locks)s::bigint[]) AS k;
-SELECT b.topic, b.inc, b.p, l.first_offset, l.last_offset
+SELECT pg_advisory_xact_lock_shared(74177019), (SELECT count(pg_advisory_xact_lock(k))
+                                              FROM unnest(%(locks)s::bigint[]) AS k);
+INSERT INTO ingest_streams (consumer_group, topic, topic_incarnation, "partition")
+SELECT %(group)s, b.topic, b.inc, b.p FROM unnest(%(topics)s::text[], %(incs)s::text[], %(parts)s::int[]) AS b(topic, inc, p)
+WHERE NOT EXISTS (SELECT 1 FROM ingest_streams s WHERE s.consumer_group = %(group)s AND s.topic = b.topic
+                  AND s.topic_incarnation = b.inc AND s."partition" = b.p)
+ON CONFLICT DO NOTHING;
+SELECT b.topic, b.inc, b.p, s.id, c.first_offset, c.last_offset
 FROM unnest(%(topics)s::text[], %(incs)s::text[], %(parts)s::int[], %(los)s::bigint[], %(his)s::bigint[])
      AS b(topic, inc, p, lo, hi)
-JOIN ingest_ledger l ON l.consumer_group = %(group)s AND l.topic = b.topic AND l.topic_incarnation = b.inc
-     AND l."partition" = b.p AND int8range(l.first_offset, l.last_offset, '[]') && int8range(b.lo, b.hi, '[]')
+JOIN ingest_streams s ON s.consumer_group = %(group)s AND s.topic = b.topic AND s.topic_incarnation = b.inc
+     AND s."partition" = b.p
+LEFT JOIN LATERAL (
+    SELECT l.first_offset, l.last_offset FROM ingest_ledger_ranges l
+    WHERE l.stream = s.id AND l.first_offset BETWEEN b.lo AND b.hi
+    UNION ALL
+    (SELECT l.first_offset, l.last_offset FROM ingest_ledger_ranges l
+     WHERE l.stream = s.id AND l.first_offset < b.lo ORDER BY l.first_offset DESC LIMIT 1)
+    UNION ALL
+    SELECT s.trimmed_first, s.trimmed_last WHERE s.trimmed_last IS NOT NULL
+) c ON c.last_offset >= b.lo AND c.first_offset <= b.hi
 """
 
 # Keys first: event_keys (unpartitioned, one row per event id ever stored)
@@ -128,9 +150,9 @@ RETURNING topic, topic_incarnation, "partition", "offset", payload_sha256
 """
 DEAD_LETTER_CHUNK_BYTES = 32 << 20  # raw payload bytes per INSERT statement
 
+# One compact row per (batch, stream): sql/130_compact_ledger.sql.
 INSERT_LEDGER = """
-INSERT INTO ingest_ledger (consumer_group, topic, topic_incarnation, "partition", first_offset, last_offset,
-                           messages, stored, duplicates, dead_lettered)
+INSERT INTO ingest_ledger_ranges (stream, first_offset, last_offset, stored, duplicates, dead_lettered)
 VALUES %s
 """
 

@@ -10,12 +10,15 @@ The rule it keeps: every message of a batch ends in exactly one place, and
 (nothing committed: retry the whole batch later). Per batch, in one transaction:
 
 1. **Ledger first.** Lock the batch's partitions (transaction-level advisory
-   locks, in a fixed order) and read which of its offsets ``ingest_ledger``
-   already covers: those are re-deliveries of a committed batch (a crash
-   between the database commit and the offset commit) and are *skipped*. A
-   second consumer briefly owning the same partition waits for the lock and
-   then sees the first one's ledger rows; the ledger's exclusion constraint is
-   the backstop (an overlap fails the transaction, and the retry skips).
+   locks, in a fixed order) and read which of its offsets the ledger already
+   covers (its ranges and each stream's trimmed range,
+   sql/130_compact_ledger.sql): those are re-deliveries of a committed batch
+   (a crash between the database commit and the offset commit) and are
+   *skipped*. A second consumer briefly owning the same partition waits for
+   the lock and then sees the first one's ranges; the ledger's primary key
+   (stream, first offset) is the backstop (a second range from the same
+   offset fails the transaction, and the retry skips), and the contiguity
+   checks find any other overlap.
 2. **Valid rows** are COPYed into per-connection temp tables and moved with
    ``INSERT ... ON CONFLICT DO NOTHING RETURNING``; products, transactions and
    order items are written only for the events/orders actually inserted, in
@@ -24,8 +27,9 @@ The rule it keeps: every message of a batch ends in exactly one place, and
    the same, otherwise a dead letter: "conflicting re-send ...".
 3. **Dead letters** keep the raw key, value and headers in full; text columns
    never hold NUL (escaped), so storing one cannot fail because of content.
-4. **The ledger row** per (topic, partition) range: messages, stored,
-   duplicates, dead-lettered.
+4. **The ledger row** per (topic, partition) range: a compact row of
+   ``ingest_ledger_ranges`` (stream id, offsets, stored, duplicates,
+   dead-lettered; messages is their sum).
 
 Messages the database (or the row building) unexpectedly rejects are isolated:
 the batch is re-run with the row insert split in halves under savepoints
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 
 class BatchWriter:
     """Writes parsed batches into PostgreSQL, one transaction per batch, recording
-    each in ``ingest_ledger`` under consumer group ``group``."""
+    each in the ingest ledger under consumer group ``group``."""
 
     def __init__(self, url: str, *, group: str = DEFAULT_GROUP, window: TimestampWindow | None = None,
                  application_name: str = "salespulse-consumer", connect_timeout: int = 5,

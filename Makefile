@@ -1,6 +1,6 @@
 # SalesPulse: `make run` starts the local stack, `make test` runs the tests.
 # Both set up what is missing first (apt packages, .venv, pip), idempotently.
-.PHONY: setup run test status bench chaos cycles clean-state
+.PHONY: setup run test status bench chaos cycles soak clean-state
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,12 @@ chaos: setup
 # current again after each start (issue 9); CYCLES_ARGS="--cycles 5" for fewer
 cycles: setup
 	.venv/bin/python bench/stack_cycles.py $(CYCLES_ARGS)
+
+# the local stack left running (issue 19): M minutes with one more producer at R events/s,
+# retention windows scaled down; a table each minute and one JSON line (docs/operations.md)
+SOAK_ARGS ?= --minutes 60 --rate 200
+soak: setup
+	.venv/bin/python bench/soak.py $(SOAK_ARGS)
 
 clean-state:
 	.venv/bin/salespulse stack reset

@@ -9,6 +9,7 @@ or down. Any line that is not up makes the exit code 1.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -139,8 +140,98 @@ def _cmd_status(args) -> int:
     width = max(len(r.name) for r in results)
     for r in results:
         print(f"{'UP  ' if r.ok else 'DOWN'}  {r.name:<{width}}  {r.detail}")
+    print_stores(get_settings())
     return 0 if all(r.ok for r in results) else 1
+
+
+def print_stores(settings: Settings) -> None:
+    """Each store's size and what bounds it (nothing when the database is down: its line says so)."""
+    try:
+        with psycopg2.connect(settings.database_url, connect_timeout=3) as conn:
+            sizes = store_sizes(conn, settings)
+    except psycopg2.Error:
+        return
+    width = max(len(s.name) for s in sizes)
+    print("stores (size on disk, bound):")
+    for s in sizes:
+        print(f"      {s.name:<{width}}  {s.bytes / 1e6:9.1f} MB  {s.bound}")
 
 
 def register(subparsers) -> None:
     subparsers.add_parser("status", help="health of each part of the stack").set_defaults(func=_cmd_status)
+
+
+# -- what grows, and its bound ---------------------------------------------------
+@dataclass(frozen=True)
+class Store:
+    """A store of the stack: its tables (partitions count with their parent) and its bound."""
+
+    name: str
+    kind: str  # "raw": grows with the data kept (RAW_RETENTION_DAYS); "bounded": a window; "reports"
+    tables: tuple[str, ...]
+    bound: str  # the settings that bound it
+
+
+@dataclass(frozen=True)
+class StoreSize:
+    name: str
+    kind: str
+    bytes: int
+    bound: str
+
+
+def stores() -> list[Store]:
+    """Every store in the application database (the one list ``status`` and the soak read)."""
+    from salespulse.bounded_stores import OPS_TABLES
+
+    return [
+        Store("raw tables", "raw", ("events", "transactions", "orders", "order_items", "products"),
+              "RAW_RETENTION_DAYS"),
+        Store("raw keys", "raw", ("event_keys", "order_keys"), "RAW_RETENTION_DAYS"),
+        Store("daily aggregates", "raw", ("daily_event_totals", "daily_product_sales", "daily_aggregates_state"),
+              "one row per day and product (kept for the all-time figures)"),
+        Store("reports", "reports", ("report_*_minute",), "RAW_RETENTION_DAYS (with their raw rows)"),
+        Store("ingest ledger", "bounded", ("ingest_streams", "ingest_ledger_ranges", "ingest_ledger_rollup"),
+              "LEDGER_ROLLUP_MINUTES, LEDGER_RETENTION_DAYS"),
+        Store("dead letters", "bounded", ("dead_letters",),
+              "DEAD_LETTER_RETENTION_DAYS, DEAD_LETTER_MAX_MB, DEAD_LETTER_PAYLOAD_MAX_BYTES"),
+        Store("pipeline records", "bounded", tuple(t.table for t in OPS_TABLES), "OPS_HISTORY_RETENTION_DAYS"),
+    ]
+
+
+def store_sizes(conn, settings: Settings) -> list[StoreSize]:
+    """Each store's bytes on disk (tables, indexes, TOAST, partitions), the
+    tables no store names as "other tables", and Dagster's database and compute logs."""
+    with conn.cursor() as cur:
+        cur.execute("""
+            SELECT coalesce(p.relname, c.relname), sum(pg_total_relation_size(c.oid))
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_class p ON p.oid = pg_partition_root(c.oid) AND p.oid <> c.oid
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm') GROUP BY 1""")
+        sizes = dict(cur.fetchall())
+        cur.execute("SELECT coalesce(sum(pg_database_size(datname)), 0) FROM pg_database WHERE datname = 'dagster'")
+        dagster_bytes = cur.fetchone()[0]
+    out = []
+    for store in stores():  # a table name may be a pattern (fnmatch)
+        names = [t for t in list(sizes) if any(fnmatch.fnmatchcase(t, pattern) for pattern in store.tables)]
+        out.append(StoreSize(store.name, store.kind, sum(int(sizes.pop(t)) for t in names), store.bound))
+    out.append(StoreSize("other tables", "bounded", sum(int(v) for v in sizes.values()),
+                         "fixed size (" + ", ".join(sorted(sizes)) + ")"))
+    out.append(StoreSize("dagster database", "bounded", int(dagster_bytes),
+                         "DAGSTER_RUN_RETENTION_DAYS, DAGSTER_FAILED_RUN_RETENTION_DAYS"))
+    logs = settings.dagster_home_path / "storage"
+    out.append(StoreSize("dagster compute logs", "bounded", _folder_bytes(logs), "deleted with their runs"))
+    return out
+
+
+def _folder_bytes(path) -> int:
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total

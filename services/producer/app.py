@@ -184,13 +184,16 @@ def _run_paced(sim, topic: str, publisher: Publisher, reporter: RateReporter, ra
     while (count is None or sent < count) and not stop_event.is_set():
         now = time.monotonic()
         while now < due:  # wait for the next slot, serving callbacks meanwhile
+            if pause.hold(publisher, stop_event):  # a broker rotation (even between slow slots)
+                due = now = time.monotonic()  # events are generated after the pause, not stamped before it
+                break
             publisher.poll(min(due - now, 0.1))
             reporter.tick()
             if stop_event.is_set():
                 return
             now = time.monotonic()
         if pause.hold(publisher, stop_event):
-            due = now = time.monotonic()  # events are generated after the pause, not stamped before it
+            due = now = time.monotonic()
         key, value = sim.next_message()
         parse_message(topic, value)
         publisher.send(topic, key, value)

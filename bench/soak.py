@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(log)
     for name in WINDOW_SETTINGS:
         stack.env[name] = f"{window_days:.6f}"
+    stack.env["LEDGER_ROLLUP_MINUTES"] = str(max(1, round(window_days * 1440 / 2)))  # before the trim
     print(f"state {stack.state}, log {log}, retention windows {window_days * 1440:.1f} min", flush=True)
     producer = None
     samples: list[dict] = []

@@ -176,19 +176,17 @@ class Crash(RuntimeError):
 def test_a_crash_between_re_recording_and_deleting_loses_nothing(instance, history, monkeypatch):
     a, p, b, c, d = history
 
-    real_delete_checks = retention.delete_check_executions
+    def crash(inst, run_ids):
+        raise Crash("killed after re-recording, before deleting")
 
-    def crash_at_b(inst, run_id):
-        if run_id == b:
-            raise Crash("killed after re-recording b's partition")
-        return real_delete_checks(inst, run_id)
-
-    monkeypatch.setattr(retention, "delete_check_executions", crash_at_b)
+    monkeypatch.setattr(retention, "delete_check_executions", crash)
     with pytest.raises(Crash):
         trim(instance, 8)
-    # a and p went (p's plain re-recorded); b's h1 was re-recorded, then the crash: b is still there
-    assert {r.run_id for r in instance.get_runs()} == {b, c, d}
-    assert [r.partition_key for r in runless_materializations(instance, PART)] == [H[1]]
+    # the batch's latest materializations were re-recorded (h0 from c, h1 from b, plain from p); nothing deleted
+    assert len(instance.get_runs()) == 5
+    kept = {r.partition_key: r.asset_materialization.metadata[retention.RETAINED_FROM].value
+            for r in runless_materializations(instance, PART)}
+    assert kept == {H[0]: c, H[1]: b}
     assert instance.get_materialized_partitions(PART) == {H[0], H[1]}
     assert len(runless_materializations(instance, PLAIN)) == 1
     monkeypatch.undo()
@@ -207,8 +205,9 @@ def test_a_crash_between_re_recording_and_deleting_loses_nothing(instance, histo
     with pytest.raises(Crash):
         trim(instance, 8)
     first = calls[0]
-    assert first == b
-    assert instance.get_run_by_id(first) is not None and instance.get_records_for_run(first).records == []
+    assert first == a  # the oldest; the batch's events are gone, its runs are left
+    for run_id in (a, p, b, c):
+        assert instance.get_run_by_id(run_id) is not None and instance.get_records_for_run(run_id).records == []
     monkeypatch.undo()
 
     out = trim(instance, 8)

@@ -53,11 +53,35 @@ def consumer_config(bootstrap: str, group: str, **overrides) -> dict:
         "heartbeat.interval.ms": 1000,
         "partition.assignment.strategy": "cooperative-sticky",
         "statistics.interval.ms": 5000,
-        "fetch.max.bytes": 52_428_800,
-        "queued.max.messages.kbytes": 65_536,
+        # librdkafka's prefetch, bounded in bytes whatever the message sizes
+        # (the ingestion consumer sizes it from its batch bound: prefetch_config)
+        **prefetch_config(DEFAULT_PREFETCH_BYTES),
     }
     config.update(overrides)
     return config
+
+
+#: prefetch of a consumer that does not say (librdkafka's queue, in bytes)
+DEFAULT_PREFETCH_BYTES = 16 << 20
+#: the largest message the producers and the broker accept by default
+#: (message.max.bytes, 1,000,000); a fetch must be able to carry one
+MESSAGE_MAX_BYTES = 1_000_000
+
+
+def prefetch_config(queue_bytes: int) -> dict:
+    """librdkafka settings bounding what a consumer holds before the
+    application reads it: the local queue (``queued.max.messages.kbytes``,
+    ``queue_bytes``), one fetch response (``fetch.max.bytes``: half of it,
+    at least one message of ``MESSAGE_MAX_BYTES``) and a partition's share of
+    a fetch (``max.partition.fetch.bytes``, 1 MiB). A larger message is still
+    returned alone (a fetch always returns the first record batch whole).
+    RSS then stays bounded by about queue + fetch buffers, whatever the sizes."""
+    fetch = max(queue_bytes // 2, 1 << 20)
+    return {
+        "queued.max.messages.kbytes": max(queue_bytes // 1024, 1024),
+        "fetch.max.bytes": fetch,
+        "max.partition.fetch.bytes": min(1 << 20, fetch),
+    }
 
 
 def admin_client(bootstrap: str, **overrides) -> AdminClient:

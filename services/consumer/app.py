@@ -32,7 +32,7 @@ import threading
 from confluent_kafka import Consumer, TopicPartition
 
 from salespulse.contracts import TOPICS, TimestampWindow
-from salespulse.kafka import consumer_config, ensure_topics
+from salespulse.kafka import consumer_config, ensure_topics, prefetch_config
 from salespulse.observability import serve_health_and_metrics
 from salespulse.settings import ROLE_INGEST, Settings
 
@@ -69,7 +69,8 @@ class ConsumerService:
         self.policy = BatchPolicy(
             int(batch_size or settings.consumer_batch_size),
             (max_wait_ms if max_wait_ms is not None else settings.consumer_batch_max_wait_ms) / 1000.0,
-            (linger_ms if linger_ms is not None else settings.consumer_batch_linger_ms) / 1000.0)
+            (linger_ms if linger_ms is not None else settings.consumer_batch_linger_ms) / 1000.0,
+            settings.consumer_batch_max_bytes)
         # fetch.wait.max.ms: librdkafka's default (500 ms) is a latency floor with a
         # broker that holds a fetch while no data is there (the embedded broker
         # answers about every half wait); Apache Kafka answers as soon as data arrives
@@ -132,7 +133,8 @@ class ConsumerService:
         DB_UP.set(1)
         log.info("consumer starting", extra={
             "event": "start", "group": self.group_id, "metrics_port": self.metrics_port,
-            "batch_size": self.policy.size, "max_wait_ms": int(self.policy.max_wait * 1000),
+            "batch_size": self.policy.size, "batch_max_bytes": self.policy.max_bytes,
+            "max_wait_ms": int(self.policy.max_wait * 1000),
             "linger_ms": int(self.policy.linger * 1000), "fetch_wait_ms": self.fetch_wait_ms,
             "drain_on_stop_s": self.drain.seconds,
             "mode": "assign" if self.assignment is not None else "subscribe",
@@ -144,7 +146,8 @@ class ConsumerService:
                 # one-deep pipeline: the next batch is consumed and parsed while the
                 # previous one is written; offsets are committed in batch order, each
                 # only after its own database commit
-                self.policy.fill(consumer.consume, intake.accept, intake.__len__, stopped, self._end_while_filling)
+                self.policy.fill(consumer.consume, intake.accept, intake.__len__, stopped, self._end_while_filling,
+                                 intake.held_bytes, intake.largest_recent)
                 pipeline.complete()
                 if intake and not stopped():
                     pipeline.submit()
@@ -168,7 +171,9 @@ class ConsumerService:
         bootstrap = self.settings.kafka_bootstrap_servers
         ensure_topics(bootstrap)  # an unknown topic would auto-create with the broker's default partition count
         self.incarnations.refresh()
-        extra = {"fetch.wait.max.ms": self.fetch_wait_ms}
+        # memory: librdkafka prefetches at most one batch's bytes (CONSUMER_BATCH_MAX_BYTES),
+        # besides the batch being filled and the one being written
+        extra = {"fetch.wait.max.ms": self.fetch_wait_ms, **prefetch_config(self.policy.max_bytes)}
         if self.stop_at_end:
             extra["enable.partition.eof"] = True
         self._consumer = consumer = Consumer(consumer_config(bootstrap, self.group_id, **extra))

@@ -238,3 +238,32 @@ def test_the_migration_keeps_what_the_audit_proves(postgres, tmp_path):
 SUMS = """SELECT consumer_group, topic, topic_incarnation, "partition", min(first_offset), max(last_offset),
                  sum(messages), sum(stored), sum(duplicates), sum(dead_lettered)
           FROM ingest_ledger GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
+
+
+def test_the_op_in_store_retention_job_trims_with_the_soak_settings(urls, writer, monkeypatch):
+    """LEDGER_ROLLUP_MINUTES / LEDGER_RETENTION_DAYS scaled down (the soak's path):
+    ranges recorded 20 minutes ago are trimmed, the last minute's kept."""
+    from orchestration.resources import PostgresResource
+    from orchestration.retention import STORE_TRIMS, store_retention_job, trim_ingest_ledger
+    from salespulse.settings import get_settings
+
+    admin = urls[0]
+    assert trim_ingest_ledger in STORE_TRIMS
+    for lo in range(0, 40, 10):
+        writer.write_raw(batch(range(lo, lo + 10)))
+    recorded(admin, {0: 22, 10: 21, 20: 20})
+    before = proof(admin)
+    monkeypatch.setenv("DATABASE_URL", admin)
+    monkeypatch.setenv("LEDGER_ROLLUP_MINUTES", "5")
+    monkeypatch.setenv("LEDGER_RETENTION_DAYS", "0.01")  # 14.4 minutes
+    get_settings.cache_clear()
+    try:
+        result = store_retention_job.execute_in_process(
+            op_selection=["trim_ingest_ledger"], resources={"postgres": PostgresResource(database_url=admin)})
+    finally:
+        get_settings.cache_clear()
+    assert result.success
+    meta = [e for e in result.all_node_events if e.is_successful_output][0].step_output_data.metadata
+    # 0..29 rolled up (one range, or two if an hour began in between), then trimmed; 30..39 kept
+    assert meta["ranges_trimmed"].value in (1, 2) and meta["ledger_ranges"].value == 1
+    assert proof(admin) == before and run_audit(admin).ok

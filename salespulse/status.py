@@ -152,9 +152,10 @@ def print_stores(settings: Settings) -> None:
     except psycopg2.Error:
         return
     width = max(len(s.name) for s in sizes)
-    print("stores (size on disk, bound):")
+    print("stores (size on disk, rows, bound):")
     for s in sizes:
-        print(f"      {s.name:<{width}}  {s.bytes / 1e6:9.1f} MB  {s.bound}")
+        rows = "" if s.rows is None else f"{s.rows:,}"
+        print(f"      {s.name:<{width}}  {s.bytes / 1e6:9.1f} MB  {rows:>13} rows  {s.bound}")
 
 
 def register(subparsers) -> None:
@@ -178,24 +179,33 @@ class StoreSize:
     kind: str
     bytes: int
     bound: str
+    rows: int | None = None  # exact for the bounded stores, an estimate (planner statistics) for the others
 
 
-def stores() -> list[Store]:
-    """Every store in the application database (the one list ``status`` and the soak read)."""
+def stores(settings: Settings | None = None) -> list[Store]:
+    """Every store in the application database (the one list ``status`` and the
+    soak read); with ``settings`` each bound also says its current values."""
     from salespulse.bounded_stores import OPS_TABLES
+
+    def bound(*fields: str) -> str:
+        if settings is None:
+            return ", ".join(f.upper() for f in fields)
+        return ", ".join(f"{f.upper()}={getattr(settings, f):g}" for f in fields)
 
     return [
         Store("raw tables", "raw", ("events", "transactions", "orders", "order_items", "products"),
-              "RAW_RETENTION_DAYS"),
-        Store("raw keys", "raw", ("event_keys", "order_keys"), "RAW_RETENTION_DAYS"),
+              bound("raw_retention_days")),
+        Store("raw keys", "raw", ("event_keys", "order_keys"), bound("raw_retention_days")),
         Store("daily aggregates", "raw", ("daily_event_totals", "daily_product_sales", "daily_aggregates_state"),
               "one row per day and product (kept for the all-time figures)"),
         Store("reports", "reports", ("report_*_minute",), "RAW_RETENTION_DAYS (with their raw rows)"),
         Store("ingest ledger", "bounded", ("ingest_streams", "ingest_ledger_ranges", "ingest_ledger_rollup"),
-              "LEDGER_ROLLUP_MINUTES, LEDGER_RETENTION_DAYS"),
+              bound("ledger_rollup_minutes", "ledger_retention_days")),
         Store("dead letters", "bounded", ("dead_letters",),
-              "DEAD_LETTER_RETENTION_DAYS, DEAD_LETTER_MAX_MB, DEAD_LETTER_PAYLOAD_MAX_BYTES"),
-        Store("pipeline records", "bounded", tuple(t.table for t in OPS_TABLES), "OPS_HISTORY_RETENTION_DAYS"),
+              bound("dead_letter_retention_days", "dead_letter_max_mb", "dead_letter_payload_max_bytes")
+              + " (the last RECONCILE_MINUTES + 15 min are kept: the checks read them)"),
+        Store("pipeline records", "bounded", tuple(t.table for t in OPS_TABLES),
+              bound("ops_history_retention_days") + " (the newest row per check, topic and dropped table kept)"),
     ]
 
 
@@ -204,21 +214,34 @@ def store_sizes(conn, settings: Settings) -> list[StoreSize]:
     tables no store names as "other tables", and Dagster's database and compute logs."""
     with conn.cursor() as cur:
         cur.execute("""
-            SELECT coalesce(p.relname, c.relname), sum(pg_total_relation_size(c.oid))
+            SELECT coalesce(p.relname, c.relname), sum(pg_total_relation_size(c.oid)),
+                   sum(greatest(c.reltuples, 0))::bigint
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             LEFT JOIN pg_class p ON p.oid = pg_partition_root(c.oid) AND p.oid <> c.oid
             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm') GROUP BY 1""")
-        sizes = dict(cur.fetchall())
+        found = cur.fetchall()
+        sizes = {name: size for name, size, _ in found}
+        estimates = {name: int(rows) for name, _, rows in found}
         cur.execute("SELECT coalesce(sum(pg_database_size(datname)), 0) FROM pg_database WHERE datname = 'dagster'")
         dagster_bytes = cur.fetchone()[0]
-    out = []
-    for store in stores():  # a table name may be a pattern (fnmatch)
-        names = [t for t in list(sizes) if any(fnmatch.fnmatchcase(t, pattern) for pattern in store.tables)]
-        out.append(StoreSize(store.name, store.kind, sum(int(sizes.pop(t)) for t in names), store.bound))
+        out = []
+        for store in stores(settings):  # a table name may be a pattern (fnmatch)
+            names = [t for t in list(sizes) if any(fnmatch.fnmatchcase(t, pattern) for pattern in store.tables)]
+            rows = 0
+            for t in names:  # the bounded stores are counted (small by design), the others estimated
+                if store.kind == "bounded":
+                    cur.execute(f'SELECT count(*) FROM public."{t}"')
+                    rows += cur.fetchone()[0]
+                else:
+                    rows += estimates[t]
+            out.append(StoreSize(store.name, store.kind, sum(int(sizes.pop(t)) for t in names), store.bound, rows))
+    conn.rollback()  # read only
     out.append(StoreSize("other tables", "bounded", sum(int(v) for v in sizes.values()),
                          "fixed size (" + ", ".join(sorted(sizes)) + ")"))
     out.append(StoreSize("dagster database", "bounded", int(dagster_bytes),
-                         "DAGSTER_RUN_RETENTION_DAYS, DAGSTER_FAILED_RUN_RETENTION_DAYS"))
+                         ", ".join(f"{f.upper()}={getattr(settings, f, '?'):g}" if hasattr(settings, f)
+                                   else f.upper() for f in ("dagster_run_retention_days",
+                                                            "dagster_failed_run_retention_days"))))
     logs = settings.dagster_home_path / "storage"
     out.append(StoreSize("dagster compute logs", "bounded", _folder_bytes(logs), "deleted with their runs"))
     return out

@@ -254,3 +254,25 @@ def test_the_retention_op_runs_as_the_analytics_role(settings, database_url):
     assert meta["deleted_dead_letters"].value == 1
     assert meta["deleted_pipeline_runs"].value == 1
     assert "raw_partition_drops" in meta["deleted"].value
+
+
+def test_status_shows_each_store_with_its_rows_and_bound(settings, database_url, tmp_path, capsys):
+    from salespulse.status import print_stores, store_sizes
+
+    seed_dead_letters(database_url, [timedelta(minutes=1), timedelta(minutes=2)], size=3000)
+    seed_ops(database_url)
+    local = settings.model_copy(update={"dagster_home": str(tmp_path), "dead_letter_max_mb": 64.0})
+    with psycopg2.connect(database_url) as conn:
+        sizes = {s.name: s for s in store_sizes(conn, local)}
+    dead = sizes["dead letters"]
+    assert dead.rows == 2 and dead.bytes > 6000 and "DEAD_LETTER_MAX_MB=64" in dead.bound
+    assert "DEAD_LETTER_RETENTION_DAYS=30" in dead.bound
+    records = sizes["pipeline records"]
+    assert records.rows == query(database_url, "SELECT " + " + ".join(
+        f"(SELECT count(*) FROM {t.table})" for t in OPS_TABLES))[0][0] and records.rows >= 14
+    assert "OPS_HISTORY_RETENTION_DAYS=30" in records.bound
+    print_stores(local)
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("dead letters"))
+    assert " 2 rows " in line and "DEAD_LETTER_PAYLOAD_MAX_BYTES=65536" in line
+    assert "pipeline records" in out and "dagster compute logs" in out

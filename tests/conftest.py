@@ -7,6 +7,7 @@ start, the tests that need it error out.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from salespulse.db import migrate
+from salespulse.db import discover_migrations, migrate
 from salespulse.kafka import ensure_topics
 from salespulse.settings import Settings, get_settings
 from salespulse.stack.broker import EmbeddedBroker
@@ -59,9 +60,31 @@ def state_dir():
 
 @pytest.fixture(scope="session")
 def postgres(state_dir):
-    pg = EmbeddedPostgres(state_dir, free_port()).start()
+    # Throwaway settings (fsync, synchronous_commit and full_page_writes off): this
+    # cluster is never crashed or restarted by a test, and a host crash would only
+    # lose the test run. Tests of crashes and outages (chaos, stack supervision, the
+    # consumer's outage test) start their own cluster with the durable settings.
+    pg = EmbeddedPostgres(state_dir, free_port(), durable=False).start()
     yield pg
     pg.stop()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres):
+    """The name of a database with every migration applied, migrated once per session
+    and per migration set (the files' names and checksums); tests copy it."""
+    templates: dict[str, str] = {}
+
+    def template() -> str:
+        key = hashlib.sha256(
+            "".join(f"{m.name}:{m.checksum};" for m in discover_migrations()).encode()).hexdigest()[:12]
+        if key not in templates:
+            name = f"template_{key}"
+            migrate(Settings(database_url=postgres.create_database(name)))
+            templates[key] = name
+        return templates[key]
+
+    return template
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +95,16 @@ def broker(state_dir):
 
 
 @pytest.fixture
-def database_url(postgres):
-    """A fresh, migrated database per test (admin URL)."""
-    url = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+def database_url(postgres, migrated_template):
+    """A fresh, migrated database per test (admin URL): a copy of the session's
+    migrated template (``CREATE DATABASE ... TEMPLATE``), dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name, template=migrated_template())
+    # nothing pending (a no-op but for the checksum check); the roles' passwords from
+    # this test's environment, as a fresh migration would set them
     migrate(Settings(database_url=url))
-    return url
+    yield url
+    postgres.drop_database(name)
 
 
 @pytest.fixture

@@ -27,7 +27,11 @@ ADMIN_USER = ADMIN_PASSWORD = "salespulse"
 
 
 class EmbeddedPostgres:
-    def __init__(self, state_dir: Path, port: int, database: str = "salespulse"):
+    def __init__(self, state_dir: Path, port: int, database: str = "salespulse", *, durable: bool = True):
+        """``durable=False`` runs a throwaway cluster without fsync, synchronous commit
+        or full-page writes (the session-wide test cluster: nothing crashes it, and a
+        crash would only lose a test run). The stack's own cluster is always durable."""
+        self.durable = durable
         self.root = Path(state_dir) / "postgres"
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "run"
@@ -75,7 +79,9 @@ class EmbeddedPostgres:
             *self._as_postgres(), str(PG_BIN / "postgres"), "-D", str(self.data_dir),
             "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
             "-c", f"unix_socket_directories={self.socket_dir}",
-            "-c", "max_connections=200", "-c", "fsync=on", "-c", "synchronous_commit=on",
+            "-c", "max_connections=200",
+            *(["-c", "fsync=on", "-c", "synchronous_commit=on"] if self.durable else
+              ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
         ]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -138,15 +144,24 @@ class EmbeddedPostgres:
         finally:
             conn.close()
 
-    def create_database(self, name: str) -> str:
-        """A fresh database owned by the admin role; returns its admin URL."""
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A fresh database owned by the admin role (a copy of ``template`` if given;
+        nobody may be connected to it); returns its admin URL."""
         conn = psycopg2.connect(self.admin_url)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         conn.close()
         return self.admin_url_of(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop ``name`` (if present), disconnecting its sessions."""
+        conn = psycopg2.connect(self.admin_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
 
 
 def run_foreground(state_dir: Path, port: int, drain_seconds: float = 10.0) -> int:

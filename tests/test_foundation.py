@@ -18,15 +18,51 @@ def test_migrations_recorded_and_rerun_is_noop(database_url):
 
 
 def test_materialized_views_refresh_concurrently(database_url):
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        for view in ("sales_by_category", "top_products", "daily_metrics"):
-            cur.execute(f"REFRESH MATERIALIZED VIEW {view}")  # first refresh populates
-    conn = psycopg2.connect(database_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for view in ("sales_by_category", "top_products", "daily_metrics"):
-            cur.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
-    conn.close()
+    from decimal import Decimal
+
+    views = ("sales_by_category", "top_products", "daily_metrics")
+
+    def refresh(concurrently: str) -> dict:
+        conn = psycopg2.connect(database_url)
+        conn.autocommit = True  # CONCURRENTLY cannot run in a transaction block
+        with conn.cursor() as cur:
+            for view in views:
+                cur.execute(f"REFRESH MATERIALIZED VIEW {concurrently} {view}")
+            cur.execute("SELECT category, revenue, units, orders FROM sales_by_category")
+            by_category = sorted(cur.fetchall())
+            cur.execute("SELECT product_id, units, orders FROM top_products")
+            top = sorted(cur.fetchall())
+            cur.execute("SELECT day::text, events, purchases, revenue FROM daily_metrics")
+            daily = sorted(cur.fetchall())
+        conn.close()
+        return {"sales_by_category": by_category, "top_products": top, "daily_metrics": daily}
+
+    def write(*statements: str) -> None:
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+        conn.close()
+
+    # the views read the daily aggregates (sql/090), maintained from the raw rows elsewhere
+    write("""INSERT INTO products (product_id, product_name, category, price)
+             VALUES ('p-1', 'Kettle', 'kitchen', 10), ('p-2', 'Lamp', 'home', 4.5)""",
+          """INSERT INTO daily_event_totals (day, events, unique_users, sessions, purchases)
+             VALUES ('2026-03-01', 5, 2, 2, 1)""",
+          """INSERT INTO daily_product_sales (day, product_id, units, revenue, orders, last_sale_at)
+             VALUES ('2026-03-01', 'p-1', 2, 20, 1, '2026-03-01T12:00:00Z')""")
+    first = refresh("")  # the first refresh populates (CONCURRENTLY needs a populated view)
+    assert first["sales_by_category"] == [("kitchen", Decimal("20.00"), 2, 1)]
+
+    write("""UPDATE daily_event_totals SET events = 9, purchases = 3""",
+          """UPDATE daily_product_sales SET units = 3, revenue = 30, orders = 2""",
+          """INSERT INTO daily_product_sales (day, product_id, units, revenue, orders, last_sale_at)
+             VALUES ('2026-03-01', 'p-2', 2, 9, 1, '2026-03-01T12:03:00Z')""")
+    second = refresh("CONCURRENTLY")  # the unique indexes allow it, and it sees the changes
+    assert second == {
+        "sales_by_category": [("home", Decimal("9.00"), 2, 1), ("kitchen", Decimal("30.00"), 3, 2)],
+        "top_products": [("p-1", 3, 2), ("p-2", 2, 1)],
+        "daily_metrics": [("2026-03-01", 9, 3, Decimal("39.00"))],
+    }
 
 
 def test_roles_have_least_privilege(settings):

@@ -276,3 +276,34 @@ def test_status_shows_each_store_with_its_rows_and_bound(settings, database_url,
     line = next(x for x in out.splitlines() if x.strip().startswith("dead letters"))
     assert " 2 rows " in line and "DEAD_LETTER_PAYLOAD_MAX_BYTES=65536" in line
     assert "pipeline records" in out and "dagster compute logs" in out
+
+
+def test_the_dead_letter_tool_refuses_a_truncated_payload_with_a_clear_error(settings, database_url, tmp_path,
+                                                                              capsys, monkeypatch):
+    from salespulse.cli import main
+
+    monkeypatch.setenv("DEAD_LETTER_PAYLOAD_MAX_BYTES", "100")
+    from salespulse.settings import get_settings
+
+    get_settings.cache_clear()
+    big, small = b"[" + b"1" * 999, b"[1"
+    w = BatchWriter(Settings(database_url=database_url).role_url(ROLE_INGEST))
+    w.write_raw([RawMessage(EC, 3, 7, b"k", big), RawMessage(EC, 3, 8, b"k", small)])
+    w.close()
+    (big_id,), (small_id,) = query(database_url, 'SELECT id FROM dead_letters ORDER BY "offset"')
+
+    out = tmp_path / "p.bin"
+    assert main(["dead-letter", str(big_id), "--payload", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "keeps 100 of its 1,000 payload bytes" in err and hashlib.sha256(big).hexdigest() in err
+    assert f"{EC}[3] offset 7" in err and not out.exists()
+    assert main(["dead-letter", str(big_id), "--payload", str(out), "--truncated"]) == 0
+    assert out.read_bytes() == big[:100]
+    assert main(["dead-letter", str(small_id), "--payload", str(out)]) == 0
+    assert out.read_bytes() == small and "payload 2 bytes" in capsys.readouterr().out
+    # emptied by the size bound: refused the same way
+    execute(database_url, "UPDATE dead_letters SET payload = NULL WHERE id = %s", (small_id,))
+    assert main(["dead-letter", str(small_id), "--payload", str(out)]) == 2
+    assert "keeps 0 of its 2 payload bytes" in capsys.readouterr().err
+    assert main(["dead-letter", "999999"]) == 2
+    assert "no dead letter 999999" in capsys.readouterr().err

@@ -7,6 +7,7 @@
 * ``salespulse lag``                 committed offsets vs cached high watermarks
 * ``salespulse reset-db --yes``      drop, re-create and re-migrate the database
 * ``salespulse audit``               ingest ledger per partition, gaps, raw-table consistency
+* ``salespulse dead-letter ID``      one dead letter (``--payload FILE``: its payload, if kept whole)
 
 ``python -m salespulse.ops.healthcheck URL...`` is the containers' health probe.
 Submodules are imported when a command runs, so ``salespulse`` stays quick.
@@ -70,6 +71,13 @@ def register(subparsers) -> None:
     audit.add_argument("--group", help="only this consumer group (default: every group in the ledger)")
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     audit.set_defaults(func=command("audit", "cmd_audit"))
+
+    dead = subparsers.add_parser("dead-letter", help="one dead letter: where it came from, why, its payload")
+    dead.add_argument("id", type=int, help="dead_letters.id (the dashboard lists them)")
+    dead.add_argument("--payload", help="write the payload to this file ('-' = standard output)")
+    dead.add_argument("--truncated", action="store_true",
+                      help="write a payload kept only in part (DEAD_LETTER_PAYLOAD_MAX_BYTES) as stored")
+    dead.set_defaults(func=command("dead_letter", "cmd_dead_letter"))
 
     reset = subparsers.add_parser("reset-db", help="DROP the database, re-create it and migrate (destroys data)")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")

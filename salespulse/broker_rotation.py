@@ -55,6 +55,7 @@ class RotationState:
     last_rotation_at: float | None = None  # unix time
     last_pause_s: float | None = None  # producers paused, in seconds
     last_held_messages: int | None = None  # what the broker held when it was rotated
+    last_phases_s: dict | None = None  # the last rotation's phases: producers paused, consumer drained, restart
     aborted: int = 0  # rotations given up (a producer or the consumer did not get there in time)
     last_abort_reason: str = ""
     checked_at: float | None = None
@@ -210,7 +211,10 @@ class Rotator:
         deadline = started + self.timeout_s
         self.files.request_pause(rotation, time.time() + self.timeout_s + 15)
         try:
-            reason = self._wait_for_producers(rotation, deadline) or self._wait_for_drain(deadline)
+            reason = self._wait_for_producers(rotation, deadline)
+            paused = time.monotonic()
+            reason = reason or self._wait_for_drain(deadline)
+            drained = time.monotonic()
             if reason:
                 self.state.aborted += 1
                 self.state.last_abort_reason = reason
@@ -223,8 +227,11 @@ class Rotator:
             self.state.last_held_messages = held
             self.state.held_messages = 0
             self.state.last_pause_s = round(time.monotonic() - started, 2)
+            self.state.last_phases_s = {"producers": round(paused - started, 2), "drain": round(drained - paused, 2),
+                                        "restart": round(time.monotonic() - drained, 2)}
             self.files.save_state(self.state)  # before the pause is lifted: producers read it
-            log.warning("broker rotated: held %d messages, producers paused %.2f s", held, self.state.last_pause_s)
+            log.warning("broker rotated: held %d messages, producers paused %.2f s %s", held,
+                        self.state.last_pause_s, self.state.last_phases_s)
             return True
         finally:
             self.files.lift_pause()

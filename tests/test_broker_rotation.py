@@ -74,6 +74,7 @@ def test_rotations_under_load_lose_nothing_and_empty_the_broker(settings, databa
     # what a rotation leaves: an empty broker (the producers' first messages at most)
     assert min(held_after) < 800
     assert rotator.state.last_pause_s is not None
+    assert set(rotator.state.last_phases_s) == {"producers", "drain", "restart"}
     # every event once: none lost in a rotation, none stored twice
     assert query(database_url, "SELECT count(*), count(DISTINCT event_id) FROM events")[0] == (count, count)
     saved = RotationFiles(tmp_path).load_state()

@@ -1,6 +1,6 @@
 # SalesPulse: `make run` starts the local stack, `make test` runs the tests.
 # Both set up what is missing first (apt packages, .venv, pip), idempotently.
-.PHONY: setup run test status bench chaos cycles soak clean-state
+.PHONY: setup run test test-slow status bench chaos cycles soak clean-state
 
 setup:
 	@bash scripts/setup.sh
@@ -11,8 +11,14 @@ run: setup
 status: setup
 	.venv/bin/salespulse status
 
+# the fast tier: every test but those marked slow (whole stacks, soak-style, fault
+# campaigns, compose runtime, Spark clusters, real daemons; README "Tests")
 test: setup
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
+
+# the slow tier: the tests marked slow, each with its reason (.ci/run runs both tiers)
+test-slow: setup
+	.venv/bin/python -m pytest -m slow --durations=25 $(PYTEST_ARGS)
 
 bench: setup
 	.venv/bin/python bench/run_all.py

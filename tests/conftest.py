@@ -117,3 +117,11 @@ def settings(database_url, broker, monkeypatch) -> Settings:
     ensure_topics(broker.bootstrap)
     yield get_settings()
     get_settings.cache_clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test outside the fast tier says why: every ``slow`` marker carries a reason."""
+    unexplained = sorted({item.nodeid for item in items
+                          for mark in item.iter_markers("slow") if not mark.kwargs.get("reason")})
+    if unexplained:
+        raise pytest.UsageError("slow marker without reason=...: " + ", ".join(unexplained))

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from datetime import datetime
 
+import pytest
+
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from services.producer.simulation import EcommerceSimulation, RestaurantSimulation
 from tests.support.hostile import (
@@ -29,6 +31,7 @@ from tests.support.hostile import (
 from tests.support.consumer import REPO
 
 
+@pytest.mark.slow(reason="fault campaign: bench/chaos.py with its own broker and PostgreSQL, consumer SIGKILLs, a PostgreSQL restart")
 def test_short_campaign_every_message_ends_in_exactly_one_place():
     cmd = [sys.executable, "bench/chaos.py", "--valid", "500", "--hostile", "500", "--kills", "3",
            "--pg-restarts", "1", "--produce-seconds", "20", "--seed", "7", "--catch-up-timeout", "240"]

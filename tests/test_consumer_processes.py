@@ -9,6 +9,8 @@ import threading
 import urllib.error
 import urllib.request
 
+import pytest
+
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from tests.conftest import free_port
 from tests.support.consumer import (
@@ -27,6 +29,8 @@ from tests.support.consumer import (
     unique_group,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow(reason='soak-style: 19,800 messages through consumer processes, SIGKILLed and scaled out to three')
 
 TOTAL_PARTITIONS = ECOMMERCE_TOPIC.partitions + RESTAURANT_TOPIC.partitions
 

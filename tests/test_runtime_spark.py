@@ -41,6 +41,8 @@ from tests.test_reports import (
     seed_restaurant,
 )
 
+pytestmark = pytest.mark.slow(reason="compose Spark cluster: spark-master, spark-worker and spark-connect JVMs from the spark image's services")
+
 #: One refresh of both domains, as the refresh job's op does it, in the dagster-code environment.
 REFRESH = """
 import json, sys

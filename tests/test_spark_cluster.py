@@ -24,6 +24,8 @@ from salespulse.stack.spark import SPARK_HOME, SparkConnectServer, _port_open
 from tests.conftest import free_port
 from tests.test_reports import ECOM_TABLES, END, REST_TABLES, T0, Seeder, seed_ecommerce, seed_restaurant
 
+pytestmark = pytest.mark.slow(reason='Spark cluster: its own Spark Connect JVMs (stopped, restarted, killed) and a standalone master + worker')
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

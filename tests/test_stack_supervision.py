@@ -1,4 +1,5 @@
-"""The local stack under supervisord, with real processes (tests run in file order, on one stack).
+"""The local stack under supervisord, with real processes (tests run in file order, on one
+stack; tests 2-4 start it themselves if no earlier test left it running).
 
 1. a client that produces before the stack exists: the topics still get their
    partition counts and none of its messages is lost;
@@ -26,6 +27,8 @@ from salespulse.stack.supervise import describe_process
 from tests.support.stack import LocalStack, count_rows
 from tests.support.consumer import ecommerce_event, restaurant_order
 
+pytestmark = pytest.mark.slow(reason='whole stack: three `salespulse stack up` cycles of every process, a SIGKILL, ordered SIGTERM stops')
+
 #: supervisord's stop order (rank per process; equal ranks stop together)
 STOP_RANK = {"producer-ecommerce": 0, "producer-restaurant": 0, "consumer": 1, "dagster-webserver": 2,
              "dagster-daemon": 2, "dashboard": 3, "setup": 4, "spark": 5, "postgres": 6, "broker": 7}
@@ -39,6 +42,17 @@ def stack(tmp_path_factory):
         s.stop()
     s.kill_leftovers()
     s.remove_state()
+
+
+def _started(stack: LocalStack) -> LocalStack:
+    """The module's stack, started (and its set-up done) if no earlier test left it running:
+    each test stands alone (``-k``, a failed earlier test)."""
+    if stack.proc is None or stack.proc.poll() is not None:
+        started = time.time()
+        stack.start()
+        stack.wait_for(lambda: stack.ready_marker.exists() and stack.ready_marker.stat().st_mtime >= started, 240,
+                       "the stack's set-up done")
+    return stack
 
 
 def _all_running(stack: LocalStack) -> bool:
@@ -56,8 +70,8 @@ def _assert_stops_in_order(stack: LocalStack) -> None:
     assert ranks == sorted(ranks), f"stop order {sequence}"
 
 
-@pytest.mark.slow
 def test_a_client_producing_before_the_stack_starts_loses_nothing(stack):
+    assert stack.proc is None, "the first test of the module: the stack must not exist yet"
     run = uuid.uuid4().hex[:8]
     events = [ecommerce_event(i, event_type="search", run=run) for i in range(40)]
     orders = [restaurant_order(i) for i in range(10)]
@@ -97,8 +111,8 @@ def test_a_client_producing_before_the_stack_starts_loses_nothing(stack):
                                       (order_ids,)) == 10, 60, "the early orders in PostgreSQL")
 
 
-@pytest.mark.slow
 def test_every_part_is_healthy_and_the_summary_printed(stack):
+    _started(stack)
     stack.wait_for(lambda: stack.status().returncode == 0, 240, "every part healthy in `salespulse status`",
                    interval=2)
     assert _all_running(stack)
@@ -112,8 +126,8 @@ def _pipeline_status(stack) -> dict:
         return json.load(response)
 
 
-@pytest.mark.slow
 def test_a_killed_consumer_is_restarted_and_status_shows_it(stack):
+    _started(stack)
     rpc = stack.rpc()
     old_pid = rpc.supervisor.getProcessInfo("consumer")["pid"]
     stored_before = count_rows(stack.admin_url, "SELECT count(*) FROM events")
@@ -153,8 +167,8 @@ def test_a_killed_consumer_is_restarted_and_status_shows_it(stack):
     assert stack.proc.poll() is None  # the stack itself stayed up throughout
 
 
-@pytest.mark.slow
 def test_sigterm_stops_in_order_and_the_stack_starts_again(stack):
+    _started(stack)
     _assert_stops_in_order(stack)
     for _ in range(2):
         started = time.time()

@@ -157,18 +157,30 @@ def _sql_storage(instance: DagsterInstance):
     return storage if isinstance(storage, SqlEventLogStorage) else None
 
 
-def delete_check_executions(instance: DagsterInstance, run_ids: list[str]) -> int:
+def check_keys(instance: DagsterInstance) -> list[tuple[str, str]]:
+    """(asset key, check name) of every check with executions."""
+    import sqlalchemy as db
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable as t
+
+    storage = _sql_storage(instance)
+    if storage is None or not storage.has_table("asset_check_executions"):
+        return []
+    with storage.index_connection() as conn:
+        return [tuple(r) for r in conn.execute(db.select(t.c.asset_key, t.c.check_name).distinct())]
+
+
+def delete_check_executions(instance: DagsterInstance, run_ids: list[str],
+                            checks: list[tuple[str, str]] | None = None) -> int:
     """Delete the asset check execution rows of ``run_ids`` (through the unique
     index on asset key, check name and run id: one statement per check)."""
-    import sqlalchemy as db
     from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable as t
 
     storage = _sql_storage(instance)
     if storage is None or not storage.has_table("asset_check_executions"):
         return 0
     deleted = 0
+    checks = check_keys(instance) if checks is None else checks
     with storage.index_connection() as conn:
-        checks = conn.execute(db.select(t.c.asset_key, t.c.check_name).distinct()).fetchall()
         for asset_key, check_name in checks:
             result = conn.execute(t.delete().where(t.c.asset_key == asset_key, t.c.check_name == check_name,
                                                    t.c.run_id.in_(run_ids)))
@@ -199,10 +211,11 @@ def delete_events(instance: DagsterInstance, run_ids: list[str]) -> None:
             storage.free_concurrency_slots_for_run(run_id)
 
 
-def delete_runs_fully(instance: DagsterInstance, run_ids: list[str]) -> tuple[int, int]:
+def delete_runs_fully(instance: DagsterInstance, run_ids: list[str],
+                      checks: list[tuple[str, str]] | None = None) -> tuple[int, int]:
     """Steps 1-4 of the module docstring for a batch of runs: (re-recorded, check rows deleted)."""
     recorded = keep_latest_materializations(instance, run_ids)
-    checks = delete_check_executions(instance, run_ids)
+    checks = delete_check_executions(instance, run_ids, checks)
     for run_id in run_ids:
         instance.compute_log_manager.delete_logs(prefix=[run_id])
     delete_events(instance, run_ids)
@@ -257,6 +270,7 @@ def trim_dagster_storage(instance: DagsterInstance, *, run_retention_days: float
     started = time.monotonic()
     now = now or datetime.now(timezone.utc)
     out = DagsterTrim()
+    checks = check_keys(instance)  # read once a call: the same checks run all along
     for statuses, days in ((FAILED_STATUSES, failed_run_retention_days), (SUCCESS_STATUSES, run_retention_days)):
         before = now - timedelta(days=days)
         while out.runs_deleted < max_runs and time.monotonic() - started < time_budget_s:
@@ -264,11 +278,11 @@ def trim_dagster_storage(instance: DagsterInstance, *, run_retention_days: float
             if not records:
                 break
             run_ids = [r.dagster_run.run_id for r in records]
-            recorded, checks = delete_runs_fully(instance, run_ids)
+            recorded, deleted_checks = delete_runs_fully(instance, run_ids, checks)
             out.runs_deleted += len(run_ids)
             out.failed_runs_deleted += len(run_ids) if statuses is FAILED_STATUSES else 0
             out.rematerialized += recorded
-            out.check_executions_deleted += checks
+            out.check_executions_deleted += deleted_checks
             out.deleted_run_ids.extend(run_ids)
             if log and recorded:
                 log(f"re-recorded {recorded} latest materialization(s) before deleting {len(run_ids)} runs")

@@ -176,7 +176,7 @@ class Crash(RuntimeError):
 def test_a_crash_between_re_recording_and_deleting_loses_nothing(instance, history, monkeypatch):
     a, p, b, c, d = history
 
-    def crash(inst, run_ids):
+    def crash(inst, run_ids, checks=None):
         raise Crash("killed after re-recording, before deleting")
 
     monkeypatch.setattr(retention, "delete_check_executions", crash)

@@ -24,6 +24,8 @@ from tests.support.consumer import (
     ServiceThread,
     count_events,
     ecommerce_event,
+    end_offsets,
+    group_at_end,
     produce,
     query,
     unique_group,
@@ -148,8 +150,13 @@ def test_a_failure_inside_the_loop_commits_nothing_past_the_failed_batch(setting
     msgs = [(user.encode(), json.dumps(e).encode()) for e in events[:30]]
     msgs.append((user.encode(), b"not json"))
     msgs += [(user.encode(), json.dumps(e).encode()) for e in events[30:]]
+    group = group_at_end(broker.bootstrap, "loop-failure")  # it starts where these messages start
+    start = end_offsets(broker.bootstrap)
     produce(broker.bootstrap, ECOMMERCE_TOPIC.name, msgs)
-    group = unique_group("loop-failure")
+    grown = {k: end - start[k] for k, end in end_offsets(broker.bootstrap).items() if end != start[k]}
+    ((topic, partition), count), = grown.items()  # one key: one partition
+    assert (topic, count) == (ECOMMERCE_TOPIC.name, 61)
+    bad_offset = start[(topic, partition)] + 30
 
     svc = ConsumerService(service_settings(settings), group_id=group, stop_at_end=True, batch_size=10,
                           linger_ms=0)
@@ -164,8 +171,9 @@ def test_a_failure_inside_the_loop_commits_nothing_past_the_failed_batch(setting
     assert stored_before < 60
     # whatever was stored, the committed offset never passes the failed message
     committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(broker.bootstrap, group)}
-    bad_partition = [k for k, v in committed.items() if k[0] == ECOMMERCE_TOPIC.name]
-    assert bad_partition
+    assert start[(topic, partition)] <= committed[(topic, partition)] <= bad_offset, (committed, bad_offset)
+    assert {k: committed[k] for k in start if k != (topic, partition)} == {
+        k: v for k, v in start.items() if k != (topic, partition)}  # the other partitions did not move
     # a healthy consumer of the same group then stores everything, the bad one dead-lettered
     svc = ConsumerService(service_settings(settings), group_id=group, stop_at_end=True, batch_size=10)
     ServiceThread(svc).start().join(120)

@@ -31,9 +31,9 @@ call:
      behind: one row per check per run) — check history of deleted runs goes;
   3. their compute logs (``compute_log_manager.delete_logs(prefix=[run_id])``);
   4. their event logs (the statements of the storage's ``delete_events``, for
-     the batch at once), then the runs (``instance.delete_run``): events
-     first, so a crash between the two leaves runs (found and finished next
-     time), never orphaned events.
+     the batch at once), then the runs (``run_storage.delete_run``'s
+     statement, for the batch): events first, so a crash between the two
+     leaves runs (found and finished next time), never orphaned events.
 
 * runless observations (the sensors' observations of the raw tables and
   topics, a few per tick, stored with run id ``""`` that no run deletion
@@ -219,9 +219,26 @@ def delete_runs_fully(instance: DagsterInstance, run_ids: list[str],
     for run_id in run_ids:
         instance.compute_log_manager.delete_logs(prefix=[run_id])
     delete_events(instance, run_ids)
-    for run_id in run_ids:
-        instance.delete_run(run_id)  # the run (its events are gone already: a no-op there)
+    delete_runs(instance, run_ids)
     return recorded, checks
+
+
+def delete_runs(instance: DagsterInstance, run_ids: list[str]) -> None:
+    """The run rows (their tags cascade): ``run_storage.delete_run``'s statement
+    for the batch on SQL run storages, else ``instance.delete_run`` per run
+    (whose event deletion is then a no-op: the events are gone already)."""
+    from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+
+    storage = instance.run_storage
+    if not isinstance(storage, SqlRunStorage):
+        for run_id in run_ids:
+            instance.delete_run(run_id)
+        return
+    import sqlalchemy as db
+    from dagster._core.storage.runs.schema import RunsTable
+
+    with storage.connect() as conn:
+        conn.execute(db.delete(RunsTable).where(RunsTable.c.run_id.in_(run_ids)))
 
 
 def trim_runless_observations(instance: DagsterInstance, older_than: datetime, limit: int = OBSERVATION_BATCH) -> int:

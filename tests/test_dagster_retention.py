@@ -192,19 +192,19 @@ def test_a_crash_between_re_recording_and_deleting_loses_nothing(instance, histo
     monkeypatch.undo()
 
     # a crash between deleting the events and deleting the run: a run without events is left
-    real_delete_run = instance.delete_run
+    real_delete_runs = retention.delete_runs
     calls = []
 
-    def delete_run_crashing_once(run_id):
-        calls.append(run_id)
+    def delete_runs_crashing_once(inst, run_ids):
+        calls.append(list(run_ids))
         if len(calls) == 1:
-            raise Crash("killed before the run row went")
-        real_delete_run(run_id)
+            raise Crash("killed before the run rows went")
+        real_delete_runs(inst, run_ids)
 
-    monkeypatch.setattr(instance, "delete_run", delete_run_crashing_once)
+    monkeypatch.setattr(retention, "delete_runs", delete_runs_crashing_once)
     with pytest.raises(Crash):
         trim(instance, 8)
-    first = calls[0]
+    first = calls[0][0]
     assert first == a  # the oldest; the batch's events are gone, its runs are left
     for run_id in (a, p, b, c):
         assert instance.get_run_by_id(run_id) is not None and instance.get_records_for_run(run_id).records == []

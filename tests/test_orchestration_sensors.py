@@ -2,7 +2,6 @@
 real PostgreSQL (and a real broker for the lag sensor)."""
 
 import json
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -266,12 +265,13 @@ def test_run_failure_and_success_are_recorded(database_url, instance):
     assert query(database_url, "SELECT count(*) FROM pipeline_runs")[0][0] == 2
 
 
-def test_new_data_sensor_leaves_the_current_hour_to_a_running_schedule(database_url, instance):
+def test_new_data_sensor_leaves_the_current_hour_to_a_running_schedule(database_url, instance, monkeypatch):
+    from orchestration.sensors import new_data
+
     pg = PostgresResource(database_url=database_url)
-    now = datetime.now(timezone.utc)
-    if now.minute == 59 and now.second >= 50:  # keep the whole test inside one hour
-        time.sleep(61 - now.second)
-        now = datetime.now(timezone.utc)
+    # the sensor's clock held in this hour (no waiting out an hour boundary that falls mid-test)
+    now = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0)
+    monkeypatch.setattr(new_data, "utc_now", lambda: now)
     current = now.strftime("%Y-%m-%d-%H:00")
     first = tick(new_data_sensor, instance, None, postgres=pg)
     seed_ecommerce(database_url, now.replace(minute=0, second=0, microsecond=0), minutes=(0,), per_minute=3)

@@ -134,6 +134,12 @@ def _observations(ids: dict[str, int], previous: Cursor | None, newest: dict[str
     return observations
 
 
+def utc_now() -> datetime:
+    """The wall clock that says which hour is the current one (tests set it, rather
+    than wait for an hour boundary to pass)."""
+    return datetime.now(timezone.utc)
+
+
 @sensor(
     job=refresh_job,
     minimum_interval_seconds=30,
@@ -171,7 +177,7 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
         return SensorResult(asset_events=observations, cursor=cursor.to_json(),
                             skip_reason=f"cursor initialised: rows ingested after {since.isoformat()} are scanned")
 
-    current_hour = partition_key_for(datetime.now(timezone.utc))
+    current_hour = partition_key_for(utc_now())
     touched: dict[str, dict[str, list[datetime]]] = {}  # partition key -> domain -> windows
     pending: dict[str, list[datetime]] = {}
     outside = set()

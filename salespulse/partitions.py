@@ -62,13 +62,18 @@ class RawHistoryDropped(Exception):
 #: creating or dropping a partition locks its table: rather than queue the
 #: consumer and the dashboard behind a long query, give up (the hourly job
 #: tries again)
-LOCK_TIMEOUT = "SET LOCAL lock_timeout = '10s'"
+LOCK_TIMEOUT_MS = 10_000
 
 
-def ensure_partitions(cur, around: datetime | None = None) -> list[str]:
+def _set_lock_timeout(cur, lock_timeout_ms: int) -> None:
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_ms)}ms",))  # SET LOCAL
+
+
+def ensure_partitions(cur, around: datetime | None = None, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> list[str]:
     """Create the month partitions of every raw table around ``around`` (now)
-    and for rows waiting in a DEFAULT partition; return the ones created."""
-    cur.execute(LOCK_TIMEOUT)
+    and for rows waiting in a DEFAULT partition; return the ones created.
+    Waits at most ``lock_timeout_ms`` for a raw table's lock."""
+    _set_lock_timeout(cur, lock_timeout_ms)
     cur.execute("SELECT salespulse_ensure_raw_partitions(coalesce(%s, now()))", (around,))
     return [name for (name,) in cur.fetchall()]
 
@@ -92,8 +97,8 @@ def drop_bound(cur, keep_days: int, now: datetime | None = None) -> tuple[dateti
     return bound, why
 
 
-def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime | None = None
-                 ) -> tuple[list[Drop], str]:
+def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime | None = None, *,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> tuple[list[Drop], str]:
     """Drop the month partitions :func:`drop_bound` allows (recorded in
     ``raw_partition_drops``) and commit; then, in a second transaction that
     locks no raw table, delete the dropped rows' keys and older dead letters;
@@ -102,7 +107,7 @@ def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime |
     bound, why = drop_bound(cur, keep_days, now)
     if bound is None:
         return [], why
-    cur.execute(LOCK_TIMEOUT)
+    _set_lock_timeout(cur, lock_timeout_ms)
     cur.execute("SELECT table_name, partition, range_start, range_end, rows "
                 "FROM salespulse_drop_raw_partitions(%s, %s)", (bound, run_id))
     drops = [Drop(*row) for row in cur.fetchall()]

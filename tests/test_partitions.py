@@ -300,8 +300,8 @@ def test_retention_job_and_a_backfill_of_dropped_history(writer, database_url, m
 
 def test_partition_maintenance_gives_up_rather_than_queue_the_pipeline(writer, database_url):
     """A long query holds a raw table: creating a partition waits at most
-    LOCK_TIMEOUT, then fails (the hourly job tries again) instead of making
-    every insert and read queue behind it."""
+    LOCK_TIMEOUT_MS (10 s; 0.2 s here), then fails (the hourly job tries again)
+    instead of making every insert and read queue behind it."""
     writer.write_raw([raw(EC, 0, ecommerce_event(1, timestamp="2004-02-03T04:05:06+00:00"))])
     reader = psycopg2.connect(database_url)
     with reader.cursor() as cur:
@@ -310,10 +310,15 @@ def test_partition_maintenance_gives_up_rather_than_queue_the_pipeline(writer, d
     try:
         with pytest.raises(psycopg2.errors.LockNotAvailable, match="lock timeout"):
             with conn, conn.cursor() as cur:
-                ensure_partitions(cur)
+                ensure_partitions(cur, lock_timeout_ms=200)
         reader.rollback()
         with conn, conn.cursor() as cur:
             assert "events_p2004_02" in ensure_partitions(cur)
+            cur.execute("SHOW lock_timeout")  # what the hourly job waits at most, for this transaction only
+            assert cur.fetchone()[0] == "10s"
+        with conn, conn.cursor() as cur:
+            cur.execute("SHOW lock_timeout")
+            assert cur.fetchone()[0] == "0"
     finally:
         reader.close()
         conn.close()

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # the embedded broker is restarted empty (producers paused, the consumer
     # drained first: salespulse/broker_rotation.py) once it holds this many
     # messages (0 = never); its memory and CPU grow with what it holds
-    broker_rotate_messages: int = Field(50_000, ge=0)
+    broker_rotate_messages: int = Field(25_000, ge=0)
     broker_rotate_check_s: float = Field(15.0, gt=0)  # how often the held messages are counted
     # a rotation is given up (nothing lost, tried again at the next check) if the
     # producers have not paused and the consumer has not committed the end by then

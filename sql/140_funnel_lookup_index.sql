@@ -1,0 +1,11 @@
+-- The funnel_break check (orchestration/alerts.py) looks up, for each removal
+-- or purchase of its window, the same user's, session's and product's earlier
+-- cart events within its look-back. With only the user_id index each lookup
+-- read every event the user ever sent in that month's partition, so the
+-- check's cost grew with the time the stack had run (at 200 events/s it took
+-- over a minute per evaluation after 15 minutes, and overlapped the next
+-- one). This index makes each lookup a range of the (user, session, product)
+-- rows in the look-back: a cost per event of the window, not of the history.
+-- On a partitioned table it is built on every month partition (a write lock
+-- while it builds: seconds per million rows).
+CREATE INDEX IF NOT EXISTS idx_events_cart_lookup ON events (user_id, session_id, product_id, "timestamp");

@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in WINDOW_SETTINGS:
         stack.env[name] = f"{window_days:.6f}"
     stack.env["LEDGER_ROLLUP_MINUTES"] = str(max(1, round(window_days * 1440 / 2)))  # before the trim
+    # dead letters the reconciliation still reads are kept: its look-back is a window too
+    stack.env["RECONCILE_MINUTES"] = "5"
     print(f"state {stack.state}, log {log}, retention windows {window_days * 1440:.1f} min", flush=True)
     producer = None
     samples: list[dict] = []

@@ -625,11 +625,11 @@ def test_the_replay_command_is_registered_from_the_consumer_package():
 
 def test_the_metrics_ports_are_settings_of_each_service_and_metrics_port_wins(monkeypatch):
     for name in ("METRICS_PORT", "PRODUCER_ECOMMERCE_METRICS_PORT", "PRODUCER_RESTAURANT_METRICS_PORT",
-                 "CONSUMER_METRICS_PORT"):
+                 "CONSUMER_METRICS_PORT", "BROKER_METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
     defaults = Settings()
     assert {s: defaults.service_metrics_port(s) for s in DEFAULT_METRICS_PORTS} == {
-        "producer-ecommerce": 9101, "producer-restaurant": 9102, "consumer": 9103}
+        "producer-ecommerce": 9101, "producer-restaurant": 9102, "consumer": 9103, "broker": 9104}
     monkeypatch.setenv("CONSUMER_METRICS_PORT", "9203")
     assert Settings().service_metrics_port("consumer") == 9203
     monkeypatch.setenv("METRICS_PORT", "0")  # one process, any free port

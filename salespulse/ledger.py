@@ -87,6 +87,8 @@ def maintain(conn, rollup_minutes: float, retention_days: float, *, now: datetim
                 if step == "rollup":
                     merged, n = rollup(cur, rollup_horizon(rollup_minutes, now), max_rows)
                     done.rolled_up += merged
+                    if not merged:  # a full call that merged nothing (ranges that never meet): no progress
+                        n = 0
                 else:
                     n, forgotten = trim(cur, retention_horizon(retention_days, now), max_rows)
                     done.trimmed += n

@@ -211,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
                                         stdout=open(log.with_name("producer.log"), "ab"), stderr=subprocess.STDOUT)
         started = time.monotonic()
         minute = 0
-        while time.monotonic() - started < args.minutes * 60:
-            minute += 1
-            time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
-            sample = take_sample(stack, minute)
-            samples.append(sample)
-            print_row(sample, header=minute == 1)
+        try:
+            while time.monotonic() - started < args.minutes * 60:
+                minute += 1
+                time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
+                sample = take_sample(stack, minute)
+                samples.append(sample)
+                print_row(sample, header=minute == 1)
+        except KeyboardInterrupt:  # Ctrl-C: stop early, still summarise what was sampled
+            print(f"interrupted after {len(samples)} samples", flush=True)
     finally:
         if producer is not None:
             producer.terminate()

@@ -152,23 +152,29 @@ def end_offsets(bootstrap: str, topics: dict[str, int] | None = None) -> dict[tu
     return {key: high for key, (_low, high) in marks.items()}
 
 
-def group_at_end(bootstrap: str, tag: str) -> str:
-    """A fresh group whose committed offsets are the current end of the two data topics:
-    it reads only what is produced from now on, not every earlier test's messages on the
-    session-wide broker (a fresh group would start at ``earliest``). Call it before producing."""
+def group_from(bootstrap: str, tag: str, offsets: dict[tuple[str, int], int]) -> str:
+    """A fresh group whose committed offsets are ``offsets`` (from :func:`end_offsets`,
+    taken before a test produces): it starts where the test's own messages start, not
+    at ``earliest`` with every earlier test's messages on the session-wide broker."""
     from confluent_kafka import Consumer, TopicPartition
 
     from salespulse.kafka import consumer_config
 
     group = unique_group(tag)
-    offsets = [TopicPartition(t, p, end) for (t, p), end in end_offsets(bootstrap).items()]
+    start = [TopicPartition(t, p, offset) for (t, p), offset in offsets.items()]
     committer = Consumer(consumer_config(bootstrap, group))
     try:
-        committer.assign(offsets)  # no group join: a plain commit, as salespulse.kafka.recover_group does
-        committer.commit(offsets=offsets, asynchronous=False)
+        committer.assign(start)  # no group join: a plain commit, as salespulse.kafka.recover_group does
+        committer.commit(offsets=start, asynchronous=False)
     finally:
         committer.close()
     return group
+
+
+def group_at_end(bootstrap: str, tag: str) -> str:
+    """A fresh group starting at the current end of the two data topics: it reads only
+    what is produced from now on. Call it before producing."""
+    return group_from(bootstrap, tag, end_offsets(bootstrap))
 
 
 class ServiceThread:

@@ -22,7 +22,7 @@ happens to the consumer and the database meanwhile.
    its last line, one JSON object with the figures. Exit code 1 if a message
    was lost, the consumer crashed by itself, or any check failed.
 
-The short form of the same code runs in ``make test`` (tests/test_chaos.py).
+The short form of the same code runs in ``make test-slow`` (tests/test_chaos.py).
 """
 
 from __future__ import annotations

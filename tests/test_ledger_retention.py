@@ -17,7 +17,7 @@ import pytest
 from salespulse import ledger
 from salespulse.db import SQL_DIR, apply_migrations
 from salespulse.integrity import LEDGER_GAPS_SQL, ledger_gaps, ledger_gaps_since, ledger_summary
-from salespulse.ops.audit import run_audit
+from salespulse.ops.audit import format_report, run_audit
 from salespulse.settings import ROLE_ANALYTICS, ROLE_INGEST, Settings
 from services.consumer.writer import BatchWriter
 from tests.support.consumer import ecommerce_event, query
@@ -116,6 +116,9 @@ def test_after_a_trim_the_audit_accounts_for_every_offset_and_redeliveries_are_s
     audit = run_audit(admin)
     assert audit.ok and [(p["first_offset"], p["last_offset"], p["messages"], p["trimmed_through"])
                          for p in audit.partitions if p["topic"] == EC] == [(0, 39, 40, 29)]
+    report = format_report(audit).splitlines()
+    assert "trimmed to" in report[0] and report[-1] == "OK"
+    assert [line.split()[4:7] for line in report if EC in line] == [["0..39", "29", "3"]]  # offsets, trimmed to, ranges
     # a re-delivery of trimmed offsets (and of the range kept) is skipped, the next batch continues
     again = writer.write_raw(batch(range(25, 45)))
     assert sorted(m.raw.offset for m in again.skipped) == list(range(25, 40))

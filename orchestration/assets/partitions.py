@@ -30,9 +30,8 @@ Reload, or a restart); the new-data sensor logs such hours.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import logging
+from datetime import datetime, timedelta, timezone
 
 from dagster import HourlyPartitionsDefinition
 

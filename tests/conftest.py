@@ -107,6 +107,17 @@ def database_url(postgres, migrated_template):
     postgres.drop_database(name)
 
 
+@pytest.fixture(scope="module")
+def module_database_url(postgres, migrated_template):
+    """A migrated database shared by one module's tests (admin URL), dropped after the
+    module: for fixtures that seed data the tests only read."""
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name, template=migrated_template())
+    migrate(Settings(database_url=url))
+    yield url
+    postgres.drop_database(name)
+
+
 @pytest.fixture
 def settings(database_url, broker, monkeypatch) -> Settings:
     """Settings pointing at the test database and broker (also set in the env,

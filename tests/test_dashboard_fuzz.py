@@ -28,10 +28,11 @@ def make_app(url):
 schema = schemathesis.openapi.from_dict(build_document())
 
 
-@pytest.fixture
-def fuzz_app(database_url):
-    seed_all(database_url)
-    app = make_app(database_url)
+# read-only: one seeded database for the module (the fuzz only sends GET/HEAD/OPTIONS)
+@pytest.fixture(scope="module")
+def fuzz_app(module_database_url):
+    seed_all(module_database_url)
+    app = make_app(module_database_url)
     yield app
     app.extensions["salespulse"]["db"].close()
 
@@ -59,12 +60,9 @@ junk = st.one_of(st.text(max_size=40), st.sampled_from(
      "\u0000", "\ud7ff", "all", "7d", "1m", "9999-12-31T23:59:59", "0001-01-01", "Europe/Lisbon"]))
 
 
-@pytest.fixture
-def app_client(database_url):
-    seed_all(database_url)
-    app = make_app(database_url)
-    yield app.test_client()
-    app.extensions["salespulse"]["db"].close()
+@pytest.fixture(scope="module")
+def app_client(fuzz_app):
+    return fuzz_app.test_client()
 
 
 def test_hypothesis_junk_parameters_never_5xx(app_client):

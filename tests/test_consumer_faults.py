@@ -170,9 +170,13 @@ def test_a_failure_inside_the_loop_commits_nothing_past_the_failed_batch(setting
         ServiceThread(svc).start().join(120)
     stored_before = count_events(database_url, [e["event_id"] for e in events])
     assert stored_before < 60
-    # whatever was stored, the committed offset never passes the failed message
+    # whatever was stored, the committed offset never passes a message that is not: the
+    # stored ones are a prefix of the partition (one key, batches in order), the bad one
+    # (not dead-lettered: that path is broken here) at most where the offset stops
     committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(broker.bootstrap, group)}
-    assert start[(topic, partition)] <= committed[(topic, partition)] <= bad_offset, (committed, bad_offset)
+    first = start[(topic, partition)]
+    assert first <= committed[(topic, partition)] <= first + min(stored_before, 30) <= bad_offset, (
+        committed[(topic, partition)], first, stored_before)
     assert {k: committed[k] for k in start if k != (topic, partition)} == {
         k: v for k, v in start.items() if k != (topic, partition)}  # the other partitions did not move
     # a healthy consumer of the same group then stores everything, the bad one dead-lettered

@@ -45,7 +45,7 @@ def test_materialized_views_refresh_concurrently(database_url):
 
     # the views read the daily aggregates (sql/090), maintained from the raw rows elsewhere
     write("""INSERT INTO products (product_id, product_name, category, price)
-             VALUES ('p-1', 'Kettle', 'kitchen', 10), ('p-2', 'Lamp', 'home', 4.5)""",
+             VALUES ('p-1', 'Kettle', 'kitchen', 10), ('p-2', 'Lamp', 'home', 4.5), ('p-3', 'Pot', 'kitchen', 5)""",
           """INSERT INTO daily_event_totals (day, events, unique_users, sessions, purchases)
              VALUES ('2026-03-01', 5, 2, 2, 1)""",
           """INSERT INTO daily_product_sales (day, product_id, units, revenue, orders, last_sale_at)
@@ -56,12 +56,13 @@ def test_materialized_views_refresh_concurrently(database_url):
     write("""UPDATE daily_event_totals SET events = 9, purchases = 3""",
           """UPDATE daily_product_sales SET units = 3, revenue = 30, orders = 2""",
           """INSERT INTO daily_product_sales (day, product_id, units, revenue, orders, last_sale_at)
-             VALUES ('2026-03-01', 'p-2', 2, 9, 1, '2026-03-01T12:03:00Z')""")
+             VALUES ('2026-03-01', 'p-2', 2, 9, 1, '2026-03-01T12:03:00Z'),
+                    ('2026-03-01', 'p-3', 1, 5, 1, '2026-03-01T12:04:00Z')""")
     second = refresh("CONCURRENTLY")  # the unique indexes allow it, and it sees the changes
     assert second == {
-        "sales_by_category": [("home", Decimal("9.00"), 2, 1), ("kitchen", Decimal("30.00"), 3, 2)],
-        "top_products": [("p-1", 3, 2), ("p-2", 2, 1)],
-        "daily_metrics": [("2026-03-01", 9, 3, Decimal("39.00"))],
+        "sales_by_category": [("home", Decimal("9.00"), 2, 1), ("kitchen", Decimal("35.00"), 4, 3)],
+        "top_products": [("p-1", 3, 2), ("p-2", 2, 1), ("p-3", 1, 1)],
+        "daily_metrics": [("2026-03-01", 9, 3, Decimal("44.00"))],
     }
 
 

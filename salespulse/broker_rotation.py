@@ -81,11 +81,13 @@ class RotationFiles:
     def live_producers(self) -> dict[int, str]:
         """pid -> the rotation it acknowledged ('' for none), of producers still alive."""
         found = {}
-        for path in self.producers.glob("*") if self.producers.is_dir() else []:
+        for path in self.producers.iterdir() if self.producers.is_dir() else []:
+            if not path.name.isdigit():
+                continue  # a producer's acknowledgement being written (see _write_atomic)
+            pid = int(path.name)
             try:
-                pid = int(path.name)
                 os.kill(pid, 0)
-            except (ValueError, ProcessLookupError):
+            except ProcessLookupError:
                 path.unlink(missing_ok=True)  # a producer that died without unregistering
                 continue
             except PermissionError:
@@ -164,7 +166,10 @@ class ProducerPause:
             return False
         left = publisher.flush(10.0)
         if left == 0:  # every message delivered: the broker may go
-            self.files.acknowledge(self.pid, rotation)
+            try:
+                self.files.acknowledge(self.pid, rotation)
+            except OSError as exc:  # no acknowledgement: the rotation gives up, nothing is lost
+                log.warning("could not acknowledge the pause: %s", exc)
         log.info("paused for a broker rotation", extra={"rotation": rotation, "undelivered": left})
         while self.files.pause_requested() == rotation and not stop_event.is_set():
             publisher.poll(CHECK_EVERY_S)

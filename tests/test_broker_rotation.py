@@ -180,3 +180,33 @@ def test_status_shows_the_rotations(tmp_path):
     text = rotation_summary(settings)
     assert "holds 1,234 messages (rotated at 50,000), 2 rotations" in text
     assert "producers paused 0.8 s" in text and "1 given up (last: producers [1] did not pause in time)" in text
+
+
+def test_an_acknowledgement_being_written_is_neither_a_producer_nor_removed(tmp_path):
+    """The coordinator lists the folder while a producer writes its acknowledgement
+    (a temporary file, then a rename): the temporary file must survive the listing."""
+    files = RotationFiles(tmp_path)
+    pause = ProducerPause(tmp_path)
+    writing = files.producers / f".{os.getpid()}.{os.getpid()}.tmp"
+    writing.write_text("r1")
+    assert files.live_producers() == {os.getpid(): ""}
+    assert writing.exists()
+    pause.close()
+
+
+def test_a_producer_that_cannot_acknowledge_goes_on_without(tmp_path):
+    files = RotationFiles(tmp_path)
+    pause = ProducerPause(tmp_path)
+    files.request_pause("r1", deadline=time.time() + 0.3)
+    files.producers.chmod(0o500)  # the acknowledgement cannot be written
+    try:
+        if os.geteuid() == 0:  # root ignores the mode: take the folder away instead
+            files.producers.chmod(0o700)
+            for child in files.producers.iterdir():
+                child.unlink()
+            files.producers.rmdir()
+        assert pause.hold(_FakePublisher(), threading.Event()) is True
+    finally:
+        if files.producers.exists():
+            files.producers.chmod(0o700)
+    assert files.live_producers() == {}

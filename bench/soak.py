@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                 sample = take_sample(stack, minute)
                 samples.append(sample)
                 print_row(sample, header=minute == 1)
+                if producer is not None and producer.poll() is not None:
+                    raise SystemExit(f"the extra producer exited ({producer.returncode}) at minute {minute}: "
+                                     f"see {log.with_name('producer.log')}")
         except KeyboardInterrupt:  # Ctrl-C: stop early, still summarise what was sampled
             print(f"interrupted after {len(samples)} samples", flush=True)
     finally:

@@ -152,7 +152,7 @@ class Templates:
 
     def __init__(self, instance, run_ids: dict[str, str], runless_ranges: dict[str, tuple[int, int]]):
         import sqlalchemy as db
-        from dagster._core.storage.event_log.schema import AssetEventTagsTable, SqlEventLogStorageTable as E
+        from dagster._core.storage.event_log.schema import AssetEventTagsTable
 
         self.instance = instance
         storage = instance.event_log_storage
@@ -332,8 +332,6 @@ def seed(instance, templates: Templates, start: datetime, end: datetime, pg_conn
 def finish_asset_index(instance) -> None:
     """The asset index (asset_keys: last materialization, last event time) from each asset's latest event,
     through the storage's own update; the status caches rebuilt on the next read."""
-    from dagster import DagsterEventType
-
     storage = instance.event_log_storage
     for key in instance.get_asset_keys():
         for fetch in (instance.fetch_materializations, instance.fetch_observations):
@@ -341,7 +339,6 @@ def finish_asset_index(instance) -> None:
             if records:
                 storage.store_asset_event(records[0].event_log_entry, records[0].storage_id)
         storage.wipe_asset_cached_status(key)
-    del DagsterEventType
 
 
 def timed(fn, repeat: int) -> tuple[float, float]:

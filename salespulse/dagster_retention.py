@@ -206,7 +206,8 @@ def delete_events(instance: DagsterInstance, run_ids: list[str]) -> None:
         if asset_event_ids:
             conn.execute(AssetEventTagsTable.delete().where(AssetEventTagsTable.c.event_id.in_(asset_event_ids)))
         conn.execute(E.delete().where(E.c.run_id.in_(run_ids)))
-    if storage.supports_global_concurrency_limits:
+    # what delete_events does last (three queries a run): only when concurrency pools exist at all
+    if storage.supports_global_concurrency_limits and storage.get_concurrency_keys():
         for run_id in run_ids:
             storage.free_concurrency_slots_for_run(run_id)
 

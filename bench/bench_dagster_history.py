@@ -59,6 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
+from bench_orchestration import stop_group  # noqa: E402 (bench/ is the script's folder)
+
 RUNS_PAGE = """
 query RunsRoot($limit: Int!) {
   runsFeedOrError(limit: $limit, view: ROOTS) {
@@ -131,20 +133,6 @@ def graphql(port: int, document: str, variables: dict | None = None) -> dict:
     if "errors" in body:
         raise RuntimeError(body["errors"])
     return body["data"]
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
 
 
 class Templates:

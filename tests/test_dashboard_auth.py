@@ -152,3 +152,19 @@ def test_closed_unless_opened_explicitly(database_url):
         assert c.get("/login?next=/pipeline").headers["Location"] == "/pipeline"  # nothing to sign in to
     finally:
         app.extensions["salespulse"]["db"].close()
+
+
+def test_every_data_endpoint_refuses_a_request_without_the_right_token(app):
+    """Each route of the app that serves data (read from the app's own URL map, so an
+    endpoint added later is covered the day it lands) answers 401 without the token
+    and with a wrong one, and opens with the right one."""
+    public = {"/health", "/login", "/logout", "/api/openapi.json"}
+    data = [r.rule for r in app.url_map.iter_rules()
+            if r.rule.startswith("/api/") and r.rule not in public and "GET" in r.methods]
+    assert "/api/drilldown/raw.csv" in data and "/api/pipeline/checks" in data and len(data) >= 19
+    opened = client_of(app, "10.0.0.8")
+    for i, rule in enumerate(data):
+        # a client address per request: the failed-attempt limit (429) is another test's subject
+        assert client_of(app, f"10.1.{i}.1").get(rule).status_code == 401, rule
+        assert client_of(app, f"10.1.{i}.2").get(rule, headers=bearer("wrong-" + TOKEN)).status_code == 401, rule
+        assert opened.get(rule, headers=bearer(TOKEN)).status_code != 401, rule

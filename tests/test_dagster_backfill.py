@@ -14,6 +14,7 @@ from orchestration.resources import PostgresResource, SparkResource
 from salespulse.settings import Settings
 from salespulse.stack.dagster_home import prepare_dagster_home
 from tests.support.orchestration import (  # noqa: F401  (fixtures)
+    instance,
     BASE_HOUR,
     actual_ecommerce_minutes,
     actual_restaurant_minutes,
@@ -27,16 +28,6 @@ from tests.support.orchestration import (  # noqa: F401  (fixtures)
 
 HOURS = [BASE_HOUR + timedelta(hours=i) for i in range(3)]
 KEYS = [h.strftime("%Y-%m-%d-%H:%M") for h in HOURS]
-
-
-@pytest.fixture
-def instance(postgres, tmp_path):
-    admin_url = postgres.create_database(f"dagster_{uuid.uuid4().hex[:8]}")
-    home = prepare_dagster_home(Settings(database_url=admin_url), database=admin_url.rsplit("/", 1)[1],
-                                home=tmp_path / "dagster_home")
-    inst = DagsterInstance.from_config(str(home))
-    yield inst
-    inst.dispose()
 
 
 def snapshot(url):

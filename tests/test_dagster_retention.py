@@ -7,7 +7,6 @@ between the steps loses nothing and the next call finishes without duplicating."
 
 import os
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from dagster import (
     AssetKey,
     AssetObservation,
     DagsterEventType,
-    DagsterInstance,
     DagsterRunStatus,
     HourlyPartitionsDefinition,
     asset,
@@ -27,8 +25,8 @@ from dagster import (
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 import salespulse.dagster_retention as retention
-from salespulse.settings import Settings, get_settings
-from salespulse.stack.dagster_home import prepare_dagster_home
+from salespulse.settings import get_settings
+from tests.support.orchestration import instance  # noqa: F401  (fixture)
 
 HOURLY = HourlyPartitionsDefinition(start_date="2026-03-10-00:00", timezone="UTC")
 H = ["2026-03-10-09:00", "2026-03-10-10:00", "2026-03-10-11:00"]
@@ -51,16 +49,6 @@ def plain():
 @asset_check(asset=plain)
 def plain_ok():
     return AssetCheckResult(passed=True)
-
-
-@pytest.fixture
-def instance(postgres, tmp_path):
-    admin_url = postgres.create_database(f"dagster_{uuid.uuid4().hex[:8]}")
-    home = prepare_dagster_home(Settings(database_url=admin_url), database=admin_url.rsplit("/", 1)[1],
-                                home=tmp_path / "dagster_home")
-    inst = DagsterInstance.from_config(str(home))
-    yield inst
-    inst.dispose()
 
 
 def run(instance, assets, key=None, **tags):

@@ -154,3 +154,19 @@ def spark_remote(request) -> str:
     """``sc://`` URL of the session's Spark Connect server."""
     server = request.getfixturevalue("spark_server")
     return getattr(server, "remote", server)
+
+
+@pytest.fixture
+def instance(postgres, tmp_path):
+    """A Dagster instance on a database of its own in the session's PostgreSQL."""
+    from dagster import DagsterInstance
+
+    from salespulse.settings import Settings
+    from salespulse.stack.dagster_home import prepare_dagster_home
+
+    admin_url = postgres.create_database(f"dagster_{uuid.uuid4().hex[:8]}")
+    home = prepare_dagster_home(Settings(database_url=admin_url), database=admin_url.rsplit("/", 1)[1],
+                                home=tmp_path / "dagster_home")
+    inst = DagsterInstance.from_config(str(home))
+    yield inst
+    inst.dispose()

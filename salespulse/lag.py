@@ -59,12 +59,27 @@ def cached_watermarks(consumer: Consumer, tp: TopicPartition) -> Watermarks:
 
 def position_lag(consumer: Consumer, partitions: list[TopicPartition]) -> dict[Key, int]:
     """Lag of ``consumer`` on partitions assigned to it, from its position (the
-    next offset it reads). Partitions whose watermark is not known yet are left out."""
+    next offset it reads). Partitions whose watermark is not known yet are left out.
+
+    A partition it has read nothing from since its assignment has no position
+    yet: it reads from the group's committed offset, so that is where its lag
+    starts (else a restarted consumer with nothing new to read would count the
+    partition's whole history as lag)."""
+    positions = consumer.position(partitions)
+    unread = [TopicPartition(tp.topic, tp.partition) for tp in positions if tp.offset < 0]
+    committed = {}
+    if unread:
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(unread, timeout=5)
+                         if tp.offset >= 0}
+        except KafkaException:
+            pass  # not known: counted from the low watermark, as before
     lag = {}
-    for tp in consumer.position(partitions):
+    for tp in positions:
         _low, high = cached_watermarks(consumer, tp)
         if high is not None:
-            lag[(tp.topic, tp.partition)] = partition_lag(high, tp.offset if tp.offset >= 0 else None)
+            key = (tp.topic, tp.partition)
+            lag[key] = partition_lag(high, tp.offset if tp.offset >= 0 else committed.get(key))
     return lag
 
 

@@ -218,8 +218,11 @@ def test_lag_of_an_unknown_topic_is_a_clear_error(settings, capsys):
 class FakeWatermarks:
     """A consumer with a position and cached watermarks per partition (None: not known yet)."""
 
-    def __init__(self, positions: dict[int, int], highs: dict[int, int | None]):
-        self.positions, self.highs = positions, highs
+    def __init__(self, positions: dict[int, int], highs: dict[int, int | None], committed: dict[int, int] | None = None):
+        self.positions, self.highs, self.commits = positions, highs, committed or {}
+
+    def committed(self, partitions, timeout):
+        return [TopicPartition(tp.topic, tp.partition, self.commits.get(tp.partition, -1001)) for tp in partitions]
 
     def position(self, partitions):
         return [TopicPartition(tp.topic, tp.partition, self.positions[tp.partition]) for tp in partitions]
@@ -242,6 +245,13 @@ def test_lag_counts_from_the_next_offset_or_from_the_retained_start_without_one(
 def test_a_consumer_s_own_lag_leaves_out_partitions_whose_watermark_is_unknown():
     consumer = FakeWatermarks({0: 5, 1: -1001, 2: 0}, {0: 9, 1: 4, 2: None})
     assert position_lag(consumer, [TopicPartition("t", p) for p in range(3)]) == {("t", 0): 4, ("t", 1): 4}
+
+
+def test_a_partition_read_nothing_from_since_its_assignment_lags_from_the_group_s_commit():
+    """A restarted consumer with nothing new on a partition has no position there yet:
+    its lag is from the committed offset, not the partition's whole history."""
+    consumer = FakeWatermarks({0: -1001, 1: -1001}, {0: 9, 1: 4}, committed={0: 9})
+    assert position_lag(consumer, [TopicPartition("t", p) for p in range(2)]) == {("t", 0): 0, ("t", 1): 4}
 
 
 # ---------------------------------------------------------------- replay

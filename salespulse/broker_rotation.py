@@ -52,6 +52,7 @@ class RotationState:
     rotations: int = 0
     held_messages: int = 0  # at the last check
     threshold: int = 0
+    last_rotation: str = ""  # the id of the last rotation carried out (producers rebuild after it)
     last_rotation_at: float | None = None  # unix time
     last_pause_s: float | None = None  # producers paused, in seconds
     last_held_messages: int | None = None  # what the broker held when it was rotated
@@ -152,7 +153,6 @@ class ProducerPause:
         self.files = RotationFiles(state_dir)
         self.pid = pid or os.getpid()
         self.registered = self.files.register(self.pid)
-        self.pauses = 0
         self._next_check = 0.0
 
     def hold(self, publisher, stop_event: threading.Event) -> bool:
@@ -174,9 +174,8 @@ class ProducerPause:
         while self.files.pause_requested() == rotation and not stop_event.is_set():
             publisher.poll(CHECK_EVERY_S)
         state = self.files.load_state()
-        if state and state.last_rotation_at and state.last_rotation_at > time.time() - 600 and left == 0:
+        if state and state.last_rotation == rotation:  # carried out, not given up
             publisher.rebuild()  # a new idempotent producer for the new broker (defect 2)
-        self.pauses += 1
         return True
 
     def close(self) -> None:
@@ -228,6 +227,7 @@ class Rotator:
             held = self.state.held_messages
             self.restart()
             self.state.rotations += 1
+            self.state.last_rotation = rotation
             self.state.last_rotation_at = time.time()
             self.state.last_held_messages = held
             self.state.held_messages = 0

@@ -210,3 +210,19 @@ def test_a_producer_that_cannot_acknowledge_goes_on_without(tmp_path):
         if files.producers.exists():
             files.producers.chmod(0o700)
     assert files.live_producers() == {}
+
+
+def test_a_producer_rebuilds_its_client_only_after_the_rotation_it_paused_for(tmp_path):
+    files = RotationFiles(tmp_path)
+    pause = ProducerPause(tmp_path)
+    files.save_state(RotationState(rotations=1, last_rotation="r1", last_rotation_at=time.time()))
+    files.request_pause("r2", deadline=time.time() + 0.3)  # r2 is given up (expires): r1 is not this one
+    publisher = _FakePublisher()
+    pause.hold(publisher, threading.Event())
+    assert publisher.rebuilds == 0
+    files.save_state(RotationState(rotations=2, last_rotation="r3", last_rotation_at=time.time()))
+    files.request_pause("r3", deadline=time.time() + 0.3)
+    pause._next_check = 0.0
+    pause.hold(publisher, threading.Event())
+    assert publisher.rebuilds == 1
+    pause.close()

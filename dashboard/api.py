@@ -37,7 +37,6 @@ class Endpoint:
     fn: Callable
     summary: str
     tag: str
-    realtime: bool = False
     extra: dict = field(default_factory=dict)
     with_settings: bool = False  # fn(db, params, settings)
 
@@ -56,7 +55,7 @@ ENDPOINTS: list[Endpoint] = [
              "Event counts by type in the window.", "ecommerce"),
     Endpoint("ecommerce", "/api/metrics/realtime", "realtime", NoParams, queries.ecommerce_realtime,
              "The last 60 seconds from the raw tables (indexed time range): events, users, orders, revenue.",
-             "ecommerce", realtime=True),
+             "ecommerce"),
     Endpoint("restaurant", "/api/restaurant/summary", "summary", TimeRange, queries.restaurant_summary,
              "Restaurant totals: orders, items sold, revenue, average ticket.", "restaurant"),
     Endpoint("restaurant", "/api/restaurant/timeline", "timeline", TimelineParams, queries.restaurant_timeline,
@@ -70,7 +69,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("restaurant", "/api/restaurant/peak-hours", "peak_hours", PeakHoursParams, queries.restaurant_peak_hours,
              "Orders and revenue by hour of day (in `tz`) over the window; the peak hour.", "restaurant"),
     Endpoint("restaurant", "/api/restaurant/realtime", "realtime", NoParams, queries.restaurant_realtime,
-             "The last 60 seconds from the raw `orders` table (indexed time range).", "restaurant", realtime=True),
+             "The last 60 seconds from the raw `orders` table (indexed time range).", "restaurant"),
     Endpoint("pipeline", "/api/pipeline/status", "status", PipelineParams, None,
              "Pipeline health: consumer lag and throughput per topic, dead letters with reasons, "
              "last report time, recent Dagster runs, Dagster UI link, and `freshness`: per domain the newest "

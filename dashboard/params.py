@@ -100,10 +100,6 @@ class TimeRange(Params):
             return EARLIEST, end
         return end - RANGES[self.range], end
 
-    def cacheable(self) -> bool:
-        """Relative windows (no explicit timestamps) are shared between clients."""
-        return True
-
 
 class RangeAllParams(TimeRange):
     range: RangeOrAll = Field("1h", description="Window ending now: 15m, 1h, 6h, 24h, 7d, or `all` (all-time, from the materialized views).")

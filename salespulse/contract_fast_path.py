@@ -36,7 +36,6 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, PlainSerializer, PlainValidator, StringConstraints
 from pydantic import TypeAdapter, WrapValidator
-from pydantic_core import PydanticUndefined
 from typing_extensions import NotRequired, TypedDict
 
 from salespulse.contracts import TOPICS, ContractError, TimestampWindow, _Contract, parse_message

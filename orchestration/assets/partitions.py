@@ -3,8 +3,9 @@
 One partition per UTC hour; ``end_offset=1`` makes the *current* (still open)
 hour a partition too, so the minute schedule can refresh it while data keeps
 arriving. A partition's materialisation replaces the report rows of every
-minute window in ``[hour, hour + 1h)``; a backfill of any range is one run per
-hour, each idempotent.
+minute window in ``[hour, hour + 1h)``; the report assets' backfill policy is
+single-run (``orchestration/assets/reports.py``), so a backfill of any range
+is one idempotent run covering every hour of it.
 
 **Where the partitions begin** (:func:`partitions_start`): at
 ``REPORT_PARTITIONS_START`` when it is set, else at the hour of the first
@@ -91,6 +92,6 @@ def partition_key_for(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d-%H:00")
 
 
-def partition_window(key: str) -> tuple[datetime, datetime]:
-    start = datetime.strptime(key, PARTITION_FORMAT).replace(tzinfo=timezone.utc)
-    return start, start + timedelta(hours=1)
+def partition_hour(key: str) -> datetime:
+    """The UTC hour a partition key names (the inverse of :func:`partition_key_for`)."""
+    return datetime.strptime(key, PARTITION_FORMAT).replace(tzinfo=timezone.utc)

@@ -57,8 +57,8 @@ from dagster import (
 )
 
 from orchestration.assets.jobs import refresh_job
-from orchestration.assets.partitions import FIRST_PARTITION, partition_key_for
-from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN, ecommerce_reports
+from orchestration.assets.partitions import FIRST_PARTITION, partition_hour, partition_key_for
+from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.assets.views import VIEW_KEYS
 from orchestration.reports import REPORT_DOMAINS
@@ -200,7 +200,7 @@ def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource
     latest_ecommerce = max((k for k, v in touched.items() if "ecommerce" in v), default=None)
     run_requests, left = [], []
     for key in sorted(touched):
-        hour = datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=timezone.utc)
+        hour = partition_hour(key)
         domains = {d: ws for d, ws in touched[key].items()
                    if not covered_by_run_in_flight(in_flight.get(key, []), d, hour, ws)}
         if not domains:

@@ -231,9 +231,6 @@ class SparkConnectServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM the JVM's process group, wait ``grace`` s, then SIGKILL it."""
         proc, self._proc = self._proc, None

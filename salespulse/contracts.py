@@ -123,7 +123,7 @@ class OrderItem(_Contract):
 
 
 class RestaurantOrder(_Contract):
-    """One restaurant order ("pedido") with its line items."""
+    """One restaurant order with its line items."""
 
     order_id: UUID
     timestamp: UtcDatetime

@@ -49,7 +49,7 @@ kafka_topics = [
         group_name="restaurant",
         description=(
             f"Kafka topic `{RESTAURANT_TOPIC.name}` ({RESTAURANT_TOPIC.partitions} partitions, key "
-            f"`{RESTAURANT_TOPIC.key_field}`): restaurant orders (pedidos) from the producer. "
+            f"`{RESTAURANT_TOPIC.key_field}`): restaurant orders from the producer. "
             "Observed by kafka_lag_sensor."
         ),
         kinds={"kafka"},

@@ -1,4 +1,4 @@
-"""Restaurant reports ("relatórios") per UTC minute window, computed with Spark.
+"""Restaurant reports per UTC minute window, computed with Spark.
 
 Sources (read over JDBC as the analytics role, the time range pushed down):
 
@@ -192,7 +192,7 @@ REPORTS = ReportDomain(
     tables=TABLES,
     counted="orders",
     summary=(
-        "Per-minute restaurant reports (relatórios) computed by Spark for the partition's hour: "
+        "Per-minute restaurant reports computed by Spark for the partition's hour: "
         "orders, items sold, revenue and average ticket, and revenue by item, category and "
         "channel."
     ),

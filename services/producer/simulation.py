@@ -419,7 +419,7 @@ MENU_ITEMS = _build_menu()
 
 
 class RestaurantSimulation:
-    """Restaurant orders ("pedidos"): 1–6 distinct menu items, channel, table, payment.
+    """Restaurant orders: 1–6 distinct menu items, channel, table, payment.
 
     ``next_order(now)`` returns the next :class:`RestaurantOrder`;
     ``next_message(now)`` returns the same draw as ``(key, json bytes)``.

@@ -24,8 +24,6 @@ Every query is bounded by the span on the raw tables' ``"timestamp"`` index.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterator, Literal
@@ -37,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from dashboard.db import Database
 from dashboard.params import EARLIEST, LATEST, MAX_SPAN, BadParameter, Params, _utc, parse
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.csv_safe import csv_line  # formula-safe cells (OWASP CSV injection)
 from salespulse.settings import Settings
 
 MINUTE = timedelta(minutes=1)
@@ -306,13 +305,6 @@ def figure(db: Database, p: DrilldownParams, settings: Settings) -> dict:
 
 
 # ------------------------------------------------------------------ CSV
-def _csv_line(values) -> str:
-    buf = io.StringIO()
-    csv.writer(buf).writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v)
-                              for v in values])
-    return buf.getvalue()
-
-
 def build_blueprint() -> Blueprint:
     """``/api/drilldown/raw.csv`` (the JSON endpoint is in ``dashboard.api.ENDPOINTS``)."""
     bp = Blueprint("drilldown", __name__)
@@ -327,11 +319,11 @@ def build_blueprint() -> Blueprint:
         first = next(rows, None)  # a failing query answers 503 JSON here, before the 200 is sent
 
         def lines():
-            yield _csv_line(columns)
+            yield csv_line(columns)
             if first is not None:
-                yield _csv_line(first[c] for c in columns)
+                yield csv_line(first[c] for c in columns)
                 for r in rows:
-                    yield _csv_line(r[c] for c in columns)
+                    yield csv_line(r[c] for c in columns)
 
         name = f"{p.domain}-{p.report}-{p.window_start:%Y%m%dT%H%M}-{p.minutes}m.csv"
         return Response(stream_with_context(lines()), mimetype="text/csv",

@@ -12,7 +12,7 @@ status: setup
 	.venv/bin/salespulse status
 
 # the fast tier: every test but those marked slow (whole stacks, soak-style, fault
-# campaigns, compose runtime, Spark clusters, real daemons; README "Tests")
+# campaigns, compose runtime, Spark clusters, real daemons; docs/CONTRIBUTING.md "Tests")
 test: setup
 	.venv/bin/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
 

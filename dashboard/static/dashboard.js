@@ -8,14 +8,14 @@
   // The token never travels in a URL: the login page (/login) sets an HttpOnly
   // cookie that these same-origin requests carry; API clients send a header.
 
-  function ApiError(status, message) { this.status = status; this.message = message; }
+  function ApiError(status, message, error) { this.status = status; this.message = message; this.error = error; }
 
   function api(path, params) {
     var url = path + (params && Object.keys(params).length ? "?" + new URLSearchParams(params) : "");
     var headers = { "Accept": "application/json" };
     return fetch(url, { headers: headers, cache: "no-store", credentials: "same-origin" }).then(function (resp) {
       return resp.json().catch(function () { return {}; }).then(function (body) {
-        if (!resp.ok) { throw new ApiError(resp.status, body.message || resp.statusText); }
+        if (!resp.ok) { throw new ApiError(resp.status, body.message || resp.statusText, body.error); }
         return body;
       });
     });
@@ -133,6 +133,11 @@
       inFlight = false;
       var bad = errors.filter(Boolean);
       var auth = bad.filter(function (e) { return e.status === 401; });
+      if (auth.some(function (e) { return e.error === "session_expired"; })) {
+        // the token was changed (or the session ran out): back to the login form, which says so
+        location.assign("/login?reason=expired&next=" + encodeURIComponent(location.pathname + location.search));
+        return;
+      }
       if (auth.length) {
         banner.hidden = false;
         banner.textContent = "This dashboard needs an access token: ";

@@ -6,7 +6,8 @@ contracts`` exports them as JSON Schema for any other Kafka client.
 
 Rules beyond plain typing:
 * timestamps are ISO-8601; a naive timestamp means UTC; all are normalised to UTC;
-* money is rounded to 2 decimals (half-up) and must not be negative;
+* money is rounded to 2 decimals (half-up), must not be negative and must be
+  less than 1E+25 (what the default decimal context can round to cents);
 * product events carry ``product``; ``purchase`` carries quantity, total and
   payment method; ``search`` carries ``search_query``;
 * a restaurant order's ``total_amount`` equals the sum of its items, and
@@ -39,6 +40,11 @@ from pydantic import (
 )
 
 CENT = Decimal("0.01")
+#: Below this an amount can be rounded to cents in the default decimal context
+#: (28 digits); above it quantize raises InvalidOperation, which is no reason a
+#: producer can act on. Whether an amount fits the database's NUMERIC(12, 2) is
+#: the consumer's storage check (services/consumer/rows.py).
+MONEY_CEILING = Decimal("1E+25")
 
 
 def _to_money(value: Decimal) -> Decimal:
@@ -46,6 +52,8 @@ def _to_money(value: Decimal) -> Decimal:
         raise ValueError("must be a finite number")
     if value < 0:
         raise ValueError("must not be negative")
+    if value >= MONEY_CEILING:
+        raise ValueError(f"must be less than {MONEY_CEILING}")
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 

@@ -156,6 +156,19 @@ def test_rows_no_column_can_hold_are_dead_letters_without_a_database_error(write
     assert query(database_url, "SELECT count(*) FROM transactions")[0][0] == 5
 
 
+def test_an_amount_no_decimal_can_round_is_a_dead_letter_naming_its_field(writer, database_url):
+    """1e50 once reached the dead letters as "unexpected validation error:
+    InvalidOperation"; the reason names the field and the rule."""
+    huge = ecommerce_event(1, event_type="purchase", total_amount=1e50)
+    order = restaurant_order(2)
+    order["items"][0]["unit_price"] = 1e50
+    result = writer.write_raw([raw(EC, 0, huge), raw(RO, 0, order)])
+    assert result.topics[EC].dead_letters == 1 and result.topics[RO].dead_letters == 1
+    errors = dict(query(database_url, "SELECT topic, error FROM dead_letters"))
+    assert errors[EC] == "total_amount: Value error, must be less than 1E+25"
+    assert errors[RO].startswith("items.0.unit_price: Value error, must be less than 1E+25")
+
+
 def test_rows_the_database_rejects_are_isolated_into_dead_letters(writer, database_url):
     admin = psycopg2.connect(database_url)
     with admin, admin.cursor() as cur:  # a rule the contract does not know

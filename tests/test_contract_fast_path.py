@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -32,6 +33,7 @@ from salespulse.contracts import (
 )
 from services.consumer.rows import build_row
 from services.producer.simulation import EcommerceSimulation, RestaurantSimulation
+from tests.support.consumer import ecommerce_event, restaurant_order
 from tests.support.hostile import KINDS, Message, draw_recipes, materialize
 
 EC, RO = ECOMMERCE_TOPIC.name, RESTAURANT_TOPIC.name
@@ -108,6 +110,46 @@ def test_hostile_messages_get_the_same_answer_and_reason_both_ways():
     assert kinds == set(KINDS) and seen["ok"] > 100 and seen["rejected"] > 500, seen
 
 
+#: a reason names the field (``path: rule``) or, for the message as a whole, says what is wrong with it
+FIELD_REASON = re.compile(r"^(?:[A-Za-z_][\w]*(?:\.\w+)*: \S|empty message$|not UTF-8: |unknown topic |"
+                          r"timestamp outside the accepted window: )")
+
+
+def test_hostile_messages_are_refused_with_the_field_and_the_rule():
+    """Never an internal exception: every refusal is a ContractError whose
+    reason names the field and the rule (the consumer stores it with the dead letter)."""
+    eco, rest = EcommerceSimulation(seed=12), RestaurantSimulation(seed=12)
+    sent = {EC: [], RO: []}
+    refused = 0
+    for recipe in draw_recipes(1500, seed=12):
+        topic, sim = (RO, rest) if recipe.orders else (EC, eco)
+        key, value = sim.next_message()
+        msg = materialize(recipe, Message(topic, key.encode(), value), sent[topic])
+        sent[topic].append(Message(topic, key.encode(), value))
+        for parse in (parse_values, parse_message):
+            try:
+                parse(msg.topic, msg.value, WINDOW)
+            except ContractError as exc:
+                assert FIELD_REASON.match(exc.reason), (recipe.kind, exc.reason)
+                refused += 1
+    assert refused > 500
+
+
+@pytest.mark.parametrize("amount", ["1e50", "1E+400", "123456789012345678901234567890.5", "1e25", "-1e50"])
+def test_an_amount_too_large_to_round_names_its_field(amount):
+    event, order = ecommerce_event(3, event_type="purchase"), restaurant_order(1)
+    cases = [(EC, "total_amount", {**event, "total_amount": "AMOUNT"}),
+             (EC, "product.price", {**event, "product": {**event["product"], "price": "AMOUNT"}}),
+             (RO, "items.0.unit_price", {**order, "items": [{**order["items"][0], "unit_price": "AMOUNT"}]})]
+    for topic, field, doc in cases:
+        raw = json.dumps(doc).replace('"AMOUNT"', amount).encode()
+        for parse in (parse_values, parse_message):
+            with pytest.raises(ContractError) as info:
+                parse(topic, raw, WINDOW)
+            assert info.value.reason.startswith(f"{field}: "), info.value.reason
+            assert "InvalidOperation" not in info.value.reason
+
+
 # values a field may be swapped for: right, wrong and borderline ones
 ODD_VALUES = [
     None, True, 0, 1, -1, 2.0, 2.5, 10_000, 10_001, 1000, 1001, 10 ** 12, -0.0, 0.005, 19.999, "1.5", "abc", "",
@@ -118,6 +160,8 @@ ODD_VALUES = [
     "2026-02-29T00:00:00Z", "2024-02-29T23:59:60Z", "2026-01-01T24:00:00Z", "2026-01-01T12:30:00.1234567Z",
     "2026-01-01 12:30:00Z", "2026-01-01", "9999-12-31T23:59:59Z", "1999-12-31T23:59:59+00:00", 1767270600,
     "page_view", "purchase", "search", "add_to_cart", "dine_in", "takeaway", "café\t\\ \u6771\n", "nul\u0000",
+    # amounts no decimal context rounds to cents (once an "unexpected" InvalidOperation) and their neighbours
+    1e50, -1e50, 1e25, 9.99e24, 10 ** 30, 1e-50, "=HYPERLINK(\"x\")", "+1", "@SUM(A1)",
 ]
 ECO_FIELDS = ["event_id", "event_type", "timestamp", "user_id", "session_id", "product", "quantity", "total_amount",
               "payment_method", "search_query"]

@@ -108,7 +108,10 @@ class ResponseCache:
     The report tables change once a minute and every open page polls every 5 s,
     so answers for the same (endpoint, parameters) are shared for ``ttl``
     seconds. Answers for explicit ``from``/``to`` windows are cached too (same
-    key, same answer). ``ttl=0`` disables it.
+    key, same answer). ``ttl=0`` disables it. Only answers that were computed
+    are kept (at most ``max_entries``): a computation that fails (database
+    down, a query timing out) leaves nothing behind, so parameters that fail
+    cannot grow it.
     """
 
     def __init__(self, ttl: float, max_entries: int = 512):
@@ -127,20 +130,29 @@ class ResponseCache:
         # single flight: one thread computes a missing/expired key, the others wait for it
         with self._lock:
             key_lock = self._computing.setdefault(key, threading.Lock())
-        with key_lock:
-            hit = self._fresh(key)
-            if hit is not None:
-                return hit
-            value = compute()
-            now = time.monotonic()
-            with self._lock:
-                if len(self._data) >= self.max_entries:
-                    self._data = {k: v for k, v in self._data.items() if v[0] > now}
+        try:
+            with key_lock:
+                hit = self._fresh(key)
+                if hit is not None:
+                    return hit
+                value = compute()
+                now = time.monotonic()
+                with self._lock:
                     if len(self._data) >= self.max_entries:
-                        self._data.clear()
-                self._data[key] = (now + self.ttl, value)
-                self._computing.pop(key, None)
-            return value
+                        self._data = {k: v for k, v in self._data.items() if v[0] > now}
+                        if len(self._data) >= self.max_entries:
+                            self._data.clear()
+                    self._data[key] = (now + self.ttl, value)
+                return value
+        finally:  # computed, found or failed: the in-flight marker goes (a failed key kept it before)
+            with self._lock:
+                if self._computing.get(key) is key_lock:
+                    self._computing.pop(key)
+
+    def __len__(self) -> int:
+        """Keys held: kept answers and computations in flight."""
+        with self._lock:
+            return len(self._data) + len(self._computing)
 
     def _fresh(self, key):
         with self._lock:

@@ -435,6 +435,34 @@ def test_database_outage_and_recovery(seeded, postgres):
     app.extensions["salespulse"]["db"].close()
 
 
+def test_failed_computations_leave_nothing_in_the_answer_cache(seeded, postgres):
+    """Hostile parameters that are refused (400) or whose computation fails (the
+    database refusing connections: 503) do not grow the answer cache."""
+    url, _ = seeded
+    dbname = url.rsplit("/", 1)[1]
+    app = create_app(make_settings(url, dashboard_cache_ttl=300))
+    cache, c = app.extensions["salespulse"]["cache"], app.test_client()
+    assert c.get("/api/metrics/summary").status_code == 200
+    assert len(cache) == 1
+    for path, query, _param in BAD:
+        assert c.get(path, query_string=query).status_code == 400
+    assert len(cache) == 1
+    admin = postgres.admin_url
+    try:
+        sql_exec(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        sql_exec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        for i in range(300):  # 300 distinct keys, each computation failing
+            window = {"from": f"2026-01-{1 + i % 28:02d}T{i // 28:02d}:{i % 60:02d}:00",
+                      "to": f"2026-01-{1 + i % 28:02d}T{i // 28:02d}:{i % 60:02d}:30"}
+            path = ("/api/metrics/timeline", "/api/restaurant/summary", "/api/pipeline/status")[i % 3]
+            assert c.get(path, query_string=window).status_code == 503, (path, window)
+        assert len(cache) == 1
+    finally:
+        sql_exec(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    assert c.get("/api/metrics/summary").status_code == 200  # the kept answer, still served
+    app.extensions["salespulse"]["db"].close()
+
+
 # ------------------------------------------------------------ OpenAPI + pages
 def test_openapi_describes_every_route_and_parameter(client):
     doc = get_json(client, "/api/openapi.json")

@@ -22,7 +22,7 @@ from salespulse.settings import Settings, get_settings
 from salespulse.stack.broker import EmbeddedBroker
 from salespulse.stack.postgres import EmbeddedPostgres
 
-pytest_plugins = ["tests.support.spark_fixtures"]
+pytest_plugins = ["tests.support.spark_fixtures", "tests.support.browser"]
 
 # The report partitions begin at the first data when the code location loads
 # (orchestration/assets/partitions.py); the tests import it before any database

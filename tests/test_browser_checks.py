@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
+from tests.support.browser import Server, open_page, settings_for, shot, wait_js
 from tests.support.orchestration import execute, seed_ecommerce, seed_restaurant
-from tests.test_browser_dashboard import Server, browser, open_page, settings_for, shot, wait_js  # noqa: F401
 from tests.test_orchestration_minute_checks import (
     RECONCILE,
     now_minute,

@@ -1,70 +1,28 @@
-"""Real-browser tests: headless Debian Chromium driven by Playwright against the
-app served on a free port over a seeded PostgreSQL. Screenshots are saved to
-artifacts/screenshots/ as test artifacts."""
+"""Real-browser tests: headless Debian Chromium driven by Playwright (the run's one
+browser, tests/support/browser.py) against the app served on a free port over a
+seeded PostgreSQL. Screenshots are saved to artifacts/screenshots/ as test artifacts."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import psycopg2
 import pytest
-from playwright.sync_api import sync_playwright
-from werkzeug.serving import make_server
 
-from dashboard import create_app
-from salespulse.settings import Settings
 from tests.conftest import free_port
+from tests.support.browser import Server, open_page, settings_for, shot, wait_js
 from tests.support.dashboard_seed import ecommerce_minute, insert_rows, minute, seed_all
 
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 CHARTS = {
     "/": ["chart-timeline", "chart-top-products", "chart-by-category", "chart-event-types", "chart-realtime"],
     "/restaurant": ["chart-timeline", "chart-top-items", "chart-by-category", "chart-peak-hours", "chart-channels"],
     "/pipeline": ["chart-throughput", "chart-lag"],
 }
 NAMES = {"/": "ecommerce", "/restaurant": "restaurant", "/pipeline": "pipeline"}
-POLL_WAIT_MS = 15000  # one 5 s poll plus slack
-
-
-class Server:
-    def __init__(self, settings: Settings):
-        self.app = create_app(settings)
-        self.port = free_port()
-        self.httpd = make_server("127.0.0.1", self.port, self.app, threaded=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.thread.join(10)
-        self.app.extensions["salespulse"]["db"].close()
-
-
-def settings_for(url: str, **kw) -> Settings:
-    base = {"database_url": url, "dashboard_cache_ttl": 0, "dashboard_rate_limit": "100000/minute",
-            "dashboard_token": None, "cors_origins": "", "dagster_ui_url": "http://127.0.0.1:3999",
-            # never the local stack of this machine (its processes would show on the pipeline page)
-            "salespulse_state_dir": Path(tempfile.gettempdir()) / "salespulse-browser-no-stack"}
-    base.update(kw)
-    return Settings(**base)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -73,27 +31,6 @@ def served(database_url):
     server = Server(settings_for(database_url))
     yield server, database_url
     server.stop()
-
-
-def wait_js(page, expression: str, timeout_ms: int = POLL_WAIT_MS) -> None:
-    """Poll a JS expression from Python (page.wait_for_function evaluates strings
-    with eval(), which the dashboard's Content-Security-Policy rightly forbids)."""
-    deadline = time.monotonic() + timeout_ms / 1000
-    while not page.evaluate(f"() => Boolean({expression})"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {expression}")
-        page.wait_for_timeout(100)
-
-
-def open_page(browser, url, width=1280, height=900):
-    ctx = browser.new_context(viewport={"width": width, "height": height})
-    page = ctx.new_page()
-    errors = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    wait_js(page, "Number(document.body.dataset.refreshes || 0) >= 1")
-    return ctx, page, errors
 
 
 def chart_info(page, chart_id):
@@ -111,11 +48,6 @@ def chart_info(page, chart_id):
           width: el.getBoundingClientRect().width,
         };
     }""", chart_id)
-
-
-def shot(page, name):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 @pytest.mark.parametrize("path", list(CHARTS))

@@ -11,9 +11,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from tests.support.browser import Server, open_page, settings_for, shot, wait_js
 from tests.support.db import query as sql
 from tests.support.drilldown_seed import seed_drilldown
-from tests.test_browser_dashboard import Server, browser, open_page, settings_for, shot, wait_js  # noqa: F401
 
 DAGSTER = "http://127.0.0.1:3999"
 

@@ -12,9 +12,10 @@ import psycopg2
 import pytest
 
 from salespulse.freshness import DOMAINS
+from tests.support.browser import Server, open_page, settings_for, shot, wait_js
 from tests.support.dashboard_seed import insert_rows, seed_all
 from tests.support.freshness_seed import Scenario, clear, seed
-from tests.test_browser_dashboard import CHARTS, Server, browser, open_page, settings_for, shot, wait_js  # noqa: F401
+from tests.test_browser_dashboard import CHARTS
 from tests.test_freshness import scenario
 
 

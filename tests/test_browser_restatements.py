@@ -10,9 +10,9 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
+from tests.support.browser import Server, open_page, settings_for, shot, wait_js
 from tests.support.dashboard_seed import seed_all
 from tests.support.db import query as sql
-from tests.test_browser_dashboard import Server, browser, open_page, settings_for, shot, wait_js  # noqa: F401
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ status: setup
 test: setup
 	.venv/bin/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
 
-# the slow tier: the tests marked slow, each with its reason (.ci/run runs both tiers)
+# the slow tier: the tests marked slow, each with its reason, and the property tests
+# again with the thorough Hypothesis profile (.ci/run runs both tiers)
 test-slow: setup
-	.venv/bin/python -m pytest -m slow --durations=25 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "slow or property" --hypothesis-profile=thorough --durations=25 $(PYTEST_ARGS)
 
 bench: setup
 	.venv/bin/python bench/run_all.py

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from salespulse.db import discover_migrations, migrate
 from salespulse.kafka import ensure_topics
@@ -29,6 +30,17 @@ pytest_plugins = ["tests.support.spark_fixtures", "tests.support.browser"]
 # exists and materialize fixed past hours: give them a fixed start (also
 # inherited by the webservers and daemons they start).
 os.environ.setdefault("REPORT_PARTITIONS_START", "2024-01-01T00:00:00+00:00")
+
+
+# Hypothesis profiles, one per tier (README "Tests"). The property tests are marked
+# `property` and run in both tiers: `make test` with `fast` (the default), `make test-slow`
+# again with `thorough` (`--hypothesis-profile=thorough`). Both are deterministic (a
+# test's examples follow from its source), so a run fails the same way twice. The
+# test-specific settings (deadline, health checks, a fixed seed) stay on the tests;
+# how many examples is only here.
+hypothesis_settings.register_profile("fast", max_examples=25, derandomize=True, database=None)
+hypothesis_settings.register_profile("thorough", max_examples=1500, derandomize=True, database=None)
+hypothesis_settings.load_profile("fast")
 
 
 def free_port() -> int:

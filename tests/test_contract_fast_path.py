@@ -194,8 +194,9 @@ def mutate(doc: dict, topic: str, changes) -> bytes:
     return text.encode()
 
 
+@pytest.mark.property
 @seed(20261206)
-@hsettings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@hsettings(deadline=None, suppress_health_check=list(HealthCheck))
 @given(orders=st.booleans(), pick=st.integers(0, 999), changes=edits)
 def test_edited_messages_get_the_same_answer_and_reason_both_ways(orders, pick, changes):
     rng = random.Random(pick)

@@ -67,7 +67,7 @@ from salespulse.settings import Settings  # noqa: E402
 from salespulse.stack.broker import EmbeddedBroker  # noqa: E402
 from salespulse.stack.postgres import EmbeddedPostgres  # noqa: E402
 from services.consumer.app import ConsumerService  # noqa: E402
-from services.consumer.gc_tuning import tune_garbage_collector  # noqa: E402
+from services.consumer.__main__ import tune_garbage_collector  # noqa: E402
 
 STAGES = ("parse", "db", "dlq", "commit", "total")
 
@@ -148,8 +148,7 @@ def cpu_split(bootstrap: str, sample: int = 20_000) -> dict:
     from confluent_kafka import Consumer
 
     from salespulse.contract_fast_path import parse_values
-    from services.consumer.messages import RawMessage, default_window, parse
-    from services.consumer.rows import build_row
+    from services.consumer.messages import RawMessage, build_row, default_window, parse
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-cpu-{uuid.uuid4().hex[:6]}",
                   "enable.partition.eof": True})

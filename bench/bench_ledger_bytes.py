@@ -43,7 +43,8 @@ from salespulse.contracts import ECOMMERCE_TOPIC  # noqa: E402
 from salespulse.db import migrate  # noqa: E402
 from salespulse.settings import ROLE_INGEST, Settings  # noqa: E402
 from salespulse.stack.postgres import EmbeddedPostgres  # noqa: E402
-from services.consumer.writer import BatchWriter, RawMessage  # noqa: E402
+from services.consumer.messages import RawMessage  # noqa: E402
+from services.consumer.store import BatchWriter  # noqa: E402
 from services.producer.simulation import EcommerceSimulation  # noqa: E402
 
 OLD_LEDGER = """

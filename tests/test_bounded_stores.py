@@ -16,7 +16,8 @@ from salespulse import bounded_stores
 from salespulse.bounded_stores import OPS_TABLES, trim_dead_letters, trim_ops_history
 from salespulse.contracts import ECOMMERCE_TOPIC
 from salespulse.settings import ROLE_ANALYTICS, ROLE_INGEST, Settings
-from services.consumer.writer import BatchWriter, RawMessage
+from services.consumer.messages import RawMessage
+from services.consumer.store import BatchWriter
 from tests.support.consumer import query
 
 EC = ECOMMERCE_TOPIC.name

@@ -12,8 +12,8 @@ from confluent_kafka import Consumer
 from salespulse.contracts import ECOMMERCE_TOPIC
 from salespulse.kafka import consumer_config, prefetch_config
 from services.consumer.app import ConsumerService
-from services.consumer.batching import BatchPolicy
-from services.consumer.intake import message_bytes
+from services.consumer.app import BatchPolicy
+from services.consumer.messages import message_bytes
 from tests.support.consumer import ServiceThread, count_events, ecommerce_event, produce, query, unique_group
 
 EC = ECOMMERCE_TOPIC.name
@@ -22,6 +22,20 @@ EC = ECOMMERCE_TOPIC.name
 class Sized:
     def __init__(self, n: int):
         self.n = n
+
+
+class Held(list):
+    """The batch being filled, as ``BatchPolicy.fill`` uses it (messages of ``n`` bytes)."""
+
+    def accept(self, msgs):
+        self.extend(msgs)
+
+    @property
+    def bytes(self):
+        return sum(m.n for m in self)
+
+    def largest_recent(self):
+        return max((m.n for m in self), default=0)
 
 
 def test_a_batch_of_big_messages_ends_at_the_byte_bound():
@@ -37,17 +51,15 @@ def test_a_batch_of_big_messages_ends_at_the_byte_bound():
         del queue[:num_messages]
         return out
 
-    held: list[Sized] = []
+    held = Held()
     policy = BatchPolicy(500, 5.0, 0.0, max_bytes=1000)
-    policy.fill(consume, held.extend, lambda: len(held), lambda: False,
-                held_bytes=lambda: sum(m.n for m in held), largest=lambda: max((m.n for m in held), default=0))
+    policy.fill(consume, held, lambda: False)
     assert len(held) == 4 and sum(m.n for m in held) == 1200
     assert asked == [1, 2, 1]  # one message first, then what fits at the average size
     # without a byte bound the same backlog is one batch of every message
     queue[:] = [Sized(300)] * 50
-    held.clear()
-    BatchPolicy(500, 5.0, 0.0).fill(consume, held.extend, lambda: len(held), lambda: False,
-                                    held_bytes=lambda: sum(m.n for m in held))
+    held = Held()
+    BatchPolicy(500, 5.0, 0.0).fill(consume, held, lambda: False)
     assert len(held) == 50
 
 

@@ -17,8 +17,8 @@ from salespulse.kafka import committed_offsets, consumer_config, ensure_topics
 from salespulse.stack.broker import EmbeddedBroker
 from services.consumer.app import ConsumerService
 from services.consumer.dead_letters import MESSAGE_BUDGET, DeadLetterPublisher, build_record
-from services.consumer.intake import read_message
-from services.consumer.writer import ParsedMessage, RawMessage
+from services.consumer.messages import read_message
+from services.consumer.messages import ParsedMessage, RawMessage
 from tests.conftest import free_port
 from tests.support.consumer import (
     ServiceThread,
@@ -165,7 +165,7 @@ def test_a_failure_inside_the_loop_commits_nothing_past_the_failed_batch(setting
     def broken_publish(dead, max_attempts):
         raise RuntimeError("bug in the dead-letter path")
 
-    svc.pipeline.publish_dead_letters = broken_publish
+    svc.publish_dead_letters = broken_publish
     with pytest.raises(RuntimeError):
         ServiceThread(svc).start().join(120)
     stored_before = count_events(database_url, [e["event_id"] for e in events])

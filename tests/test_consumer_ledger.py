@@ -13,7 +13,8 @@ import pytest
 
 from salespulse.integrity import ledger_gaps
 from salespulse.settings import ROLE_INGEST, Settings
-from services.consumer.writer import BatchWriter, RawMessage
+from services.consumer.messages import RawMessage
+from services.consumer.store import BatchWriter
 from tests.support.consumer import ecommerce_event, query, restaurant_order, wait_until
 from tests.test_consumer_writer import EC, RO, raw
 
@@ -129,33 +130,31 @@ def test_the_ledger_refuses_a_second_range_from_an_offset_and_the_check_finds_an
         conn.close()
 
 
-def test_two_writers_owning_a_partition_at_once_never_both_land(ingest_url, database_url, monkeypatch):
-    """A holds its transaction open (paused before COMMIT); B writes an
-    overlapping batch meanwhile: B waits, then sees A's ledger rows and skips."""
+def test_two_writers_owning_a_partition_at_once_never_both_land(ingest_url, database_url):
+    """A holds its transaction open (stopped at its last statement, the ledger
+    insert, by a table lock a third session holds); B writes an overlapping
+    batch meanwhile: B waits, then sees A's ledger rows and skips."""
     a, b = BatchWriter(ingest_url, group="g", application_name="writer-a"), BatchWriter(
         ingest_url, group="g", application_name="writer-b")
-    in_commit, release = threading.Event(), threading.Event()
-    real_commit = BatchWriter._commit
+    blocker = psycopg2.connect(database_url)
+    with blocker.cursor() as cur:  # reads of the ledger pass, inserts wait until the rollback below
+        cur.execute("LOCK TABLE ingest_ledger_ranges IN EXCLUSIVE MODE")
 
-    def paused_commit(self, conn):
-        if self is a:
-            in_commit.set()
-            release.wait(60)
-        real_commit(self, conn)
+    def waiting_for_a_lock(name: str) -> bool:
+        return query(database_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                                   "AND wait_event_type = 'Lock'", (name,))[0][0] == 1
 
-    monkeypatch.setattr(BatchWriter, "_commit", paused_commit)
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("a", a.write_raw(mixed_batch(range(0, 10)))))
     second = threading.Thread(target=lambda: results.setdefault("b", b.write_raw(mixed_batch(range(5, 15)))))
     try:
         first.start()
-        assert in_commit.wait(60)
+        wait_until(lambda: waiting_for_a_lock("writer-a"), what="writer A stopped before its COMMIT")
         second.start()
-        wait_until(lambda: query(database_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                                               "'writer-b' AND wait_event_type = 'Lock'")[0][0] == 1,
-                   what="writer B waits for A's partition lock")
+        wait_until(lambda: waiting_for_a_lock("writer-b"), what="writer B waits for A's partition lock")
     finally:
-        release.set()
+        blocker.rollback()
+        blocker.close()
         first.join(60)
         second.join(60)
         a.close()

@@ -14,20 +14,14 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, TimestampWindow
 from salespulse.settings import DEFAULT_METRICS_PORTS, Settings
-from services.consumer import backoff, batching, shutdown
-from services.consumer.backoff import DeadLettersUndelivered, Outage, backoff_delay, retry
-from services.consumer.batching import BatchPolicy
-from services.consumer.drain import Drain
-from services.consumer.hold import Hold
-from services.consumer.intake import Intake
-from services.consumer.messages import ParsedMessage, RawMessage, parse
-from services.consumer.metrics import LAG, BatchRecorder
-from services.consumer.pipeline import WritePipeline
-from services.consumer.progress import Progress, assigned_lag
-from services.consumer.rebalance import Partitions, RebalanceListener
+from services.consumer import app, metrics
+from services.consumer.app import BatchPolicy, ConsumerService, Drain, backoff_delay, retry
+from services.consumer.dead_letters import DeadLettersUndelivered
+from services.consumer.messages import Intake, ParsedMessage, RawMessage, build_row, parse
+from services.consumer.metrics import LAG, BatchRecorder, Outage
+from services.consumer.partitions import Partitions, Progress, assigned_lag
 from services.consumer.replay import _offset_for_time, parse_timestamp
-from services.consumer.results import DatabaseUnavailable, WriteResult
-from services.consumer.rows import build_row
+from services.consumer.store import DatabaseUnavailable, WriteResult
 
 EC = ECOMMERCE_TOPIC.name
 RO = RESTAURANT_TOPIC.name
@@ -51,9 +45,21 @@ class FakeConsume:
         return [object()] * min(burst, num_messages)
 
 
+class Held(list):
+    """The batch being filled, as ``BatchPolicy.fill`` uses it."""
+
+    bytes = 0
+
+    def accept(self, msgs):
+        self.extend(msgs)
+
+    def largest_recent(self):
+        return 0
+
+
 def fill(policy: BatchPolicy, consume: FakeConsume, **kw) -> list:
-    held: list = []
-    policy.fill(consume, held.extend, lambda: len(held), lambda: False, **kw)
+    held = Held()
+    policy.fill(consume, held, lambda: False, **kw)
     return held
 
 
@@ -79,7 +85,7 @@ def test_without_linger_the_first_call_asks_for_the_whole_batch():
 def test_an_idle_stream_returns_an_empty_batch_after_one_short_wait():
     consume = FakeConsume([])
     assert fill(BatchPolicy(10, 5.0, 0.01), consume) == []
-    assert consume.calls == [(1, batching.IDLE_POLL_S)]
+    assert consume.calls == [(1, app.IDLE_POLL_S)]
 
 
 def test_a_batch_ends_once_every_partition_is_at_its_end():
@@ -142,9 +148,9 @@ def test_an_outage_shows_in_health_until_a_write_succeeds():
     outage.write_failed(RuntimeError("connection refused"), 1, 10, expected=True)
     assert not outage.ok
     assert outage.health()["database"] == "down" and outage.health()["last_error"] == "connection refused"
-    assert backoff.DB_UP._value.get() == 0
+    assert metrics.DB_UP._value.get() == 0
     outage.write_succeeded()
-    assert outage.ok and outage.health()["last_error"] is None and backoff.DB_UP._value.get() == 1
+    assert outage.ok and outage.health()["last_error"] is None and metrics.DB_UP._value.get() == 1
     outage.dlq_failed(DeadLettersUndelivered(["x"]), 1)
     assert not outage.ok and outage.health()["dead_letter_queue"] == "down"
     outage.dlq_succeeded()
@@ -186,16 +192,26 @@ def test_offsets_going_back_are_noticed_and_reading_clears_the_end_mark():
     assert parts.went_back((EC, 0), 0)
 
 
+def listening_service(finish, forget) -> ConsumerService:
+    """A service whose rebalance callbacks are under test: ``finish`` stands for
+    writing and committing what is held, ``forget`` for dropping pending messages."""
+    svc = ConsumerService(Settings(), pipeline=False)
+    svc.incarnations = FakeIncarnations()
+    svc.flush = lambda max_attempts=None: finish()
+    svc.intake.forget = forget
+    return svc
+
+
 def test_revoke_finishes_the_held_batches_before_dropping_the_partitions():
-    parts, events = Partitions(), []
+    events = []
     pending = [msg(0, 1), msg(1, 1)]
 
     def forget(gone):
         events.append(("forget", gone))
         pending[:] = [m for m in pending if (m.raw.topic, m.raw.partition) not in gone]
 
-    listener = RebalanceListener(parts, FakeIncarnations(), lambda: events.append(("finish", set(parts.assigned))),
-                                 forget)
+    listener = listening_service(lambda: events.append(("finish", set(parts.assigned))), forget)
+    parts = listener.partitions
     listener.on_assign(None, [TopicPartition(EC, 0), TopicPartition(EC, 1)])
     assert listener.incarnations.refreshed == 1 and parts.ever_assigned
     listener.on_revoke(None, [TopicPartition(EC, 1)])
@@ -205,8 +221,9 @@ def test_revoke_finishes_the_held_batches_before_dropping_the_partitions():
 
 
 def test_lost_partitions_are_dropped_without_finishing_anything():
-    parts, finished = Partitions(), []
-    listener = RebalanceListener(parts, FakeIncarnations(), lambda: finished.append(1), lambda gone: None)
+    finished = []
+    listener = listening_service(lambda: finished.append(1), lambda gone: None)
+    parts = listener.partitions
     listener.on_assign(None, [TopicPartition(EC, 0)])
     listener.on_lost(None, [TopicPartition(EC, 0)])
     assert not finished and parts.assigned == set()
@@ -308,8 +325,10 @@ class FakeConsumer:
         self.arrivals = list(arrivals)
         self.partitions = [TopicPartition(EC, p) for p in partitions]
         self.events: list = []
+        self.on_poll = lambda: None  # what else a poll does (e.g. a rebalance callback)
 
     def consume(self, num_messages, timeout):
+        self.on_poll()
         self.events.append("poll")
         return [self.arrivals.pop(0)] if self.arrivals else []
 
@@ -331,13 +350,15 @@ class FakeConsumer:
 
 
 def test_a_hold_pauses_the_partitions_keeps_polling_and_resumes_on_release():
-    consumer, held, stop = FakeConsumer([FakeKafkaMessage(0, 7)]), intake(0), []
-    hold = Hold(lambda: consumer, held.accept, 10, lambda: bool(stop), lambda: stop.append(1))
-    hold.wait(60)  # ends when stopped (here: after the first poll)
+    consumer = FakeConsumer([FakeKafkaMessage(0, 7)])
+    hold = service(FakeWriter(), consumer)
+    consumer.on_poll = hold.stop
+    held = hold.intake
+    hold.hold(60)  # ends when stopped (here: after the first poll)
     assert consumer.events == ["pause", "poll"] and hold.paused
     assert [m.raw.offset for m in held.messages] == [7]  # an arrival joins the batch being filled
-    hold.release()
-    hold.release()
+    hold.resume()
+    hold.resume()
     assert consumer.events[-1] == "resume" and consumer.events.count("resume") == 1 and not hold.paused
 
 
@@ -369,16 +390,25 @@ class FakeDeadLetters:
         return []
 
 
-def pipeline(writer, consumer: FakeConsumer, dlq_failures: int = 0, stopped=lambda: False):
-    held = intake(0)
-    hold = Hold(lambda: consumer, held.accept, 10, stopped, lambda: None)
-    return WritePipeline(writer, held, held.partitions, FakeDeadLetters(consumer, dlq_failures), Outage(),
-                         BatchRecorder(), hold=hold, consumer=lambda: consumer, stopped=stopped)
+def service(writer, consumer: FakeConsumer, dlq_failures: int = 0) -> ConsumerService:
+    """A service as its loop leaves it once running: fakes for the Kafka
+    consumer, the writer and the dead-letter publisher; partition 0 assigned."""
+    svc = ConsumerService(Settings(), batch_size=10)
+    svc.consumer, svc.writer = consumer, writer
+    svc.dead_letters = FakeDeadLetters(consumer, dlq_failures)
+    svc.incarnations = NamedIncarnations()
+    svc.intake = Intake(svc.partitions, svc.incarnations, TimestampWindow())
+    svc.drain.filling = svc.intake
+    svc.partitions.add({(EC, 0)})
+    return svc
+
+
+pipeline = service
 
 
 @pytest.fixture
 def quick_backoff(monkeypatch):
-    monkeypatch.setattr(backoff, "BACKOFF_INITIAL_S", 0.001)
+    monkeypatch.setattr(app, "BACKOFF_INITIAL_S", 0.001)
 
 
 def test_a_batch_is_written_then_its_dead_letters_published_then_its_offsets_committed(quick_backoff):
@@ -390,7 +420,7 @@ def test_a_batch_is_written_then_its_dead_letters_published_then_its_offsets_com
     assert p.complete()
     assert consumer.events == [("dlq", 1), ("commit", [(0, 3)])]
     assert p.recorder.totals == {"stored": 2, "dead_letter": 1} and p.held == 0
-    p.close()
+    p.close_writer()
 
 
 def test_a_failed_write_is_retried_holding_the_partitions_then_they_resume(quick_backoff):
@@ -401,7 +431,7 @@ def test_a_failed_write_is_retried_holding_the_partitions_then_they_resume(quick
     assert p.complete()
     assert p.writer.calls == [1, 1, 1] and p.outage.ok
     assert consumer.events[0] == "pause" and consumer.events[-2:] == [("commit", [(0, 1)]), "resume"]
-    p.close()
+    p.close_writer()
 
 
 def test_a_batch_given_up_goes_back_in_front_of_the_next_one_uncommitted(quick_backoff):
@@ -413,7 +443,7 @@ def test_a_batch_given_up_goes_back_in_front_of_the_next_one_uncommitted(quick_b
     assert not p.complete(max_attempts=2)
     assert p.inflight is None and [m.raw.offset for m in p.intake.messages] == [0, 1, 2]
     assert not [e for e in consumer.events if e[0] == "commit"] and not p.outage.ok
-    p.close()
+    p.close_writer()
 
 
 def test_undelivered_dead_letters_hold_the_offsets_until_they_are_delivered(quick_backoff):
@@ -423,7 +453,7 @@ def test_undelivered_dead_letters_hold_the_offsets_until_they_are_delivered(quic
     assert p.flush()  # the batch being filled is written too
     steps = [e for e in consumer.events if e not in ("poll", "pause", "resume")]
     assert steps == [("dlq", 1), ("dlq", 1), ("commit", [(0, 1)])] and p.outage.ok
-    p.close()
+    p.close_writer()
 
 
 def test_after_a_loop_failure_nothing_more_is_committed(quick_backoff):
@@ -433,7 +463,7 @@ def test_after_a_loop_failure_nothing_more_is_committed(quick_backoff):
     p.submit()
     p.failed = True
     assert not p.complete() and not p.flush()
-    p.close()
+    p.close_writer()
     assert consumer.events == [] and p.inflight is None
 
 
@@ -508,14 +538,15 @@ def test_a_consumer_s_lag_is_unknown_before_an_assignment_or_when_the_client_fai
 # ---------------------------------------------------------------- closing the consumer
 def close(parts: Partitions, consumer: FakeConsumer, *, failed=False, assign_on_poll=False, holding=False):
     flushed = []
-
-    def poll(timeout):
-        consumer.consume(1, timeout)
-        if assign_on_poll:
-            parts.add({(EC, 0)})
-
-    closed = shutdown.close_consumer(consumer, parts, poll=poll, flush=lambda: flushed.append(1),
-                                     holding=lambda: holding, failed=failed)
+    svc = ConsumerService(Settings(), assignment=None)
+    svc.consumer, svc.partitions, svc.failed = consumer, parts, failed
+    svc.intake = Intake(parts, NamedIncarnations(), TimestampWindow())
+    svc.flush = lambda max_attempts=None: flushed.append(1)
+    if assign_on_poll:
+        consumer.on_poll = lambda: parts.add({(EC, 0)})
+    if holding:
+        svc.intake.messages.append(msg())
+    closed = svc._close_consumer()
     return closed, len(flushed)
 
 
@@ -530,10 +561,10 @@ def test_a_consumer_that_got_its_partitions_is_flushed_then_closed():
 
 
 def test_a_consumer_stopped_before_its_first_assignment_is_left_unclosed(monkeypatch):
-    monkeypatch.setattr(shutdown, "JOIN_GRACE_S", 0.0)
+    monkeypatch.setattr(app, "JOIN_GRACE_S", 0.0)
     consumer = FakeConsumer()
     assert close(Partitions(), consumer) == (False, 0)
-    assert "close" not in consumer.events and consumer in shutdown._ABANDONED
+    assert "close" not in consumer.events and consumer in app._ABANDONED
     consumer = FakeConsumer()
     assert close(Partitions(), consumer, failed=True) == (False, 0)  # after a failure: no wait
     assert consumer.events == []
@@ -647,8 +678,6 @@ def test_the_command_line_refuses_a_fetch_wait_below_one_millisecond(capsys):
 
 
 def test_the_fetch_wait_setting_reaches_the_kafka_consumer_config():
-    from services.consumer.app import ConsumerService
-
     service = ConsumerService(Settings(consumer_fetch_wait_ms=7), pipeline=False)
     assert service.fetch_wait_ms == 7
     assert ConsumerService(Settings(), fetch_wait_ms=3, pipeline=False).fetch_wait_ms == 3
@@ -657,7 +686,7 @@ def test_the_fetch_wait_setting_reaches_the_kafka_consumer_config():
 def test_garbage_collector_tuning_freezes_the_startup_heap_and_raises_the_young_threshold():
     import gc
 
-    from services.consumer.gc_tuning import THRESHOLDS, tune_garbage_collector
+    from services.consumer.__main__ import THRESHOLDS, tune_garbage_collector
 
     before = gc.get_threshold()
     try:

@@ -15,8 +15,9 @@ import pytest
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.settings import ROLE_INGEST, Settings
-import services.consumer.attempt as attempt_module
-from services.consumer.writer import CONFLICT, BatchWriter, DatabaseUnavailable, RawMessage, parse
+import services.consumer.store as store_module
+from services.consumer.messages import RawMessage, parse
+from services.consumer.store import CONFLICT, BatchWriter, DatabaseUnavailable
 from tests.support.consumer import (
     ecommerce_event,
     expected_items,
@@ -270,14 +271,14 @@ def test_a_large_bad_value_is_stored_up_to_the_cap_with_its_full_size_and_hash(w
 def test_an_unexpected_error_on_one_message_dead_letters_only_that_message(writer, database_url, monkeypatch):
     events = [ecommerce_event(i) for i in range(10)]
     culprit = events[6]["event_id"].encode()
-    real_copy = attempt_module.copy_lines
+    real_copy = store_module.copy_lines
 
     def copy_failing_on_culprit(cur, table, lines):
         if any(culprit in line for line in lines):
             raise ValueError("A string literal cannot contain NUL (0x00) characters.")
         real_copy(cur, table, lines)
 
-    monkeypatch.setattr(attempt_module, "copy_lines", copy_failing_on_culprit)
+    monkeypatch.setattr(store_module, "copy_lines", copy_failing_on_culprit)
     result = writer.write_raw([raw(EC, i, e) for i, e in enumerate(events)])
     assert result.isolated
     assert result.topics[EC].stored == 9 and [m.raw.offset for m in result.dead_letters] == [6]
@@ -290,7 +291,7 @@ def test_write_raises_nothing_but_database_unavailable(writer, database_url, mon
     def broken_ledger(self):
         raise KeyError("a bug outside the row insert")
 
-    monkeypatch.setattr(attempt_module.Attempt, "write_ledger", broken_ledger)
+    monkeypatch.setattr(store_module.Attempt, "write_ledger", broken_ledger)
     with pytest.raises(DatabaseUnavailable, match="unexpected error: KeyError"):
         writer.write_raw([raw(EC, 0, ecommerce_event(0))])
     assert query(database_url, "SELECT count(*) FROM events")[0][0] == 0  # nothing half-written

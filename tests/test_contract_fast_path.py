@@ -31,7 +31,7 @@ from salespulse.contracts import (
     TimestampWindow,
     parse_message,
 )
-from services.consumer.rows import build_row
+from services.consumer.messages import build_row
 from services.producer.simulation import EcommerceSimulation, RestaurantSimulation
 from tests.support.consumer import ecommerce_event, restaurant_order
 from tests.support.hostile import KINDS, Message, draw_recipes, materialize

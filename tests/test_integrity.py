@@ -10,7 +10,7 @@ import pytest
 
 from salespulse.integrity import consistency_violations, consistency_violations_in, ledger_gaps, ledger_summary
 from salespulse.settings import ROLE_INGEST, Settings
-from services.consumer.writer import BatchWriter
+from services.consumer.store import BatchWriter
 from tests.support.consumer import BASE_TS, ecommerce_event, restaurant_order
 from tests.test_consumer_writer import EC, RO, raw
 

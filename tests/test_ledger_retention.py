@@ -19,7 +19,7 @@ from salespulse.db import SQL_DIR, apply_migrations
 from salespulse.integrity import LEDGER_GAPS_SQL, ledger_gaps, ledger_gaps_since, ledger_summary
 from salespulse.ops.audit import format_report, run_audit
 from salespulse.settings import ROLE_ANALYTICS, ROLE_INGEST, Settings
-from services.consumer.writer import BatchWriter
+from services.consumer.store import BatchWriter
 from tests.support.consumer import ecommerce_event, query
 from tests.test_consumer_writer import EC, RO, raw
 

@@ -35,7 +35,8 @@ from orchestration.checks_reconcile import (
 from orchestration.resources import KafkaResource, PostgresResource, SparkResource
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.settings import ROLE_INGEST, Settings, get_settings
-from services.consumer.writer import BatchWriter, RawMessage
+from services.consumer.messages import RawMessage
+from services.consumer.store import BatchWriter
 from tests.support.consumer import ecommerce_event, restaurant_order
 from tests.support.db import query
 from tests.support.orchestration import (  # noqa: F401  (spark_remote: fixture)

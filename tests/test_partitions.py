@@ -23,7 +23,7 @@ from salespulse.daily_aggregates import rebuild_views
 from salespulse.db import SQL_DIR, apply_migrations, migrate
 from salespulse.partitions import check_retained, drop_expired, ensure_partitions, summary
 from salespulse.settings import ROLE_ANALYTICS, ROLE_INGEST, Settings, get_settings
-from services.consumer.writer import BatchWriter
+from services.consumer.store import BatchWriter
 from tests.support.consumer import ecommerce_event, query, restaurant_order
 from tests.test_consumer_writer import raw
 

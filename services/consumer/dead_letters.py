@@ -1,8 +1,18 @@
-"""Publishing dead letters to ``<topic>.dlq``, whatever their size or content.
+"""Dead letters: their row in the ``dead_letters`` table and their copy on
+``<topic>.dlq``, whatever their size or content.
 
+**The row** (:func:`dead_letter_row`): raw key and headers in full, the
+payload up to ``DEAD_LETTER_PAYLOAD_MAX_BYTES`` with the size and SHA-256 of
+the whole payload, storable text. The hash in its de-duplication key
+(:func:`dead_letter_key`) is always the whole payload's, so the unique
+constraint (topic, incarnation, partition, offset, payload hash) tells a
+re-delivery of the same bad message from another message at a re-used offset
+whatever the cap (sql/120_bounded_stores.sql).
+
+**The published copy** (:class:`DeadLetterPublisher`):
 A dead letter is the original message (key, value, headers) plus ``dlq.*``
-headers saying why and where it came from. The ``dead_letters`` table keeps
-every message in full; the topic is a notification stream, so a message that
+headers saying why and where it came from. The table keeps the message (up
+to the cap); the topic is a notification stream, so a message that
 would not fit under the broker's size limit with its headers is published
 *truncated*, with a ``dlq.truncated`` header giving the original sizes.
 Without this, a bad message within a few KB of ``message.max.bytes`` is
@@ -16,13 +26,19 @@ which retries the batch with backoff.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
+import psycopg2
 from confluent_kafka import KafkaError, KafkaException, Producer
+from psycopg2.extras import Json
 
 from salespulse.contracts import TOPICS
 from salespulse.kafka import producer_config
+from salespulse.settings import get_settings
+
+from .messages import ParsedMessage, as_bytes, decode_key, headers_json, reason, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +52,43 @@ ERROR_HEADER_MAX = 4_000
 #: After a size refusal, the next attempt gets budget // SHRINK (then 0).
 SHRINK = 16
 _SIZE_ERRORS = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE}
+
+
+# ---------------------------------------------------------------- the row
+def payload_cap() -> int:
+    """Payload bytes a dead letter keeps (``DEAD_LETTER_PAYLOAD_MAX_BYTES``)."""
+    return get_settings().dead_letter_payload_max_bytes
+
+
+def dead_letter_key(m: ParsedMessage, incarnation: str) -> tuple:
+    """The de-duplication key of a dead letter (its unique constraint)."""
+    raw = m.raw
+    return (safe_text(str(raw.topic)), incarnation, raw.partition, raw.offset,
+            hashlib.sha256(as_bytes(raw.value) or b"").hexdigest())
+
+
+def dead_letter_row(m: ParsedMessage, incarnation: str = "", error: str | None = None,
+                    cap: int | None = None) -> tuple:
+    topic, incarnation, partition, offset, sha = dead_letter_key(m, incarnation)
+    value, key = as_bytes(m.raw.value), as_bytes(m.raw.key)
+    headers = headers_json(m.raw.headers)
+    cap = payload_cap() if cap is None else cap
+    size = None if value is None else len(value)
+    stored = None if value is None else value[:cap]
+    return (
+        topic, incarnation, partition, offset, decode_key(key), None if key is None else psycopg2.Binary(key),
+        None if headers is None else Json(headers), None if stored is None else psycopg2.Binary(stored),
+        size, sha, reason(error or m.error or "invalid"),
+    )
+
+
+# ---------------------------------------------------------------- the published copy
+class DeadLettersUndelivered(RuntimeError):
+    """Some dead letters were not delivered to their ``.dlq`` topic."""
+
+    def __init__(self, failures: list[str]):
+        super().__init__(f"{len(failures)} dead letter(s) undelivered: {failures[:3]}")
+        self.failures = failures
 
 
 def dlq_topic(topic: str) -> str:

@@ -1,4 +1,9 @@
-"""The consumer's Prometheus metrics (process-wide registry, shared by every service instance)."""
+"""What the consumer shows: its Prometheus metrics (process-wide registry,
+shared by every service instance), :class:`BatchRecorder` (metrics and totals
+per committed batch) and :class:`Outage` (the database's and the dead-letter
+queue's state as /health shows it)."""
+
+from __future__ import annotations
 
 import logging
 import time
@@ -59,3 +64,65 @@ class BatchRecorder:
 
     def _add(self, outcome: str, n: int) -> None:
         self.totals[outcome] = self.totals.get(outcome, 0) + n
+
+
+class Outage:
+    """The database's and the dead-letter queue's state as /health and the metrics show it."""
+
+    def __init__(self) -> None:
+        self.db_ok = True
+        self.dlq_ok = True
+        self.since: float | None = None  # monotonic start of the database outage
+        self.last_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.db_ok and self.dlq_ok
+
+    def health(self) -> dict:
+        return {
+            "database": "up" if self.db_ok else "down",
+            "dead_letter_queue": "up" if self.dlq_ok else "down",
+            "outage_seconds": round(time.monotonic() - self.since, 1) if self.since else 0,
+            "last_error": self.last_error,
+        }
+
+    def write_failed(self, error: Exception, attempt: int, size: int, *, expected: bool) -> None:
+        """A batch write failed (``expected``: the database was unavailable)."""
+        DB_RETRIES.inc()
+        text = str(error).strip() or type(error).__name__
+        self.last_error = text
+        if not expected:
+            # the writer isolates bad messages itself; anything else is a bug: keep the
+            # batch (never drop it, never commit past it) and say so loudly
+            log.error("unexpected error writing a batch; holding it and retrying", exc_info=error,
+                      extra={"event": "write_error", "attempt": attempt, "messages": size})
+        if self.db_ok:
+            self.db_ok = False
+            self.since = time.monotonic()
+            DB_UP.set(0)
+            log.error("database unavailable; holding the batch and retrying",
+                      extra={"event": "db_outage", "error": text, "messages": size})
+        else:
+            log.warning("batch write retry failed", extra={"event": "db_retry_failed", "attempt": attempt,
+                                                          "error": text, "messages": size})
+
+    def write_succeeded(self) -> None:
+        if not self.db_ok:
+            log.info("database back; batch written", extra={
+                "event": "db_recovered", "outage_seconds": round(time.monotonic() - (self.since or 0), 2)})
+            self.db_ok = True
+            self.since = None
+            self.last_error = None
+            DB_UP.set(1)
+
+    def dlq_failed(self, error: Exception, attempt: int) -> None:
+        DLQ_RETRIES.inc()
+        self.dlq_ok = False
+        log.error("dead letters not delivered; retrying", extra={
+            "event": "dlq_failed", "attempt": attempt, "errors": getattr(error, "failures", [str(error)])[:3]})
+
+    def dlq_succeeded(self) -> None:
+        if not self.dlq_ok:
+            log.info("dead-letter queue reachable again", extra={"event": "dlq_recovered"})
+        self.dlq_ok = True

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 import psycopg2
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
-from services.consumer.writer import BatchWriter, RawMessage
+from services.consumer.messages import RawMessage
+from services.consumer.store import BatchWriter
 from tests.support.consumer import ecommerce_event, restaurant_order
 
 RUN_ID = "0f5e7d1c-drilldown-run"

@@ -1,23 +1,62 @@
-"""One attempt at writing one batch: the four steps of the transaction
-(ledger coverage, valid rows, dead letters, ledger rows) and the isolation of
-messages the database rejects. The transaction itself (connect, commit,
-retry decisions) is :class:`services.consumer.writer.BatchWriter`'s.
+"""Storing: one batch of parsed messages written in ONE PostgreSQL transaction.
+
+:class:`BatchWriter` holds the connection, the transaction and its retry
+decisions; :class:`Attempt` the steps of one transaction (below); the
+statements are in ``sql.py``, the rows were built by ``messages.parse`` and a
+dead letter's row is ``dead_letters.dead_letter_row``. Usable without Kafka
+(unit tests, replay tools): give it :class:`~services.consumer.messages.RawMessage`
+objects (or anything with ``topic/partition/offset/key/value/headers``).
+
+The rule it keeps: every message of a batch ends in exactly one place, and
+:meth:`BatchWriter.write` raises nothing but :class:`DatabaseUnavailable`
+(nothing committed: retry the whole batch later). Per batch, in one transaction:
+
+1. **Ledger first.** Lock the batch's partitions (transaction-level advisory
+   locks, in a fixed order) and read which of its offsets the ledger already
+   covers (its ranges and each stream's trimmed range,
+   sql/130_compact_ledger.sql): those are re-deliveries of a committed batch
+   (a crash between the database commit and the offset commit) and are
+   *skipped*. A second consumer briefly owning the same partition waits for
+   the lock and then sees the first one's ranges; the ledger's primary key
+   (stream, first offset) is the backstop (a second range from the same
+   offset fails the transaction, and the retry skips), and the contiguity
+   checks find any other overlap.
+2. **Valid rows** are COPYed into per-connection temp tables and moved with
+   ``INSERT ... ON CONFLICT DO NOTHING RETURNING``; products, transactions and
+   order items are written only for the events/orders actually inserted, in
+   the same statement. The first copy of an id in a batch wins. An id already
+   stored is a duplicate if its content hash (a hash of the normalised row) is
+   the same, otherwise a dead letter: "conflicting re-send ...".
+3. **Dead letters** keep the raw key, value and headers in full; text columns
+   never hold NUL (escaped), so storing one cannot fail because of content.
+4. **The ledger row** per (topic, partition) range: a compact row of
+   ``ingest_ledger_ranges`` (stream id, offsets, stored, duplicates,
+   dead-lettered; messages is their sum).
+
+Messages the database (or the row building) unexpectedly rejects are isolated:
+the batch is re-run with the row insert split in halves under savepoints
+until the culprits are single messages, which become dead letters with the
+reason; the rest is stored.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from .messages import CONFLICT, ParsedMessage, reason
-from .results import DatabaseUnavailable, WriteResult
-from .dead_letter_rows import dead_letter_key, dead_letter_row
-from .rows import Row, Unstorable, build_row, copy_lines
+from salespulse.contracts import TimestampWindow
+
+from .dead_letters import dead_letter_key, dead_letter_row
+from .messages import ParsedMessage, RawMessage, Row, Unstorable, build_row, parse, reason
 from .sql import (
     CONFLICTS,
     DEAD_LETTER_CHUNK_BYTES,
@@ -27,15 +66,160 @@ from .sql import (
     INSERT_ORDERS,
     LOCK_AND_COVERAGE,
     RECORDED_DEAD_LETTERS,
+    TEMP_TABLES,
     TRUNCATE_TEMP,
 )
 
-if TYPE_CHECKING:
-    from .writer import BatchWriter
+log = logging.getLogger(__name__)
+
+CONFLICT = "conflicting re-send of an id already stored with other content"
+DEFAULT_GROUP = "salespulse-ingest"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached or the transaction could not finish;
+    nothing of the batch was committed. Retry later (the writer reconnects)."""
+
+
+@dataclass
+class TopicCounts:
+    received: int = 0
+    stored: int = 0  # new rows (events / orders)
+    duplicates: int = 0  # valid, identical to a stored row
+    dead_letters: int = 0  # in dead_letters (new or stored before)
+    skipped: int = 0  # offsets the ledger already covers: not written again
+
+
+@dataclass
+class WriteResult:
+    topics: dict[str, TopicCounts] = field(default_factory=dict)
+    dead_letters: list[ParsedMessage] = field(default_factory=list)  # newly dead-lettered: publish to the DLQ
+    skipped: list[ParsedMessage] = field(default_factory=list)
+    # skipped messages recorded as dead letters before: published to the DLQ again
+    # (a consumer may have died between the database commit and the DLQ publication)
+    republish: list[ParsedMessage] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # table -> rows inserted
+    ledger: list[tuple] = field(default_factory=list)  # the ingest_ledger rows written
+    db_seconds: float = 0.0
+    isolated: bool = False  # the isolating re-run happened
+    statements: int = 0  # statements sent by the last attempt (COMMIT not counted)
+
+    def counts(self, topic: str) -> TopicCounts:
+        return self.topics.setdefault(topic, TopicCounts())
+
+
+# ---------------------------------------------------------------- the transaction
+class BatchWriter:
+    """Writes parsed batches into PostgreSQL, one transaction per batch, recording
+    each in the ingest ledger under consumer group ``group``."""
+
+    def __init__(self, url: str, *, group: str = DEFAULT_GROUP, window: TimestampWindow | None = None,
+                 application_name: str = "salespulse-consumer", connect_timeout: int = 5,
+                 statement_timeout_ms: int = 60_000):
+        self.url = url
+        self.group = group
+        self.window = window
+        self.statement_timeout_ms = statement_timeout_ms
+        self.application_name = application_name
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg2.extensions.connection | None = None
+
+    # -- connection -----------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if not self.connected:
+            conn = psycopg2.connect(
+                self.url, application_name=self.application_name, connect_timeout=self.connect_timeout,
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                # a hung statement becomes a retryable error instead of stalling the
+                # consumer past max.poll.interval.ms
+                options=f"-c statement_timeout={self.statement_timeout_ms}",
+            )
+            with conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+                cur.execute(TEMP_TABLES)
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rollback()
+        except Exception:
+            self.close()
+
+    # -- writing ---------------------------------------------------------------
+    def write_raw(self, messages: Iterable[RawMessage], *,
+                  incarnations: Mapping[str, str] | None = None) -> WriteResult:
+        """Parse (with this writer's window) and write (for tests and tools)."""
+        return self.write([parse(m, self.window) for m in messages], incarnations=incarnations)
+
+    def write(self, batch: Sequence[ParsedMessage], *,
+              incarnations: Mapping[str, str] | None = None) -> WriteResult:
+        """Write one batch in one transaction (see the module docstring). A
+        message's incarnation is ``raw.incarnation``, else ``incarnations[topic]``,
+        else ''. Raises only :class:`DatabaseUnavailable` (nothing committed)."""
+        started = time.perf_counter()
+        if not batch:
+            return WriteResult()
+        incarnations = incarnations or {}
+        try:
+            try:
+                result = self._write_once(batch, incarnations, isolate=False)
+            except NeedsIsolation as exc:
+                log.warning("batch rejected, isolating the messages at fault", extra={
+                    "event": "batch_isolation", "error": reason(describe(exc.__cause__))[:500],
+                    "batch_size": len(batch)})
+                self._rollback()
+                result = self._write_once(batch, incarnations, isolate=True)
+        except DatabaseUnavailable:
+            self._rollback()
+            raise
+        except UNAVAILABLE as exc:
+            self._rollback()  # closes a broken connection (the next call reconnects)
+            raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+        except Exception as exc:  # a bug outside the row insert: hold the batch, never drop it
+            log.exception("unexpected error writing a batch", extra={"event": "write_error"})
+            self.close()
+            raise DatabaseUnavailable(f"unexpected error: {describe(exc)}") from exc
+        result.db_seconds = time.perf_counter() - started
+        return result
+
+    def _write_once(self, batch: Sequence[ParsedMessage], incarnations: Mapping[str, str],
+                    isolate: bool) -> WriteResult:
+        conn = self._connection()
+        with conn.cursor(cursor_factory=CountingCursor) as cur:
+            attempt = Attempt(self.group, cur, batch, incarnations, isolate)
+            attempt.skip_covered()
+            attempt.find_recorded_dead_letters()
+            try:
+                attempt.store_valid()
+            except Exception as exc:
+                if isolate or unavailable(exc):
+                    raise
+                raise NeedsIsolation() from exc
+            attempt.store_dead_letters()
+            attempt.write_ledger()
+        conn.commit()
+        return attempt.result()
+
 
 def lock_key(*parts: Any) -> int:
     digest = hashlib.blake2b("\x00".join(map(str, parts)).encode("utf-8", "backslashreplace"), digest_size=8)
     return int.from_bytes(digest.digest(), "big", signed=True)
+
 
 class CountingCursor(psycopg2.extensions.cursor):
     """Counts the statements sent (the per-batch cost the ingest path watches)."""
@@ -50,30 +234,33 @@ class CountingCursor(psycopg2.extensions.cursor):
         self.statements += 1
         return super().copy_expert(sql, file, size)
 
+
 # Errors that mean "the database is unavailable / the transaction could not
 # finish": retry the whole batch later. Everything else that happens while
 # rows are inserted is blamed on the data and isolated.
 UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.InternalError,
-                psycopg2.ProgrammingError)
+               psycopg2.ProgrammingError)
+
 
 def unavailable(exc: BaseException) -> bool:
     # a row beyond a size limit (e.g. of an index entry) is the data's fault
     return isinstance(exc, UNAVAILABLE) and not isinstance(exc, psycopg2.errors.ProgramLimitExceeded)
 
+
 class NeedsIsolation(Exception):
     """The row insert failed for a reason that may be one message's fault."""
 
-# --------------------------------------------------------------------------
-# one attempt at one batch
-# --------------------------------------------------------------------------
+
+# ---------------------------------------------------------------- one attempt at one batch
 STORED, DUPLICATE = "stored", "duplicate"
+
 
 class Attempt:
     """One transaction's worth of work for one batch (state never outlives it)."""
 
-    def __init__(self, writer: "BatchWriter", cur, batch: Sequence[ParsedMessage],
+    def __init__(self, group: str, cur, batch: Sequence[ParsedMessage],
                  incarnations: Mapping[str, str], isolate: bool):
-        self.w, self.cur, self.isolate = writer, cur, isolate
+        self.group, self.cur, self.isolate = group, cur, isolate
         self.batch = batch
         # (topic, incarnation, partition) of each message of the batch, and the
         # batch's positions per part (in batch order)
@@ -114,7 +301,7 @@ class Attempt:
         offsets = {part: [batch[i].raw.offset for i in group] for part, group in self.batch_groups.items()}
         keys = sorted(offsets)
         self.cur.execute(LOCK_AND_COVERAGE, {
-            "locks": sorted(lock_key(self.w.group, *k) for k in keys), "group": self.w.group,
+            "locks": sorted(lock_key(self.group, *k) for k in keys), "group": self.group,
             "topics": [k[0] for k in keys], "incs": [k[1] for k in keys], "parts": [k[2] for k in keys],
             "los": [min(offsets[k]) for k in keys], "his": [max(offsets[k]) for k in keys]})
         for topic, inc, p, stream, lo, hi in self.cur.fetchall():
@@ -328,7 +515,7 @@ class Attempt:
 
     def _ledger_row(self, part: tuple, first: int, last: int, fates: list[str]) -> tuple:
         stored, duplicates = fates.count(STORED), fates.count(DUPLICATE)
-        return (self.w.group, *part, first, last, len(fates), stored, duplicates, len(fates) - stored - duplicates)
+        return (self.group, *part, first, last, len(fates), stored, duplicates, len(fates) - stored - duplicates)
 
     # -- result ---------------------------------------------------------------
     def result(self) -> WriteResult:
@@ -360,6 +547,7 @@ class Attempt:
         for i in self._dead_positions:
             yield self.todo[i], self.todo_parts[i], self.outcome[i]
 
+
 def describe(exc: BaseException) -> str:
     if isinstance(exc, psycopg2.Error):
         diag = getattr(exc, "diag", None)
@@ -367,3 +555,15 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, Unstorable):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+COPY_CHUNK_BYTES = 64 << 20
+
+
+def copy_lines(cur, table: str, lines: list[bytes]) -> None:
+    """COPY ``lines`` into ``table``, in as few chunks as possible: psycopg2
+    lets go of the GIL for every chunk it sends, and getting it back from a
+    busy consuming thread can take a whole switch interval (5 ms)."""
+    if lines:
+        data = b"\n".join(lines) + b"\n"
+        cur.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(data), size=min(len(data), COPY_CHUNK_BYTES))

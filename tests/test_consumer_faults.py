@@ -1,5 +1,6 @@
 """The consumer loop under faults: oversized dead letters, failures inside the
-loop, unreadable messages, a drain on stop, a re-created topic.
+loop, unreadable messages, a drain on stop, a re-created topic, an offset
+commit that fails after the write.
 
 Real broker and PostgreSQL (tests/conftest.py); unit tests where noted."""
 
@@ -9,18 +10,21 @@ import hashlib
 import json
 import uuid
 
+import psycopg2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from salespulse.contracts import ECOMMERCE_TOPIC, TimestampWindow
+from salespulse.integrity import ledger_gaps
 from salespulse.kafka import committed_offsets, consumer_config, ensure_topics
 from salespulse.stack.broker import EmbeddedBroker
+from services.consumer import metrics
 from services.consumer.app import ConsumerService
 from services.consumer.dead_letters import MESSAGE_BUDGET, DeadLetterPublisher, build_record
-from services.consumer.messages import read_message
-from services.consumer.messages import ParsedMessage, RawMessage
+from services.consumer.messages import ParsedMessage, RawMessage, read_message
 from tests.conftest import free_port
 from tests.support.consumer import (
+    GatedBroker,
     ServiceThread,
     count_events,
     ecommerce_event,
@@ -29,6 +33,7 @@ from tests.support.consumer import (
     produce,
     query,
     unique_group,
+    wait_until,
 )
 
 
@@ -241,3 +246,64 @@ def test_a_re_created_topic_gets_new_dead_letters_at_the_same_offsets(settings, 
         assert rows == (6, 2)
     finally:
         own.stop()
+
+
+def test_an_offset_commit_that_fails_after_the_write_loses_and_duplicates_nothing(settings, database_url, state_dir,
+                                                                                  caplog):
+    """The broker goes away between a batch's database commit and its offset
+    commit. Fault injected through real paths: the batch's write is held at its
+    ledger insert (before its COMMIT) by a table lock a third session holds;
+    meanwhile every connection to the broker is cut (GatedBroker: the group's
+    coordinator is gone, its data kept); the lock is released, the rows are
+    committed, the offset commit fails. The failure is counted and logged, and
+    a consumer of the same group started afterwards re-reads the batch and
+    recognises every message as already stored (ledger), storing nothing twice."""
+    gate = GatedBroker(log_file=state_dir / "broker-gated.log").start()
+    blocker = psycopg2.connect(database_url)
+    try:
+        local = service_settings(settings, kafka_bootstrap_servers=gate.bootstrap)
+        ensure_topics(gate.bootstrap)
+        run = uuid.uuid4().hex[:8]
+        events = [ecommerce_event(i, run=run, user_id=run) for i in range(40)]  # one key: one partition
+        group = unique_group("commit-failure")
+        svc = ConsumerService(local, group_id=group, batch_size=500)
+        runner = ServiceThread(svc).start()
+        wait_until(lambda: svc.partitions.assigned, 60, what="partitions assigned")
+        with blocker.cursor() as cur:  # reads of the ledger pass, its inserts wait for the rollback below
+            cur.execute("LOCK TABLE ingest_ledger_ranges IN EXCLUSIVE MODE")
+        failures_before = metrics.COMMIT_FAILURES._value.get()
+        produce(gate.bootstrap, ECOMMERCE_TOPIC.name, [(run.encode(), json.dumps(e).encode()) for e in events])
+        (key, end), = [(k, n) for k, n in end_offsets(gate.bootstrap).items() if n]
+        wait_until(lambda: query(database_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                               "current_database() AND application_name = 'salespulse-consumer' "
+                                               "AND wait_event_type = 'Lock'")[0][0] == 1,
+                   60, what="the batch's write waits before its COMMIT")
+        gate.cut()  # the broker (and the group's coordinator) goes away
+        blocker.rollback()  # the write goes on and commits
+        wait_until(lambda: metrics.COMMIT_FAILURES._value.get() > failures_before, 120,
+                   what="the offset commit failed")
+        assert count_events(database_url, [e["event_id"] for e in events]) == 40
+        gate.restore()
+        runner.stop(120)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(gate.bootstrap, group)}
+        assert committed[key] < end  # the commit did not land
+        failed = [r for r in caplog.records if getattr(r, "event", None) == "commit_failed"]
+        assert failed and failed[0].offsets == [f"{key[0]}[{key[1]}]@{end}"]
+
+        again = ConsumerService(local, group_id=group, stop_at_end=True, batch_size=500)
+        ServiceThread(again).start().join(120)
+        assert again.totals == {"skipped": 40}  # re-read, recognised as stored, written nowhere
+        assert count_events(database_url, [e["event_id"] for e in events]) == 40
+        conn = psycopg2.connect(database_url)
+        try:
+            with conn, conn.cursor() as cur:
+                assert ledger_gaps(cur) == []
+                cur.execute("SELECT count(*), sum(stored) FROM ingest_ledger_ranges")
+                assert cur.fetchone() == (1, 40)
+        finally:
+            conn.close()
+        committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(gate.bootstrap, group)}
+        assert committed[key] == end
+    finally:
+        blocker.close()
+        gate.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from confluent_kafka import Producer
 
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.kafka import producer_config
+from salespulse.stack.broker import tansu_binary, wait_port
 from tests.support.db import query
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,6 +206,107 @@ class ServiceThread:
     def stop(self, timeout: float = 120.0) -> None:
         self.service.stop()
         self.join(timeout)
+
+
+class GatedBroker:
+    """A broker the test can take away from its clients and give back, its
+    data kept: tansu listens on a private port and advertises the gate's port,
+    and the gate forwards every connection to it. ``cut()`` closes every
+    connection through the gate and refuses new ones (to a client, the broker
+    and its group coordinator are gone); ``restore()`` lets them through
+    again. tansu keeps its messages and committed offsets meanwhile."""
+
+    def __init__(self, log_file: Path | None = None):
+        self.port, self._internal = _free_port(), _free_port()
+        self.log_file = log_file
+        self._open = True
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._server: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "GatedBroker":
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self._internal}",
+             "--advertised-listener-url", f"tcp://{self.bootstrap}", "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port("127.0.0.1", self._internal)
+        self._server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        with self._lock:
+            self._open = False
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            _shut(s)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # the gate was stopped
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._internal))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if not self._open:
+                    client.close()
+                    upstream.close()
+                    continue
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shut(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _shut(source)
+        _shut(sink)
 
 
 def start_consumer_process(env_extra: dict, log_path: Path, *args: str) -> subprocess.Popen:

@@ -14,7 +14,15 @@ from salespulse.kafka import consumer_config, prefetch_config
 from services.consumer.app import ConsumerService
 from services.consumer.app import BatchPolicy
 from services.consumer.messages import message_bytes
-from tests.support.consumer import ServiceThread, count_events, ecommerce_event, produce, query, unique_group
+from tests.support.consumer import (
+    ServiceThread,
+    count_events,
+    ecommerce_event,
+    group_at_end,
+    produce,
+    query,
+    unique_group,
+)
 
 EC = ECOMMERCE_TOPIC.name
 
@@ -97,11 +105,14 @@ def test_the_consumer_splits_a_backlog_of_big_messages_by_bytes(settings, databa
         messages.append((key, value))
         if i < len(events):
             messages.append((key, json.dumps(events[i]).encode()))
+    # the group starts where these messages start: earlier tests' messages on the
+    # session-wide broker (some of them near 1 MB) would make other batches
+    group = group_at_end(broker.bootstrap, "batch-bytes")
     produce(broker.bootstrap, EC, messages)
 
     bound = 1 << 20
     svc = ConsumerService(settings.model_copy(update={"metrics_port": 0, "consumer_batch_max_bytes": bound}),
-                          group_id=unique_group("batch-bytes"), stop_at_end=True, batch_size=500,
+                          group_id=group, stop_at_end=True, batch_size=500,
                           max_wait_ms=5000, linger_ms=0)
     batches: list[tuple[int, int, int]] = []  # (messages, bytes, largest message)
     write = svc.writer.write

@@ -17,11 +17,12 @@ from salespulse.contracts import json_schemas
 from salespulse.db import migrate
 from salespulse.kafka import ensure_topics, recover_group
 from salespulse.observability import configure_logging
-from salespulse.settings import get_settings
+from salespulse.settings import SecretError, get_settings
 
 #: Modules of this package adding their own subcommands (stack runner, status, operations, Dagster
 #: daemon/runs). Named, not imported: a module that is not installed (the image has no stack) adds none.
-COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon"]
+COMMAND_MODULES = ["salespulse.stack.runner", "salespulse.status", "salespulse.ops", "salespulse.dagster_daemon",
+                   "salespulse.secret_check"]
 #: entry-point group of commands defined by the services (pyproject.toml), e.g. the consumer's ``replay``
 COMMAND_ENTRY_POINTS = "salespulse.commands"
 
@@ -76,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SecretError as exc:
+        print(f"salespulse {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

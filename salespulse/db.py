@@ -99,20 +99,24 @@ def apply_migrations(admin_url: str, directory: Path = SQL_DIR) -> list[str]:
 
 def set_role_passwords(admin_url: str, settings: Settings) -> None:
     """Give each service role its password from the environment (idempotent)."""
+    passwords = settings.role_passwords()  # all of them, or nothing changes
     conn = connect(admin_url, attempts=10)
     try:
         with conn, conn.cursor() as cur:
             for role in (ROLE_INGEST, ROLE_ANALYTICS, ROLE_DASHBOARD):
                 cur.execute(
                     sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD %s").format(sql.Identifier(role)),
-                    (settings.role_password(role),),
+                    (passwords[role],),
                 )
     finally:
         conn.close()
 
 
 def migrate(settings: Settings) -> list[str]:
-    """Apply migrations and role passwords with the admin URL."""
+    """Apply migrations and role passwords with the admin URL. Refuses before
+    touching the database when a role's password is missing (``SecretError``:
+    the local defaults are for the local stack's embedded cluster only)."""
+    settings.role_passwords()
     applied = apply_migrations(settings.database_url)
     set_role_passwords(settings.database_url, settings)
     return applied

@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka import ConsumerGroupTopicPartitions
 
 from salespulse.contracts import all_topic_partitions
+from salespulse.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,23 @@ def existing_topics(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]
     return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
 
 
+def topic_specs(topics: dict[str, int] | None = None, settings: Settings | None = None) -> list[NewTopic]:
+    """What the set-up creates: every topic with its partition count, the
+    replication of ``TOPIC_REPLICATION_FACTOR``, ``min.insync.replicas`` of
+    ``TOPIC_MIN_INSYNC_REPLICAS`` and 7-day retention."""
+    settings = settings or get_settings()
+    replicas, in_sync = settings.topic_replication_factor, settings.topic_min_insync_replicas
+    if in_sync > replicas:
+        raise ValueError(f"TOPIC_MIN_INSYNC_REPLICAS={in_sync} exceeds TOPIC_REPLICATION_FACTOR={replicas}: "
+                         "no write could ever be acknowledged")
+    topics = topics if topics is not None else all_topic_partitions()
+    return [NewTopic(name, num_partitions=parts, replication_factor=replicas,
+                     config={"retention.ms": str(RETENTION_MS), "min.insync.replicas": str(in_sync)})
+            for name, parts in topics.items()]
+
+
 def ensure_topics(bootstrap: str, topics: dict[str, int] | None = None, timeout: float = 30.0) -> dict[str, int]:
-    """Create every missing topic with its partition count; verify the rest.
+    """Create every missing topic as :func:`topic_specs` renders it; verify the rest.
 
     Raises if a topic exists with a different partition count.
     """
@@ -111,11 +127,7 @@ def ensure_topics(bootstrap: str, topics: dict[str, int] | None = None, timeout:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    missing = [
-        NewTopic(name, num_partitions=parts, replication_factor=-1, config={"retention.ms": str(RETENTION_MS)})
-        for name, parts in topics.items()
-        if name not in present
-    ]
+    missing = topic_specs({name: parts for name, parts in topics.items() if name not in present})
     if missing:
         for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
             try:

@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-LOCAL_DATABASE_URL = "postgresql://salespulse:salespulse@127.0.0.1:55432/salespulse"
+#: The local stack's embedded PostgreSQL: its admin account (a published
+#: password, on 127.0.0.1 only) and default URL.
+LOCAL_ADMIN_USER = LOCAL_ADMIN_PASSWORD = "salespulse"
+LOCAL_DATABASE_URL = f"postgresql://{LOCAL_ADMIN_USER}:{LOCAL_ADMIN_PASSWORD}@127.0.0.1:55432/salespulse"
 DEFAULT_STATE_DIR = Path("/var/tmp/salespulse")
 
 #: The /health + /metrics port of each stream service by default (each has its
@@ -33,6 +36,17 @@ DEFAULT_METRICS_PORTS = {"producer-ecommerce": 9101, "producer-restaurant": 9102
 ROLE_INGEST = "salespulse_ingest"
 ROLE_ANALYTICS = "salespulse_analytics"
 ROLE_DASHBOARD = "salespulse_dashboard"
+#: The service roles' passwords on the local stack's embedded PostgreSQL only
+#: (published here, so never used elsewhere: Settings.role_password).
+LOCAL_ROLE_PASSWORDS = {ROLE_INGEST: "ingest-local", ROLE_ANALYTICS: "analytics-local",
+                        ROLE_DASHBOARD: "dashboard-local"}
+#: The variable holding each role's password.
+ROLE_PASSWORD_VARIABLES = {ROLE_INGEST: "INGEST_DB_PASSWORD", ROLE_ANALYTICS: "ANALYTICS_DB_PASSWORD",
+                           ROLE_DASHBOARD: "DASHBOARD_DB_PASSWORD"}
+
+
+class SecretError(RuntimeError):
+    """A secret is missing where no local default may stand in for it."""
 
 
 class Settings(BaseSettings):
@@ -43,13 +57,20 @@ class Settings(BaseSettings):
     # --- connections -------------------------------------------------------
     database_url: str = LOCAL_DATABASE_URL
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # replicas of every topic ``salespulse topics`` creates, and how many must
+    # have a write before an acks=all producer is answered (min.insync.replicas):
+    # 1/1 for the local single broker, 3/2 for compose's three-node cluster
+    topic_replication_factor: int = Field(1, ge=1)
+    topic_min_insync_replicas: int = Field(1, ge=1)
     spark_remote: str = "sc://127.0.0.1:15002"
     dagster_home: str | None = None
 
     # --- per-role database credentials (least privilege) -------------------
-    ingest_db_password: str = "ingest-local"
-    analytics_db_password: str = "analytics-local"
-    dashboard_db_password: str = "dashboard-local"
+    # unset: the local defaults, on the local stack's embedded PostgreSQL only
+    # (role_password); anywhere else a role without its password is an error
+    ingest_db_password: str | None = None
+    analytics_db_password: str | None = None
+    dashboard_db_password: str | None = None
     ingest_database_url: str | None = None
     analytics_database_url: str | None = None
     dashboard_database_url: str | None = None
@@ -232,11 +253,37 @@ class Settings(BaseSettings):
         return with_credentials(self.database_url, role, self.role_password(role))
 
     def role_password(self, role: str) -> str:
-        return {
+        """The role's password from the environment; unset, the published local
+        default, but only on the local stack's embedded PostgreSQL
+        (:meth:`on_local_stack_database`). Elsewhere :class:`SecretError`: a
+        ``salespulse migrate`` or ``reset-db`` pointed at another database
+        must never set its roles' passwords to values published here."""
+        value = {
             ROLE_INGEST: self.ingest_db_password,
             ROLE_ANALYTICS: self.analytics_db_password,
             ROLE_DASHBOARD: self.dashboard_db_password,
         }[role]
+        if value:
+            return value
+        if self.on_local_stack_database():
+            return LOCAL_ROLE_PASSWORDS[role]
+        raise SecretError(
+            f"{ROLE_PASSWORD_VARIABLES[role]} is not set: the {role} role's password must be given for this "
+            f"database (local defaults apply only to the local stack's embedded PostgreSQL on 127.0.0.1)")
+
+    def role_passwords(self) -> dict[str, str]:
+        """Every service role's password (raises :class:`SecretError` first if one is missing)."""
+        return {role: self.role_password(role) for role in LOCAL_ROLE_PASSWORDS}
+
+    def on_local_stack_database(self) -> bool:
+        """Whether ``DATABASE_URL`` is an embedded cluster of the local stack (or
+        of the tests): on 127.0.0.1/localhost, with the embedded cluster's own
+        published admin account. A server with that account and password is
+        open to anyone who read this repository anyway; any other server (a
+        real admin password, another host) gets no published default."""
+        parts = urlsplit(self.database_url)
+        return (parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.username == LOCAL_ADMIN_USER
+                and parts.password == LOCAL_ADMIN_PASSWORD)
 
     def service_metrics_port(self, service: str) -> int:
         """The /health + /metrics port of a stream service (a key of

@@ -48,22 +48,25 @@ DOCKERFILE = REPO / "Dockerfile"
 
 #: The only published ports: container port -> service.
 UI_PORTS = {5000: "dashboard", 8080: "dagster-ui"}
+#: The Kafka cluster: three KRaft nodes, each a broker and a controller.
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
 
 #: Environment variables set for third-party images or read by files other
 #: than salespulse.settings (each with what reads it). Everything else set on a
 #: SalesPulse container must be a salespulse.settings.Settings field.
 THIRD_PARTY_ENV = {
     # apache/kafka image: KAFKA_* become server.properties entries; CLUSTER_ID formats the KRaft log dir
-    "kafka": (re.compile(r"^KAFKA_[A-Z0-9_]+$"), {"CLUSTER_ID"}),
+    **{node: (re.compile(r"^KAFKA_[A-Z0-9_]+$"), {"CLUSTER_ID"}) for node in KAFKA_NODES},
     # postgres image: POSTGRES_*; DAGSTER_PG_* are read by docker/postgres/initdb/10-dagster.sql
     "postgres": (re.compile(r"^POSTGRES_(USER|PASSWORD|DB|INITDB_ARGS)$"),
                  {"DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}),
-    # redis image: redis-cli (the health check) reads its password from REDISCLI_AUTH
-    "redis": (re.compile(r"^REDISCLI_AUTH$"), set()),
+    # redis image: redis-cli (the health check) reads its password from REDISCLI_AUTH;
+    # docker/redis/redis-start.sh (its entry point) hands REDIS_PASSWORD to redis-server on stdin
+    "redis": (re.compile(r"^(REDISCLI_AUTH|REDIS_PASSWORD)$"), set()),
     # nginx image: read by docker/nginx/dagster-ui-start.sh (its entry point) and the health check
     "dagster-ui": (re.compile(r"^DAGSTER_UI_(USER|PASSWORD)$"), set()),
 }
-#: Third-party images given a command line: redis-server needs its password as an argument.
+#: Third-party images given a command line (redis-server's options; nginx in the foreground).
 THIRD_PARTY_COMMANDS = {"redis": "redis-server", "dagster-ui": "nginx"}
 #: Read by docker/dagster/dagster.yaml ({env: ...}) in the Dagster containers.
 DAGSTER_STORAGE_ENV = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USERNAME",
@@ -183,7 +186,7 @@ def test_compose_file_is_valid_against_the_compose_specification(raw, compose):
 def test_the_schema_check_catches_mistakes(raw):
     schema = json.loads(SCHEMA_FILE.read_text())
     broken = json.loads(json.dumps(raw))
-    broken["services"]["consumer"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    broken["services"]["consumer"]["depends_on"]["kafka-1"]["condition"] = "service_ready"
     broken["services"]["dashboard"]["helthcheck"] = {}
     messages = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(broken)]
     assert len(messages) >= 2
@@ -224,12 +227,17 @@ def test_no_password_has_a_default():
 
 
 def test_dashboard_is_closed_unless_opened_explicitly(raw, env_example):
-    """Interpolated as a user without a token gets it: DASHBOARD_AUTH=token and
-    no token, which the app refuses to start with (tests/test_dashboard_auth.py)."""
+    """Without a token compose refuses to interpolate (the token is required like
+    every secret); given an empty one, as a user could, the dashboard gets
+    DASHBOARD_AUTH=token and no token, which the app refuses to start with
+    (tests/test_dashboard_auth.py)."""
     from dashboard.auth import required_token
 
     env = {k: v for k, v in env_example.items() if k not in ("DASHBOARD_TOKEN", "DASHBOARD_AUTH")}
-    dash = interpolate(raw, env)["services"]["dashboard"]["environment"]
+    with pytest.raises(KeyError, match="DASHBOARD_TOKEN"):
+        interpolate(raw, env)
+    dash = interpolate(raw, {**env, "DASHBOARD_TOKEN": "given"})["services"]["dashboard"]["environment"]
+    dash = {k: v for k, v in dash.items() if k != "DASHBOARD_TOKEN"}
     settings = Settings(**{k.lower(): v for k, v in dash.items() if k.lower() in Settings.model_fields})
     with pytest.raises(RuntimeError, match="DASHBOARD_TOKEN"):
         required_token(settings)
@@ -269,14 +277,15 @@ def test_every_image_is_pinned(services):
     # base images of the Dockerfile too (stages built FROM another stage are fine)
     for stage, image in stages.items():
         assert image in stages or pinned(image), f"Dockerfile stage {stage}: {image} not pinned"
-    assert services["kafka"]["image"].startswith("apache/kafka:3.9.")
+    for node in KAFKA_NODES:
+        assert services[node]["image"].startswith("apache/kafka:3.9.")
     assert re.fullmatch(r"postgres:15\.\d+(-\w+)?", services["postgres"]["image"])
 
 
 # ---------------------------------------------------------------- health and order
 def test_every_long_running_service_has_a_healthcheck(services):
     long_running = [n for n, s in services.items() if not one_shot(s)]
-    assert set(long_running) >= {"kafka", "postgres", "redis", "spark-master", "spark-worker", "spark-connect",
+    assert set(long_running) >= {*KAFKA_NODES, "postgres", "redis", "spark-master", "spark-worker", "spark-connect",
                                  "dagster-code", "dagster-webserver", "dagster-daemon",
                                  "producer-ecommerce", "producer-restaurant", "consumer", "dashboard"}
     for name in long_running:
@@ -299,7 +308,7 @@ def test_depends_on_waits_for_health_or_completion(services):
             want = "service_completed_successfully" if one_shot(services[dep]) else "service_healthy"
             assert spec["condition"] == want, f"{name} -> {dep}: {spec['condition']} (want {want})"
     needs = {
-        "kafka-init": {"kafka"}, "migrate": {"postgres"},
+        "kafka-init": set(KAFKA_NODES), "migrate": {"postgres"},
         "consumer": {"kafka-init", "migrate"}, "producer-ecommerce": {"kafka-init"},
         "producer-restaurant": {"kafka-init"}, "dashboard": {"migrate"},
         "dagster-code": {"migrate", "spark-connect"}, "dagster-webserver": {"dagster-code"},
@@ -324,20 +333,22 @@ def test_only_the_uis_are_published_and_the_consumer_scales(services, compose):
     assert services["dagster-ui"]["depends_on"] == {"dagster-webserver": {"condition": "service_healthy"}}
     consumer = services["consumer"]
     assert "ports" not in consumer and "hostname" not in consumer
-    # the data plane has no route out; only the UIs are on the published network
-    assert compose["networks"]["backend"]["internal"] is True
+    # the data plane has no route out; only the UIs are on a published (non-internal) network
+    # (who shares which network: test_networks_follow_need_to_reach)
     for name, service in services.items():
         nets = set(service.get("networks", []))
-        assert "backend" in nets, name
-        assert ("frontend" in nets) == (name in UI_PORTS.values()), name
+        assert nets, f"{name}: on no network (compose's default one joins everything)"
+        public = {n for n in nets if not compose["networks"][n].get("internal")}
+        assert bool(public) == (name in UI_PORTS.values()), name
 
 
 def test_data_lives_in_named_volumes(services, compose):
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
-    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
+    for node in KAFKA_NODES:
+        assert f"{node}-data:/var/lib/kafka/data" in services[node]["volumes"]
     for name in ("dagster-code", "dagster-webserver", "dagster-daemon"):
         assert "dagster-storage:/opt/dagster/storage" in services[name]["volumes"]
-    assert set(compose["volumes"]) == {"postgres-data", "kafka-data", "dagster-storage"}
+    assert set(compose["volumes"]) == {"postgres-data", *(f"{n}-data" for n in KAFKA_NODES), "dagster-storage"}
     init = next(v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v)
     assert (REPO / init.split(":")[0]).is_dir()
 
@@ -511,12 +522,13 @@ def test_every_environment_variable_is_one_something_reads(services):
 
 
 def test_connections_point_at_the_compose_services(services):
-    kafka_env = services["kafka"]["environment"]
-    advertised = urlsplit(kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")[0].replace("PLAINTEXT://", "//"))
+    advertised = [urlsplit(services[n]["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")[0]
+                           .replace("PLAINTEXT://", "//")) for n in KAFKA_NODES]
+    bootstrap = ",".join(f"{a.hostname}:{a.port}" for a in advertised)
     for name, service in services.items():
         env = service.get("environment", {})
         if "KAFKA_BOOTSTRAP_SERVERS" in env:
-            assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"{advertised.hostname}:{advertised.port}", name
+            assert env["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap, name  # every broker of the cluster
         if "SPARK_REMOTE" in env:
             assert env["SPARK_REMOTE"] == "sc://spark-connect:15002", name
         if "DATABASE_URL" in env:
@@ -524,7 +536,8 @@ def test_connections_point_at_the_compose_services(services):
             assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/" + services["postgres"]["environment"]["POSTGRES_DB"])
             # least privilege: only migrations and operations hold the admin password
             assert (url.password is not None) == (name in ("migrate", "ops")), name
-    assert advertised.hostname == "kafka" and services["kafka"].get("hostname") == "kafka"
+    for node, address in zip(KAFKA_NODES, advertised):
+        assert address.hostname == node and services[node].get("hostname") == node
     roles = {"consumer": "INGEST_DB_PASSWORD", "dashboard": "DASHBOARD_DB_PASSWORD",
              "dagster-code": "ANALYTICS_DB_PASSWORD"}
     for name, var in roles.items():
@@ -537,10 +550,11 @@ def test_connections_point_at_the_compose_services(services):
 
 
 def test_kafka_is_kraft_with_explicit_topics(services):
-    env = services["kafka"]["environment"]
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # kafka-init creates them with their partitions
-    assert env["KAFKA_LOG_RETENTION_HOURS"] == "168"
+    for node in KAFKA_NODES:
+        env = services[node]["environment"]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # kafka-init creates them with their partitions
+        assert env["KAFKA_LOG_RETENTION_HOURS"] == "168"
     assert command_of(services["kafka-init"]) == ["salespulse", "topics"]
     from salespulse.kafka import RETENTION_MS
     from salespulse.contracts import all_topic_partitions
@@ -548,6 +562,152 @@ def test_kafka_is_kraft_with_explicit_topics(services):
     assert RETENTION_MS == 7 * 24 * 3600 * 1000
     assert all_topic_partitions() == {"ecommerce.events": 6, "ecommerce.events.dlq": 1,
                                       "restaurant.orders": 3, "restaurant.orders.dlq": 1}
+
+
+def test_kafka_is_a_three_node_cluster_with_a_quorum_of_three(services):
+    """Three combined broker+controller nodes of one cluster, each its own id,
+    disk and advertised address, all three voters of the KRaft quorum."""
+    envs = {node: services[node]["environment"] for node in KAFKA_NODES}
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in envs.values()) == [1, 2, 3]
+    assert len({env["CLUSTER_ID"] for env in envs.values()}) == 1
+    voters = {f"{env['KAFKA_NODE_ID']}@{node}:9093" for node, env in envs.items()}
+    for node, env in envs.items():
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, node
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{node}:9092"
+        assert "CONTROLLER://:9093" in env["KAFKA_LISTENERS"].split(",")
+        # internal topics (consumer offsets, transactions) and any default: 3 replicas, 2 in sync
+        assert (env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], env["KAFKA_DEFAULT_REPLICATION_FACTOR"],
+                env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == ("3", "3", "3")
+        assert (env["KAFKA_MIN_INSYNC_REPLICAS"], env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == ("2", "2")
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    assert len({v for node in KAFKA_NODES for v in services[node]["volumes"]}) == 3  # a disk each
+    # a service that waits for Kafka waits for the three
+    waiting = [n for n, s in services.items() if set(KAFKA_NODES) & set(s.get("depends_on", {}))]
+    assert {"kafka-init", "consumer", "producer-ecommerce"} <= set(waiting)
+    for name in waiting:
+        assert set(KAFKA_NODES) <= set(services[name]["depends_on"]), name
+
+
+def test_topic_configs_the_setup_applies(services):
+    """What `salespulse topics` (kafka-init) creates with compose's environment:
+    3 replicas and min.insync.replicas=2 (one broker may be lost and acks=all
+    writes still go on); with the local defaults (one tansu broker): 1 and 1."""
+    from salespulse.contracts import all_topic_partitions
+    from salespulse.kafka import RETENTION_MS, producer_config, topic_specs
+
+    def rendered(env: dict) -> dict:
+        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()
+                                               if k.lower() in Settings.model_fields})
+        return {s.topic: (s.num_partitions, s.replication_factor, s.config) for s in topic_specs(settings=settings)}
+
+    init_env = services["kafka-init"]["environment"]
+    for env, (replicas, in_sync) in ((init_env, (3, 2)), ({}, (1, 1))):
+        specs = rendered(env)
+        assert set(specs) == set(all_topic_partitions())
+        for topic, (parts, factor, config) in specs.items():
+            assert (parts, factor) == (all_topic_partitions()[topic], replicas), topic
+            assert config == {"retention.ms": str(RETENTION_MS), "min.insync.replicas": str(in_sync)}, topic
+    assert len(KAFKA_NODES) >= 3 and 2 <= 3 - 1  # one broker lost: 2 replicas left, still min.insync
+    # every service that reaches Kafka renders the same (producers and the consumer create missing topics too)
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if "KAFKA_BOOTSTRAP_SERVERS" in env:
+            assert rendered(env) == rendered(init_env), name
+    with pytest.raises(ValueError, match="exceeds"):
+        topic_specs(settings=Settings(topic_replication_factor=1, topic_min_insync_replicas=2))
+    # the producers wait for every in-sync replica, without duplicates from their retries
+    config = producer_config("kafka-1:9092")
+    assert config["acks"] == "all" and config["enable.idempotence"] is True
+
+
+#: Who connects to whom (client -> servers). A network joins a server with its
+#: clients; nothing else may share a network with an internet-facing service.
+NEEDS = {
+    **{node: set(KAFKA_NODES) - {node} for node in KAFKA_NODES},  # replication and the KRaft quorum
+    "kafka-init": set(KAFKA_NODES),
+    "migrate": {"postgres"},
+    "ops": {"postgres", *KAFKA_NODES},
+    "producer-ecommerce": set(KAFKA_NODES),
+    "producer-restaurant": set(KAFKA_NODES),
+    "consumer": {"postgres", *KAFKA_NODES},
+    "spark-master": set(),
+    "spark-worker": {"spark-master", "spark-connect", "postgres"},  # executors <-> driver; JDBC
+    "spark-connect": {"spark-master", "spark-worker", "postgres"},
+    "dagster-code": {"postgres", "spark-connect", *KAFKA_NODES},
+    "dagster-webserver": {"postgres", "dagster-code"},
+    "dagster-daemon": {"postgres", "dagster-code"},
+    "dagster-ui": {"dagster-webserver"},
+    "dashboard": {"postgres", "redis"},
+    "postgres": set(),
+    "redis": set(),
+}
+#: Reachable from the internet (published) or one proxy hop behind it: these share
+#: a network with exactly what they need (or what needs them), nothing more.
+EXPOSED = ("dashboard", "dagster-ui", "dagster-webserver")
+
+
+def neighbours(compose: dict) -> dict[str, set[str]]:
+    """Service -> the services it shares at least one network with."""
+    members: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        for net in service.get("networks", []):
+            members.setdefault(net, set()).add(name)
+    return {name: set().union(*(members[n] for n in s.get("networks", []))) - {name}
+            for name, s in compose["services"].items()}
+
+
+def test_networks_follow_need_to_reach(compose):
+    services = compose["services"]
+    assert set(NEEDS) == set(services), "a service was added or removed: declare what it needs to reach"
+    reach = neighbours(compose)
+    for client, servers in NEEDS.items():
+        for server in servers:
+            assert server in reach[client], f"{client} needs {server} but shares no network with it"
+    for name in EXPOSED:
+        wanted = NEEDS[name] | {other for other, servers in NEEDS.items() if name in servers}
+        assert reach[name] == wanted, f"{name} shares a network with {sorted(reach[name] - wanted)}"
+    assert reach["dashboard"] == {"postgres", "redis"}
+    for name in ("dashboard", "dagster-ui"):
+        assert not reach[name] & {*KAFKA_NODES, "spark-master", "spark-worker", "spark-connect", "dagster-code"}
+    # Redis holds the limiter's counters: the dashboard is its only client
+    assert reach["redis"] == {"dashboard"}
+    # only the published services' own networks route out, one service each
+    for net, spec in compose["networks"].items():
+        users = {n for n, s in services.items() if net in s.get("networks", [])}
+        if not (spec or {}).get("internal"):
+            assert len(users) == 1 and users <= set(UI_PORTS.values()), f"{net}: {users}"
+
+
+def test_the_matrix_check_catches_a_shared_network(compose):
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["dashboard"]["networks"].append("kafka")
+    assert {"kafka-1", "consumer"} <= neighbours(broken)["dashboard"]
+
+
+def test_published_ports_bind_to_loopback_unless_an_address_is_set(raw, env_example):
+    def bindings(env):
+        out = {}
+        for name, service in interpolate(raw, env)["services"].items():
+            for port in service.get("ports", []):
+                host_ip, host_port, container = str(port).split(":")
+                out[name] = (host_ip, int(host_port), int(container))
+        return out
+
+    unset = {k: v for k, v in env_example.items() if k != "BIND_ADDRESS"}
+    assert bindings(unset) == {"dashboard": ("127.0.0.1", 5000, 5000), "dagster-ui": ("127.0.0.1", 3000, 8080)}
+    assert env_example.get("BIND_ADDRESS", "127.0.0.1") == "127.0.0.1"
+    opened = bindings({**unset, "BIND_ADDRESS": "192.0.2.10"})
+    assert {ip for ip, _, _ in opened.values()} == {"192.0.2.10"}
+
+
+def test_dashboard_trusts_forwarded_headers_from_named_addresses_only(raw, env_example):
+    def allowed(env):
+        argv = command_of(interpolate(raw, env)["services"]["dashboard"])
+        return argv[argv.index("--forwarded-allow-ips") + 1]
+
+    assert allowed({k: v for k, v in env_example.items() if k != "DASHBOARD_FORWARDED_ALLOW_IPS"}) == "127.0.0.1"
+    assert allowed({**env_example, "DASHBOARD_FORWARDED_ALLOW_IPS": "10.0.0.5"}) == "10.0.0.5"
+    assert "*" not in COMPOSE_FILE.read_text().split("--forwarded-allow-ips")[1].split("]")[0]
 
 
 # ---------------------------------------------------------------- Dockerfile

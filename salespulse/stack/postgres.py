@@ -21,9 +21,11 @@ from pathlib import Path
 
 import psycopg2
 
+from salespulse.settings import LOCAL_ADMIN_PASSWORD, LOCAL_ADMIN_USER
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
-ADMIN_USER = ADMIN_PASSWORD = "salespulse"
+ADMIN_USER, ADMIN_PASSWORD = LOCAL_ADMIN_USER, LOCAL_ADMIN_PASSWORD
 
 
 class EmbeddedPostgres:

@@ -41,20 +41,52 @@ def built_from(service: dict, target: str) -> bool:
     return "build" in service and service["build"]["target"] == target
 
 
+#: The compose stack's PostgreSQL admin on the test cluster (POSTGRES_USER).
+COMPOSE_ADMIN = "compose_admin"
+#: What a user puts in .env for every secret: long, not published (the services'
+#: `salespulse check-secrets` entry point refuses anything else).
+COMPOSE_SECRETS = {
+    "POSTGRES_PASSWORD": "compose-admin-pw-5b1d9e",
+    "INGEST_DB_PASSWORD": "compose-ingest-pw-2c7f", "ANALYTICS_DB_PASSWORD": "compose-analytics-pw-8e4a",
+    "DASHBOARD_DB_PASSWORD": "compose-dashboard-pw-61d0", "DAGSTER_PG_PASSWORD": "compose-dagster-pw-93b2",
+    "DASHBOARD_TOKEN": "compose-dashboard-token", "REDIS_PASSWORD": "compose-redis-pw-4f0e",
+    "DAGSTER_UI_PASSWORD": "compose-dagster-ui-pw",
+}
+
+
+def compose_admin_role(admin_url: str) -> None:
+    """The compose admin (a superuser, as the postgres image's POSTGRES_USER) on the
+    test cluster, with its .env password: the cluster's own admin has the local
+    stack's published password, which no compose service accepts."""
+    import psycopg2
+
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (COMPOSE_ADMIN,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        cur.execute(f"{verb} ROLE {COMPOSE_ADMIN} LOGIN SUPERUSER PASSWORD %s", (COMPOSE_SECRETS["POSTGRES_PASSWORD"],))
+    conn.close()
+
+
 def compose_env(admin_url: str, db: str) -> dict[str, str]:
-    """.env.example with real values where it has placeholders (what a user puts in .env)."""
-    admin = urlsplit(admin_url)
+    """.env.example with real values where it has placeholders (what a user puts in
+    .env); the admin is :data:`COMPOSE_ADMIN`, created on ``admin_url``'s cluster."""
+    compose_admin_role(admin_url)
     env_file = read_env_file(REPO / ".env.example")
+    env_file.update(COMPOSE_SECRETS)
     env_file.update({
-        "POSTGRES_USER": admin.username, "POSTGRES_PASSWORD": admin.password, "POSTGRES_DB": db,
-        "INGEST_DB_PASSWORD": "ingest-local", "ANALYTICS_DB_PASSWORD": "analytics-local",
-        "DASHBOARD_DB_PASSWORD": "dashboard-local", "DAGSTER_PG_USERNAME": "compose_dagster",
-        "DAGSTER_PG_PASSWORD": "compose-dagster-pw", "DAGSTER_PG_DB": "compose_dagster",
-        "DASHBOARD_TOKEN": "compose-dashboard-token", "REDIS_PASSWORD": "compose-redis-pw",
-        "DAGSTER_UI_USER": "operator", "DAGSTER_UI_PASSWORD": "compose-dagster-ui-pw",
+        "POSTGRES_USER": COMPOSE_ADMIN, "POSTGRES_DB": db,
+        "DAGSTER_PG_USERNAME": "compose_dagster", "DAGSTER_PG_DB": "compose_dagster", "DAGSTER_UI_USER": "operator",
         "ECOMMERCE_EVENTS_PER_SECOND": "20", "RESTAURANT_ORDERS_PER_SECOND": "2",
     })
     return env_file
+
+
+def container_command(service: dict, argv: list[str] | None = None) -> list[str]:
+    """What the container runs: its entry point, then ``argv`` (``docker compose run
+    SERVICE ARGV``) or its command."""
+    return [*(service.get("entrypoint") or []), *(argv or command_of(service))]
 
 
 def image_env(venv: Path, state: Path, stage: str = "app") -> dict[str, str]:
@@ -154,13 +186,13 @@ class Stack:
 
     def run(self, name: str, argv: list[str] | None = None, timeout: float = 300,
             **env_overrides: str) -> subprocess.CompletedProcess:
-        cmd = self.argv(name, argv or command_of(self.services[name]))
+        cmd = self.argv(name, container_command(self.services[name], argv))
         return subprocess.run(cmd, env={**self.env_of(name), **env_overrides}, cwd=self.cwd, capture_output=True,
                               text=True, timeout=timeout)
 
     def start(self, name: str) -> None:
         log = open(self.logs / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen(self.argv(name, command_of(self.services[name])), env=self.env_of(name),
+        self.procs[name] = subprocess.Popen(self.argv(name, container_command(self.services[name])), env=self.env_of(name),
                                             cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log_tail(self, name: str) -> str:

@@ -38,12 +38,24 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
 
-def start_redis(args: list[str] | None = None, port: int | None = None) -> subprocess.Popen:
-    """redis-server with ``args`` (compose's command line, or a default), on ``port``."""
+def start_redis(args: list[str] | None = None, port: int | None = None, *, password: str | None = None,
+                entrypoint: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """redis-server with ``args`` (compose's command line, or a default), on ``port``.
+
+    The password never goes on the command line (``ps`` shows it): either
+    ``password`` is written as configuration to its standard input
+    (``redis-server ... -``), or ``entrypoint`` (compose's, with ``env``) does that."""
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-    argv = [exe, *(args or [])]
-    return subprocess.Popen(argv + ["--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
-                                    "--dir", "/tmp"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    argv = [exe, *(args or []), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no", "--dir", "/tmp"]
+    if entrypoint:
+        return subprocess.Popen([*entrypoint, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    if password is None:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([*argv, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    process.stdin.write(f'requirepass "{password}"\n'.encode())
+    process.stdin.close()
+    return process
 
 
 def wait_for_redis(client: redis.Redis, process: subprocess.Popen, deadline_s: float = 30) -> None:
@@ -61,7 +73,7 @@ def wait_for_redis(client: redis.Redis, process: subprocess.Popen, deadline_s: f
 @pytest.fixture(scope="session")
 def redis_server():
     port, password = _free_port(), "test-redis-password"
-    process = start_redis(["--requirepass", password, "--save", "", "--appendonly", "no"], port)
+    process = start_redis(["--save", "", "--appendonly", "no"], port, password=password)
     server = RedisServer(port, password, process)
     try:
         wait_for_redis(server.client(), process)

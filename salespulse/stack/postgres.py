@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg2
 
+from salespulse.private_dir import let_group_traverse, private_dir
 from salespulse.settings import LOCAL_ADMIN_PASSWORD, LOCAL_ADMIN_USER
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -62,12 +63,13 @@ class EmbeddedPostgres:
             shutil.chown(path, pw.pw_uid, pw.pw_gid)
 
     def init(self) -> None:
-        """Create the cluster if missing (idempotent)."""
+        """Create the cluster if missing (idempotent); the state folder private either way."""
+        private_dir(self.root.parent)
+        let_group_traverse(self.root.parent)  # as root: the postgres user reaches its cluster (0710)
         if (self.data_dir / "PG_VERSION").exists():
             return
-        for path in (self.root.parent, self.root, self.socket_dir):
+        for path in (self.root, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self.root.parent.chmod(0o755)
         for path in (self.root, self.socket_dir):
             self._chown(path)
         subprocess.run(

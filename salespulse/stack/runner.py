@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from salespulse.dagster_daemon import stop_seconds
+from salespulse.private_dir import NotPrivate, private_dir
 from salespulse.settings import Settings, get_settings
 from salespulse.stack.postgres import EmbeddedPostgres
 
@@ -181,8 +182,11 @@ def up(args) -> int:
     from salespulse.stack import supervise
 
     settings = get_settings()
-    settings.salespulse_state_dir.mkdir(parents=True, exist_ok=True)
-    settings.salespulse_state_dir.chmod(0o755)
+    try:
+        private_dir(settings.salespulse_state_dir)  # ours and 0700, or refused (salespulse/private_dir.py)
+    except NotPrivate as exc:
+        print(f"salespulse stack: {exc}", file=sys.stderr)
+        return 2
     services = plan(settings)
     for service in services:
         wait = ["--wait", str(ready_marker(settings))] if service.needs_setup else []

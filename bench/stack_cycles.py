@@ -38,7 +38,8 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from salespulse.dagster_runs import REPORT_TABLES, report_lags  # noqa: E402
+from salespulse.catalog import DOMAINS  # noqa: E402
+from salespulse.dagster_runs import report_lags  # noqa: E402
 from tests.support.stack import LocalStack  # noqa: E402
 
 REPAIRED_AT_START = re.compile(r"start: (\d+) orphaned run\(s\) repaired")
@@ -54,8 +55,8 @@ def reports_current(stack: LocalStack, started: datetime) -> bool:
         with conn.cursor() as cur:
             lags = report_lags(cur)
             written = []
-            for _raw, overview in REPORT_TABLES.values():
-                cur.execute(f"SELECT max(computed_at) FROM {overview}")
+            for domain in DOMAINS.values():
+                cur.execute(f"SELECT max(computed_at) FROM {domain.overview}")
                 written.append(cur.fetchone()[0])
     except psycopg2.Error:
         return False  # migrations still running

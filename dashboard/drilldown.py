@@ -34,7 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dashboard.db import Database
 from dashboard.params import EARLIEST, LATEST, MAX_SPAN, BadParameter, Params, _utc, parse
-from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.catalog import DOMAINS, Report
 from salespulse.csv_safe import csv_line  # formula-safe cells (OWASP CSV injection)
 from salespulse.settings import Settings
 
@@ -46,23 +46,34 @@ MAX_CSV_ROWS = 100_000
 CSV_PAGE = 5_000  # rows per query while streaming the CSV (keyset pages)
 MAX_REPORT_ROWS = 60  # newest report windows listed (totals cover the whole span)
 
-Domain = Literal["ecommerce", "restaurant"]
-ReportName = Literal["overview", "category", "product", "item", "channel"]
+Domain = Literal[tuple(DOMAINS)]
+ReportName = Literal[tuple(dict.fromkeys(r.name for d in DOMAINS.values() for r in d.reports))]
 EventType = Literal["page_view", "search", "add_to_cart", "remove_from_cart", "purchase"]
 
 
 @dataclass(frozen=True)
 class ReportSpec:
-    """One report of a domain: its table, the column a figure's ``value``
-    selects, the columns that add up over windows, and its raw rows."""
+    """One report of a domain (its table, the column a figure's ``value``
+    selects and the columns that add up over windows: ``salespulse/catalog.py``)
+    and how to narrow its raw rows to a figure's."""
 
-    table: str
-    dimension: str | None
-    additive: tuple[str, ...]
-    raw_table: str  # "events" or "orders"
+    report: Report
+    raw_table: str  # the domain's raw table: "events" or "orders"
     raw_join: str = ""  # joins narrowing the raw rows to the figure's (may use %(value)s)
     raw_where: str = ""  # extra condition (may use %(value)s)
     matched: bool = False  # restaurant lines of the category/item: matched_quantity, matched_revenue
+
+    @property
+    def table(self) -> str:
+        return self.report.table
+
+    @property
+    def dimension(self) -> str | None:
+        return self.report.dimension
+
+    @property
+    def additive(self) -> tuple[str, ...]:
+        return self.report.additive
 
 
 # the timestamp in each join: the partition key (sql/100), so one month partition is read
@@ -72,38 +83,24 @@ _LINES = ("JOIN LATERAL (SELECT sum(i.quantity) AS quantity, sum(i.line_total) A
           "WHERE i.order_id = o.order_id AND i.\"timestamp\" = o.\"timestamp\" AND i.{column} = %(value)s) "
           "m ON m.quantity IS NOT NULL")  # the timestamp: order_items' partition key (sql/100)
 
+#: (domain, report) -> how its raw rows are found (every report of the catalogue has one)
+_RAW_ROWS = {
+    ("ecommerce", "overview"): dict(raw_join='LEFT JOIN transactions t ON t."timestamp" = e."timestamp" '
+                                             "AND t.event_id = e.event_id "
+                                             "LEFT JOIN products p ON p.product_id = e.product_id"),
+    ("ecommerce", "category"): dict(raw_join=_PURCHASE, raw_where="p.category = %(value)s"),
+    ("ecommerce", "product"): dict(raw_join=_PURCHASE, raw_where="t.product_id = %(value)s"),
+    ("restaurant", "overview"): {},
+    ("restaurant", "channel"): dict(raw_where="o.channel = %(value)s"),
+    ("restaurant", "category"): dict(raw_join=_LINES.format(column="category"), matched=True),
+    ("restaurant", "item"): dict(raw_join=_LINES.format(column="item_id"), matched=True),
+}
 REPORTS: dict[tuple[str, str], ReportSpec] = {
-    ("ecommerce", "overview"): ReportSpec(
-        "report_ecommerce_overview_minute", None,
-        ("events", "page_views", "searches", "add_to_carts", "remove_from_carts", "purchases", "revenue", "units"),
-        "events", 'LEFT JOIN transactions t ON t."timestamp" = e."timestamp" AND t.event_id = e.event_id '
-                  "LEFT JOIN products p ON p.product_id = e.product_id"),
-    ("ecommerce", "category"): ReportSpec(
-        "report_ecommerce_category_minute", "category", ("revenue", "units", "orders"),
-        "events", _PURCHASE, "p.category = %(value)s"),
-    ("ecommerce", "product"): ReportSpec(
-        "report_ecommerce_product_minute", "product_id", ("revenue", "units", "orders"),
-        "events", _PURCHASE, "t.product_id = %(value)s"),
-    ("restaurant", "overview"): ReportSpec(
-        "report_restaurant_overview_minute", None, ("orders", "items_sold", "revenue"), "orders"),
-    ("restaurant", "channel"): ReportSpec(
-        "report_restaurant_channel_minute", "channel", ("orders", "revenue"), "orders",
-        raw_where="o.channel = %(value)s"),
-    ("restaurant", "category"): ReportSpec(
-        "report_restaurant_category_minute", "category", ("quantity", "revenue", "orders"), "orders",
-        _LINES.format(column="category"), matched=True),
-    ("restaurant", "item"): ReportSpec(
-        "report_restaurant_item_minute", "item_id", ("quantity", "revenue", "orders"), "orders",
-        _LINES.format(column="item_id"), matched=True),
-}
+    (d.name, r.name): ReportSpec(r, d.raw_table, **_RAW_ROWS[(d.name, r.name)])
+    for d in DOMAINS.values() for r in d.reports}
 
-TOPIC_OF = {"events": ECOMMERCE_TOPIC.name, "orders": RESTAURANT_TOPIC.name}
-RAW_COLUMNS = {
-    "events": ("event_id", "event_type", "timestamp", "user_id", "session_id", "product_id", "category",
-               "quantity", "total_amount"),
-    "orders": ("order_id", "timestamp", "restaurant_id", "channel", "table_number", "item_count",
-               "total_amount", "payment_method"),
-}
+TOPIC_OF = {d.raw_table: d.topic for d in DOMAINS.values()}
+RAW_COLUMNS = {d.raw_table: d.raw_columns for d in DOMAINS.values()}
 ORIGIN_COLUMNS = ("topic", "partition", "offset", "ingested_at")
 
 

@@ -14,6 +14,11 @@ from dashboard.db import Database
 from dashboard.params import (
     ItemParams, LimitParams, PeakHoursParams, PipelineParams, RangeAllParams, TimeRange, TimelineParams,
 )
+from salespulse.catalog import DOMAINS, ECOMMERCE, RESTAURANT
+from salespulse.report_queries import PEAK_HOURS_SQL
+
+E_OVERVIEW, E_CATEGORY, E_PRODUCT = ECOMMERCE.tables
+R_OVERVIEW, R_ITEM, R_CATEGORY, R_CHANNEL = RESTAURANT.tables
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
 #: reports_current_sensor records every minute; a record older than this means it is not running
@@ -51,7 +56,7 @@ def ecommerce_summary(db: Database, p: RangeAllParams) -> dict:
                 "avg_order_value": round(_div(row["revenue"], row["orders"]), 2),
                 "conversion_rate": None, "cart_abandonment_rate": None}
     row = db.query(
-        """SELECT COALESCE(SUM(events), 0)::BIGINT AS events,
+        f"""SELECT COALESCE(SUM(events), 0)::BIGINT AS events,
                   COALESCE(SUM(revenue), 0)::NUMERIC(14, 2) AS revenue,
                   COALESCE(SUM(purchases), 0)::BIGINT AS orders,
                   COALESCE(SUM(units), 0)::BIGINT AS units,
@@ -61,10 +66,10 @@ def ecommerce_summary(db: Database, p: RangeAllParams) -> dict:
                   COALESCE(MAX(active_users), 0)::BIGINT AS active_users_peak,
                   COALESCE(ROUND(AVG(active_users), 1), 0)::FLOAT AS active_users_avg,
                   COUNT(*) AS windows, MAX(window_start) AS last_window_start
-           FROM report_ecommerce_overview_minute
+           FROM {E_OVERVIEW}
            WHERE window_start >= %(start)s AND window_start < %(end)s""", _window(p))[0]
     carted = row["sessions_carted"]
-    return {**_meta(p), "source": "report_ecommerce_overview_minute", **row,
+    return {**_meta(p), "source": E_OVERVIEW, **row,
             "avg_order_value": round(_div(row["revenue"], row["orders"]), 2),
             "conversion_rate": round(_div(row["sessions_purchased"], row["sessions_viewed"]), 4),
             "cart_abandonment_rate": round(_div(carted - min(carted, row["sessions_purchased"]), carted), 4)}
@@ -80,7 +85,7 @@ def ecommerce_timeline(db: Database, p: TimelineParams) -> dict:
                 "points": rows[::-1]}
     width = p.bucket_width()
     rows = db.query(
-        """WITH b AS (
+        f"""WITH b AS (
                SELECT t FROM generate_series(date_bin(%(bucket)s, %(start)s::TIMESTAMPTZ, %(origin)s),
                                              %(end)s::TIMESTAMPTZ, %(bucket)s) AS t
                WHERE t < %(end)s),
@@ -90,7 +95,7 @@ def ecommerce_timeline(db: Database, p: TimelineParams) -> dict:
                       SUM(add_to_carts) AS add_to_carts, SUM(remove_from_carts) AS remove_from_carts,
                       SUM(purchases) AS purchases, SUM(revenue) AS revenue, SUM(units) AS units,
                       MAX(active_users) AS active_users
-               FROM report_ecommerce_overview_minute
+               FROM {E_OVERVIEW}
                WHERE window_start >= %(start)s AND window_start < %(end)s
                GROUP BY 1)
            SELECT b.t, COALESCE(events, 0)::BIGINT AS events, COALESCE(page_views, 0)::BIGINT AS page_views,
@@ -101,7 +106,7 @@ def ecommerce_timeline(db: Database, p: TimelineParams) -> dict:
            FROM b LEFT JOIN r USING (t) ORDER BY b.t""",
         {**_window(p), "bucket": width, "origin": ORIGIN})
     return {**_meta(p), "bucket_seconds": int(width.total_seconds()),
-            "source": "report_ecommerce_overview_minute", "points": rows}
+            "source": E_OVERVIEW, "points": rows}
 
 
 def ecommerce_top_products(db: Database, p: LimitParams) -> dict:
@@ -111,13 +116,13 @@ def ecommerce_top_products(db: Database, p: LimitParams) -> dict:
                FROM top_products ORDER BY revenue DESC, product_id LIMIT %(limit)s""", {"limit": p.limit})
         return {**_meta(p), "source": "top_products", "products": rows}
     rows = db.query(
-        """SELECT product_id, MAX(product_name) AS product_name, MAX(category) AS category,
+        f"""SELECT product_id, MAX(product_name) AS product_name, MAX(category) AS category,
                   SUM(revenue)::NUMERIC(14, 2) AS revenue, SUM(units)::BIGINT AS units, SUM(orders)::BIGINT AS orders
-           FROM report_ecommerce_product_minute
+           FROM {E_PRODUCT}
            WHERE window_start >= %(start)s AND window_start < %(end)s
            GROUP BY product_id ORDER BY revenue DESC, product_id LIMIT %(limit)s""",
         {**_window(p), "limit": p.limit})
-    return {**_meta(p), "source": "report_ecommerce_product_minute", "products": rows}
+    return {**_meta(p), "source": E_PRODUCT, "products": rows}
 
 
 def ecommerce_by_category(db: Database, p: RangeAllParams) -> dict:
@@ -127,12 +132,12 @@ def ecommerce_by_category(db: Database, p: RangeAllParams) -> dict:
                ORDER BY revenue DESC, category LIMIT 200""")
         return {**_meta(p), "source": "sales_by_category", "categories": rows}
     rows = db.query(
-        """SELECT category, SUM(revenue)::NUMERIC(14, 2) AS revenue, SUM(units)::BIGINT AS units,
+        f"""SELECT category, SUM(revenue)::NUMERIC(14, 2) AS revenue, SUM(units)::BIGINT AS units,
                   SUM(orders)::BIGINT AS orders
-           FROM report_ecommerce_category_minute
+           FROM {E_CATEGORY}
            WHERE window_start >= %(start)s AND window_start < %(end)s
            GROUP BY category ORDER BY revenue DESC, category LIMIT 200""", _window(p))
-    return {**_meta(p), "source": "report_ecommerce_category_minute", "categories": rows}
+    return {**_meta(p), "source": E_CATEGORY, "categories": rows}
 
 
 EVENT_TYPES = ("page_view", "search", "add_to_cart", "remove_from_cart", "purchase")
@@ -140,13 +145,13 @@ EVENT_TYPES = ("page_view", "search", "add_to_cart", "remove_from_cart", "purcha
 
 def ecommerce_event_types(db: Database, p: TimeRange) -> dict:
     row = db.query(
-        """SELECT COALESCE(SUM(page_views), 0)::BIGINT AS page_view, COALESCE(SUM(searches), 0)::BIGINT AS search,
+        f"""SELECT COALESCE(SUM(page_views), 0)::BIGINT AS page_view, COALESCE(SUM(searches), 0)::BIGINT AS search,
                   COALESCE(SUM(add_to_carts), 0)::BIGINT AS add_to_cart,
                   COALESCE(SUM(remove_from_carts), 0)::BIGINT AS remove_from_cart,
                   COALESCE(SUM(purchases), 0)::BIGINT AS purchase
-           FROM report_ecommerce_overview_minute
+           FROM {E_OVERVIEW}
            WHERE window_start >= %(start)s AND window_start < %(end)s""", _window(p))[0]
-    return {**_meta(p), "source": "report_ecommerce_overview_minute",
+    return {**_meta(p), "source": E_OVERVIEW,
             "event_types": [{"event_type": t, "count": row[t]} for t in EVENT_TYPES]}
 
 
@@ -176,12 +181,12 @@ def ecommerce_realtime(db: Database, p=None) -> dict:
 # ---------------------------------------------------------------- restaurant
 def restaurant_summary(db: Database, p: TimeRange) -> dict:
     row = db.query(
-        """SELECT COALESCE(SUM(orders), 0)::BIGINT AS orders, COALESCE(SUM(items_sold), 0)::BIGINT AS items_sold,
+        f"""SELECT COALESCE(SUM(orders), 0)::BIGINT AS orders, COALESCE(SUM(items_sold), 0)::BIGINT AS items_sold,
                   COALESCE(SUM(revenue), 0)::NUMERIC(14, 2) AS revenue,
                   COUNT(*) AS windows, MAX(window_start) AS last_window_start
-           FROM report_restaurant_overview_minute
+           FROM {R_OVERVIEW}
            WHERE window_start >= %(start)s AND window_start < %(end)s""", _window(p))[0]
-    return {**_meta(p), "source": "report_restaurant_overview_minute", **row,
+    return {**_meta(p), "source": R_OVERVIEW, **row,
             "avg_ticket": round(_div(row["revenue"], row["orders"]), 2),
             "items_per_order": round(_div(row["items_sold"], row["orders"]), 2)}
 
@@ -189,14 +194,14 @@ def restaurant_summary(db: Database, p: TimeRange) -> dict:
 def restaurant_timeline(db: Database, p: TimelineParams) -> dict:
     width = p.bucket_width()
     rows = db.query(
-        """WITH b AS (
+        f"""WITH b AS (
                SELECT t FROM generate_series(date_bin(%(bucket)s, %(start)s::TIMESTAMPTZ, %(origin)s),
                                              %(end)s::TIMESTAMPTZ, %(bucket)s) AS t
                WHERE t < %(end)s),
            r AS (
                SELECT date_bin(%(bucket)s, window_start, %(origin)s) AS t, SUM(orders) AS orders,
                       SUM(items_sold) AS items_sold, SUM(revenue) AS revenue
-               FROM report_restaurant_overview_minute
+               FROM {R_OVERVIEW}
                WHERE window_start >= %(start)s AND window_start < %(end)s
                GROUP BY 1)
            SELECT b.t, COALESCE(orders, 0)::BIGINT AS orders, COALESCE(items_sold, 0)::BIGINT AS items_sold,
@@ -205,7 +210,7 @@ def restaurant_timeline(db: Database, p: TimelineParams) -> dict:
            FROM b LEFT JOIN r USING (t) ORDER BY b.t""",
         {**_window(p), "bucket": width, "origin": ORIGIN})
     return {**_meta(p), "bucket_seconds": int(width.total_seconds()),
-            "source": "report_restaurant_overview_minute", "points": rows}
+            "source": R_OVERVIEW, "points": rows}
 
 
 def restaurant_top_items(db: Database, p: ItemParams) -> dict:
@@ -213,46 +218,37 @@ def restaurant_top_items(db: Database, p: ItemParams) -> dict:
     rows = db.query(
         f"""SELECT item_id, MAX(name) AS name, MAX(category) AS category, SUM(quantity)::BIGINT AS quantity,
                    SUM(revenue)::NUMERIC(14, 2) AS revenue, SUM(orders)::BIGINT AS orders
-            FROM report_restaurant_item_minute
+            FROM {R_ITEM}
             WHERE window_start >= %(start)s AND window_start < %(end)s
             GROUP BY item_id ORDER BY {order}, item_id LIMIT %(limit)s""",
         {**_window(p), "limit": p.limit})
-    return {**_meta(p), "sort": p.sort, "source": "report_restaurant_item_minute", "items": rows}
+    return {**_meta(p), "sort": p.sort, "source": R_ITEM, "items": rows}
 
 
 def restaurant_by_category(db: Database, p: TimeRange) -> dict:
     rows = db.query(
-        """SELECT category, SUM(quantity)::BIGINT AS quantity, SUM(revenue)::NUMERIC(14, 2) AS revenue,
+        f"""SELECT category, SUM(quantity)::BIGINT AS quantity, SUM(revenue)::NUMERIC(14, 2) AS revenue,
                   SUM(orders)::BIGINT AS orders
-           FROM report_restaurant_category_minute
+           FROM {R_CATEGORY}
            WHERE window_start >= %(start)s AND window_start < %(end)s
            GROUP BY category ORDER BY revenue DESC, category LIMIT 200""", _window(p))
-    return {**_meta(p), "source": "report_restaurant_category_minute", "categories": rows}
+    return {**_meta(p), "source": R_CATEGORY, "categories": rows}
 
 
 def restaurant_channels(db: Database, p: TimeRange) -> dict:
     rows = db.query(
-        """SELECT channel, SUM(orders)::BIGINT AS orders, SUM(revenue)::NUMERIC(14, 2) AS revenue,
+        f"""SELECT channel, SUM(orders)::BIGINT AS orders, SUM(revenue)::NUMERIC(14, 2) AS revenue,
                   CASE WHEN SUM(orders) = 0 THEN 0 ELSE ROUND(SUM(revenue) / SUM(orders), 2) END::NUMERIC(14, 2) AS avg_ticket
-           FROM report_restaurant_channel_minute
+           FROM {R_CHANNEL}
            WHERE window_start >= %(start)s AND window_start < %(end)s
            GROUP BY channel ORDER BY channel""", _window(p))
-    return {**_meta(p), "source": "report_restaurant_channel_minute", "channels": rows}
+    return {**_meta(p), "source": R_CHANNEL, "channels": rows}
 
 
 def restaurant_peak_hours(db: Database, p: PeakHoursParams) -> dict:
-    rows = db.query(
-        """WITH h AS (SELECT generate_series(0, 23) AS hour),
-           r AS (SELECT EXTRACT(HOUR FROM window_start AT TIME ZONE %(tz)s)::INT AS hour,
-                        SUM(orders) AS orders, SUM(revenue) AS revenue
-                 FROM report_restaurant_overview_minute
-                 WHERE window_start >= %(start)s AND window_start < %(end)s
-                 GROUP BY 1)
-           SELECT h.hour, COALESCE(orders, 0)::BIGINT AS orders, COALESCE(revenue, 0)::NUMERIC(14, 2) AS revenue
-           FROM h LEFT JOIN r USING (hour) ORDER BY h.hour""",
-        {**_window(p), "tz": p.tz})
+    rows = db.query(PEAK_HOURS_SQL, {**_window(p), "tz": p.tz})
     peak = max(rows, key=lambda r: (r["orders"], -r["hour"])) if rows else None
-    return {**_meta(p), "tz": p.tz, "source": "report_restaurant_overview_minute", "hours": rows,
+    return {**_meta(p), "tz": p.tz, "source": R_OVERVIEW, "hours": rows,
             "peak_hour": peak["hour"] if peak and peak["orders"] else None}
 
 
@@ -303,23 +299,17 @@ def pipeline_status(db: Database, p: PipelineParams, dagster_ui_url: str) -> dic
            FROM dead_letters WHERE received_at >= %(start)s AND received_at < %(end)s
            ORDER BY received_at DESC, id DESC LIMIT %(limit)s""", {**w, "limit": p.limit})
     # computed_at is indexed (sql/030): the newest write, even a backfill of old windows
-    reports = db.query(
-        """SELECT 'ecommerce' AS domain,
-                  (SELECT max(window_start) FROM report_ecommerce_overview_minute) AS window_start,
-                  (SELECT max(computed_at) FROM report_ecommerce_overview_minute) AS computed_at
-           UNION ALL
-           SELECT 'restaurant',
-                  (SELECT max(window_start) FROM report_restaurant_overview_minute),
-                  (SELECT max(computed_at) FROM report_restaurant_overview_minute)""")
+    reports = db.query(" UNION ALL ".join(
+        f"""SELECT '{d.name}' AS domain, (SELECT max(window_start) FROM {d.overview}) AS window_start,
+                   (SELECT max(computed_at) FROM {d.overview}) AS computed_at""" for d in DOMAINS.values()))
     runs = db.query(
         """SELECT run_id, job_name, status, partition, left(message, 500) AS message, recorded_at
            FROM pipeline_runs ORDER BY recorded_at DESC LIMIT %(limit)s""", {"limit": p.limit})
     # what reached the raw tables in the last minute (indexed "timestamp" ranges):
     # a throughput figure that does not depend on the Dagster lag sensor running
-    ingest = db.query(
-        """SELECT now() AS now,
-                  (SELECT count(*) FROM events WHERE "timestamp" >= now() - INTERVAL '1 minute')::BIGINT AS events,
-                  (SELECT count(*) FROM orders WHERE "timestamp" >= now() - INTERVAL '1 minute')::BIGINT AS orders""")[0]
+    ingest = db.query("SELECT now() AS now, " + ", ".join(
+        f"""(SELECT count(*) FROM {d.raw_table} WHERE "timestamp" >= now() - INTERVAL '1 minute')::BIGINT
+            AS {d.raw_table}""" for d in DOMAINS.values()))[0]
     now = ingest["now"]
     last_report = max((r["computed_at"] for r in reports if r["computed_at"]), default=None)
     last_window = max((r["window_start"] for r in reports if r["window_start"]), default=None)
@@ -328,8 +318,9 @@ def pipeline_status(db: Database, p: PipelineParams, dagster_ui_url: str) -> dic
         "topics": topics,
         "lag_total": sum(int(t["lag"]) for t in topics),
         "throughput_messages_per_s": round(sum(float(t["messages_per_s"] or 0) for t in topics), 2),
-        "ingest_last_minute": {"events": ingest["events"], "orders": ingest["orders"],
-                               "messages_per_s": round((ingest["events"] + ingest["orders"]) / 60.0, 2)},
+        "ingest_last_minute": {**{d.raw_table: ingest[d.raw_table] for d in DOMAINS.values()},
+                               "messages_per_s": round(sum(ingest[d.raw_table] for d in DOMAINS.values()) / 60.0,
+                                                       2)},
         "series_bucket_seconds": bucket_s, "series": series,
         "dead_letters": {"total": sum(int(d["count"]) for d in dl), "by_topic": dl,
                          "reasons": reasons, "recent": recent},

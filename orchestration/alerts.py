@@ -37,7 +37,7 @@ from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.check_outcomes import Verdict, conclude
 from orchestration.checks import CUTOFF_GRACE, DEAD_LETTER_MAX_RATE, dead_letter_rate
 from orchestration.resources import PostgresResource
-from orchestration.checks_reconcile import REPORT_TABLE
+from salespulse.catalog import DOMAINS
 from salespulse.settings import get_settings
 
 FUNNEL_MINUTES = 10
@@ -61,7 +61,7 @@ def revenue_drop(postgres: PostgresResource, domain: str, *, drop: float | None 
     drop = settings.alert_revenue_drop if drop is None else drop
     block = timedelta(minutes=block_minutes or settings.alert_revenue_window_minutes)
     days = history_days or settings.alert_history_days
-    table = REPORT_TABLE[domain]
+    table = DOMAINS[domain].overview
     with postgres.connection() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT now(), max(computed_at) FROM {table} WHERE window_start >= now() - %s",
                     (TRAILING + 2 * block,))
@@ -122,8 +122,9 @@ def revenue_drop_check(domain: str):
     return check
 
 
-ecommerce_revenue_drop = revenue_drop_check("ecommerce")
-restaurant_revenue_drop = revenue_drop_check("restaurant")
+#: domain -> its check (one per catalogued domain)
+REVENUE_DROP = {domain: revenue_drop_check(domain) for domain in DOMAINS}
+ecommerce_revenue_drop, restaurant_revenue_drop = REVENUE_DROP["ecommerce"], REVENUE_DROP["restaurant"]
 
 # --- funnel break ------------------------------------------------------------------
 
@@ -214,4 +215,4 @@ def dead_letter_rate_alert(context: AssetCheckExecutionContext, postgres: Postgr
                     dead_letter_alert(postgres), WARN)
 
 
-alert_checks = [ecommerce_revenue_drop, restaurant_revenue_drop, ecommerce_funnel_break, dead_letter_rate_alert]
+alert_checks = [*REVENUE_DROP.values(), ecommerce_funnel_break, dead_letter_rate_alert]

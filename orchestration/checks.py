@@ -380,24 +380,25 @@ def freshness_check(domain: str, description: str):
     return check
 
 
-ecommerce_revenue_reconciles, restaurant_revenue_reconciles = (
-    window_check(domain, "revenue_reconciles",
-                 f"Report revenue equals plain-SQL revenue ({revenue_table}) over the partition's window.",
-                 reconcile_revenue)
-    for domain, revenue_table in (("ecommerce", "transactions"), ("restaurant", "orders"))
-)
-ecommerce_windows_complete, restaurant_windows_complete = (
-    window_check(domain, "windows_complete",
-                 f"Every minute of the window that has {REPORT_DOMAINS[domain].raw_table} has an overview report row.",
-                 missing_windows)
-    for domain in ("ecommerce", "restaurant")
-)
-ecommerce_reports_fresh, restaurant_reports_fresh = (
-    freshness_check(domain, f"{title} freshness, by the rule and FRESHNESS_* targets of the dashboard's "
-                            "/api/pipeline/freshness: rows visible (p95, last minute), newest report window "
-                            "behind the newest event, consumer lag. Late: WARN; stale: ERROR.")
-    for domain, title in (("ecommerce", "E-commerce"), ("restaurant", "Restaurant"))
-)
+#: domain -> its check (one per catalogued domain)
+REVENUE_RECONCILES = {
+    domain: window_check(domain, "revenue_reconciles",
+                         f"Report revenue equals plain-SQL revenue ({reports.domain.revenue_table}) over the "
+                         "partition's window.", reconcile_revenue)
+    for domain, reports in REPORT_DOMAINS.items()}
+WINDOWS_COMPLETE = {
+    domain: window_check(domain, "windows_complete",
+                         f"Every minute of the window that has {reports.raw_table} has an overview report row.",
+                         missing_windows)
+    for domain, reports in REPORT_DOMAINS.items()}
+REPORTS_FRESH = {
+    domain: freshness_check(domain, f"{reports.domain.title} freshness, by the rule and FRESHNESS_* targets of the "
+                                    "dashboard's /api/pipeline/freshness: rows visible (p95, last minute), newest "
+                                    "report window behind the newest event, consumer lag. Late: WARN; stale: ERROR.")
+    for domain, reports in REPORT_DOMAINS.items()}
+ecommerce_revenue_reconciles, restaurant_revenue_reconciles = REVENUE_RECONCILES["ecommerce"], REVENUE_RECONCILES["restaurant"]
+ecommerce_windows_complete, restaurant_windows_complete = WINDOWS_COMPLETE["ecommerce"], WINDOWS_COMPLETE["restaurant"]
+ecommerce_reports_fresh, restaurant_reports_fresh = REPORTS_FRESH["ecommerce"], REPORTS_FRESH["restaurant"]
 
 
 @asset_check(asset="dead_letters", name="dead_letter_rate",
@@ -431,10 +432,7 @@ def raw_tables_consistent(postgres: PostgresResource):
 
 
 integrity_checks = [ingest_ledger_contiguous, raw_tables_consistent]
-window_checks = [
-    ecommerce_revenue_reconciles, restaurant_revenue_reconciles,
-    ecommerce_windows_complete, restaurant_windows_complete,
-]
-health_checks = [ecommerce_reports_fresh, restaurant_reports_fresh, dead_letter_rate_check, *integrity_checks,
+window_checks = [*REVENUE_RECONCILES.values(), *WINDOWS_COMPLETE.values()]
+health_checks = [*REPORTS_FRESH.values(), dead_letter_rate_check, *integrity_checks,
                  *run_checks]
 all_checks = [*window_checks, *health_checks]

@@ -59,8 +59,9 @@ from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.check_outcomes import Verdict, conclude
 from orchestration.checks import CUTOFF_GRACE
+from orchestration.reports.sql_reference import ECOMMERCE_MINUTE_SQL
 from orchestration.resources import PostgresResource
-from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.catalog import DOMAINS
 from salespulse.ledger import detail_since
 from salespulse.settings import get_settings
 
@@ -72,22 +73,9 @@ PENDING_MINUTES = get_settings().reconcile_pending_minutes
 #: per domain: the raw figures per minute (plus the newest ingestion of the
 #: minute) and the report's overview table with the same columns
 _RAW_SQL = {
-    "ecommerce": """
-        SELECT minute, COALESCE(e.events, 0), COALESCE(e.purchases, 0), COALESCE(e.add_to_carts, 0),
-               COALESCE(e.remove_from_carts, 0), COALESCE(t.revenue, 0), COALESCE(t.units, 0),
-               COALESCE(e.last_ingested, t.last_ingested)
-        FROM (SELECT date_trunc('minute', "timestamp") AS minute, count(*) AS events,
-                     count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-                     count(*) FILTER (WHERE event_type = 'add_to_cart') AS add_to_carts,
-                     count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
-                     max(ingested_at) AS last_ingested
-              FROM events WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s GROUP BY 1) e
-        FULL JOIN (SELECT date_trunc('minute', t."timestamp") AS minute, sum(t.total_amount) AS revenue,
-                          sum(t.quantity) AS units, max(ev.ingested_at) AS last_ingested
-                   FROM transactions t
-                   LEFT JOIN events ev ON ev."timestamp" = t."timestamp" AND ev.event_id = t.event_id
-                   WHERE t."timestamp" >= %(start)s AND t."timestamp" < %(end)s GROUP BY 1) t
-          USING (minute)""",
+    "ecommerce": f"""
+        SELECT minute, events, purchases, add_to_carts, remove_from_carts, revenue, units, last_ingested
+        FROM ({ECOMMERCE_MINUTE_SQL}) m""",
     "restaurant": """
         SELECT o.minute, o.orders, o.revenue, COALESCE(i.items_sold, 0) AS items_sold, o.last_ingested
         FROM (SELECT date_trunc('minute', "timestamp") AS minute, count(*) AS orders,
@@ -102,7 +90,6 @@ FIGURES = {
     "ecommerce": ("events", "purchases", "add_to_carts", "remove_from_carts", "revenue", "units"),
     "restaurant": ("orders", "revenue", "items_sold"),
 }
-REPORT_TABLE = {"ecommerce": "report_ecommerce_overview_minute", "restaurant": "report_restaurant_overview_minute"}
 
 
 def _floor_minute(moment: datetime) -> datetime:
@@ -133,7 +120,7 @@ def reconcile_reports(postgres: PostgresResource, domain: str, minutes: int = RE
             params = {"start": start, "end": end}
             cur.execute(_RAW_SQL[domain], params)
             raw = {row[0]: row[1:] for row in cur.fetchall()}
-            cur.execute(f"""SELECT window_start, {', '.join(figures)}, computed_at FROM {REPORT_TABLE[domain]}
+            cur.execute(f"""SELECT window_start, {', '.join(figures)}, computed_at FROM {DOMAINS[domain].overview}
                             WHERE window_start >= %(start)s AND window_start < %(end)s""", params)
             report = {row[0]: row[1:] for row in cur.fetchall()}
     windows, pending, settled = [], [], 0
@@ -159,7 +146,7 @@ def reconcile_reports(postgres: PostgresResource, domain: str, minutes: int = RE
             windows.append({**window, "kind": "missing" if rep is None else "stale"})
         else:
             pending.append(minute.isoformat())
-    table = REPORT_TABLE[domain]
+    table = DOMAINS[domain].overview
     if windows:
         kinds = sorted({w["kind"] for w in windows})
         description = (f"{len(windows)} minute(s) of {table} disagree with the raw tables ({', '.join(kinds)}), "
@@ -177,7 +164,7 @@ def reports_reconcile_check(domain: str):
 
     @asset_check(asset=report_asset, name="reports_reconcile", description=(
         f"Every minute: each settled minute of the last RECONCILE_MINUTES ({RECONCILE_MINUTES}) of "
-        f"{REPORT_TABLE[domain]} equals plain SQL over the raw tables ({', '.join(FIGURES[domain])}); a late "
+        f"{DOMAINS[domain].overview} equals plain SQL over the raw tables ({', '.join(FIGURES[domain])}); a late "
         f"row not restated within RECONCILE_PENDING_MINUTES fails it too."))
     def check(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
         return conclude(context, postgres, report_asset.key, "reports_reconcile", reconcile_reports(postgres, domain))
@@ -191,7 +178,7 @@ restaurant_reports_reconcile = reports_reconcile_check("restaurant")
 # --- raw tables vs ingest ledger ----------------------------------------------
 
 #: raw-table asset -> (its topic, the table the topic's messages are stored in)
-LEDGER_TABLES = {"events": (ECOMMERCE_TOPIC.name, "events"), "orders": (RESTAURANT_TOPIC.name, "orders")}
+LEDGER_TABLES = {d.raw_table: (d.topic, d.raw_table) for d in DOMAINS.values()}
 #: how long before its ledger row a batch's rows may have been written (statement timeout 60 s, retries)
 BATCH_SPAN = timedelta(minutes=10)
 

@@ -33,12 +33,12 @@ from dagster import (
     sensor,
 )
 
-from orchestration.assets.reports import ecommerce_reports, restaurant_reports
+from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.resources import PostgresResource
 from salespulse.dagster_runs import QueueHealth, ReportLag, queue_health, report_lags
 
 CHECK_NAME = "reports_current"
-REPORT_KEYS = {"ecommerce": ecommerce_reports.key, "restaurant": restaurant_reports.key}
+REPORT_KEYS = {domain: asset.key for domain, asset in REPORT_ASSET_BY_DOMAIN.items()}
 #: stalled runs recorded for the dashboard (more would not fit a notice anyway)
 MAX_STALLED_RECORDED = 20
 

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from salespulse.freshness import DOMAINS as FRESHNESS_DOMAINS
+from salespulse.catalog import DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +237,6 @@ def queue_health(instance: DagsterInstance, now: float | None = None) -> QueueHe
                                                        .timestamp(), 0.0))
 
 
-#: per domain: raw table, overview report table (the report code names them too; the base package may
-#: not import it, so tests/test_foundation.py checks the two agree)
-REPORT_TABLES = {name: (d.raw_table, d.overview) for name, d in FRESHNESS_DOMAINS.items()}
 #: the newest report window may trail the newest raw minute by this much (the
 #: minute schedule's tick, the queue and one run)
 REPORT_TARGET_MINUTES = 3
@@ -277,13 +274,13 @@ def report_lags(cur, now: datetime | None = None) -> list[ReportLag]:
     (raw rows stamped in the future count as now)."""
     now = now or datetime.now(timezone.utc)
     lags = []
-    for domain, (raw, report) in REPORT_TABLES.items():
-        cur.execute(f'SELECT max("timestamp") FROM {raw}')  # the index answers it
+    for domain in DOMAINS.values():
+        cur.execute(f'SELECT max("timestamp") FROM {domain.raw_table}')  # the index answers it
         newest_raw = cur.fetchone()[0]
         if newest_raw is not None:
             newest_raw = min(newest_raw, now).replace(second=0, microsecond=0)
-        cur.execute(f"SELECT max(window_start) FROM {report}")
-        lags.append(ReportLag(domain, newest_raw, cur.fetchone()[0]))
+        cur.execute(f"SELECT max(window_start) FROM {domain.overview}")
+        lags.append(ReportLag(domain.name, newest_raw, cur.fetchone()[0]))
     return lags
 
 

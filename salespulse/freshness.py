@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
+from salespulse.catalog import DOMAINS
 
 #: rows stored in the last this many seconds make the latency sample
 WINDOW_S = 60
@@ -53,21 +53,6 @@ WINDOW_S = 60
 LAG_OBSERVATION_MAX_AGE_S = 180
 #: states from the least to the most severe (``unknown`` never outweighs a known state)
 STATES = ("unknown", "ok", "late", "stale")
-
-
-@dataclass(frozen=True)
-class FreshnessDomain:
-    name: str
-    raw_table: str  # its rows' latency and newest event
-    overview: str  # its newest report window
-    topic: str  # its consumer lag
-
-
-#: the report domains (the report code names the same tables: tests/test_freshness.py checks they agree)
-DOMAINS: dict[str, FreshnessDomain] = {d.name: d for d in (
-    FreshnessDomain("ecommerce", "events", "report_ecommerce_overview_minute", ECOMMERCE_TOPIC.name),
-    FreshnessDomain("restaurant", "orders", "report_restaurant_overview_minute", RESTAURANT_TOPIC.name),
-)}
 
 
 @dataclass(frozen=True)

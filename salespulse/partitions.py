@@ -28,11 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from salespulse.catalog import DOMAINS
+
 #: grace beyond the retention, see the module docstring
 GRACE = timedelta(days=1)
 
 #: raw tables whose dropped history bounds what reports may be recomputed
-REPORTED_TABLES = ("events", "orders")
+REPORTED_TABLES = tuple(d.raw_table for d in DOMAINS.values())
 
 _MONTH_PARTITIONS = ("SELECT table_name, partition, range_start, range_end "
                      "FROM salespulse_raw_month_partitions() ORDER BY 1, 3")

@@ -140,12 +140,3 @@ def test_the_base_package_reaches_no_service_and_replay_is_still_a_command():
     help_text = subprocess.run([sys.executable, "-m", "salespulse.cli", "--help"], cwd=root,
                                capture_output=True, text=True, check=True).stdout
     assert "replay" in help_text
-
-
-def test_the_freshness_tables_of_the_base_package_are_the_report_code_s():
-    """salespulse.dagster_runs (base package: may not import orchestration) keeps the raw and overview
-    table of each domain for `salespulse status`; they must be the report code's own."""
-    from orchestration.reports import REPORT_DOMAINS
-    from salespulse.dagster_runs import REPORT_TABLES
-
-    assert REPORT_TABLES == {d.name: (d.raw_table, d.tables[0]) for d in REPORT_DOMAINS.values()}

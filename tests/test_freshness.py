@@ -78,16 +78,6 @@ def test_state_rule():
     assert STATES.index("unknown") < STATES.index("ok")  # unknown never outweighs a known state
 
 
-def test_domains_are_the_report_code_s():
-    """The base package names each domain's tables and topic; they must be the report code's and the contracts'."""
-    from orchestration.reports import REPORT_DOMAINS
-    from salespulse.contracts import TOPICS
-
-    assert {n: (d.raw_table, d.overview) for n, d in DOMAINS.items()} == \
-        {n: (d.raw_table, d.overview) for n, d in REPORT_DOMAINS.items()}
-    assert {d.topic for d in DOMAINS.values()} == set(TOPICS)
-
-
 # ------------------------------------------------------------------- the API
 @pytest.mark.parametrize("wanted", ["ok", "late", "stale"])
 def test_each_measure_in_each_state(database_url, api, wanted):

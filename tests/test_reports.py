@@ -15,7 +15,7 @@ import pytest
 from orchestration.reports import ReportResult, refresh_ecommerce_reports, refresh_restaurant_reports
 from orchestration.reports.common import align_range, jdbc_for, read_query
 from orchestration.reports.ecommerce import events_query
-from orchestration.reports.restaurant import peak_hours
+from salespulse.report_queries import peak_hours
 from orchestration.reports.sql_reference import sql_revenue
 from salespulse.settings import Settings
 

@@ -50,7 +50,7 @@ def report_asset(reports: ReportDomain):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)
         return asset(
-            name=f"{reports.name}_reports",
+            name=reports.domain.asset,
             group_name=reports.name,
             deps=list(reports.sources),
             kinds={"spark", "postgres"},

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Sequence
 from psycopg2.extensions import parse_dsn
 
 from orchestration.reports.windows import clip_ranges, merge_windows, ranges_sql, record_restatements, restatements
+from salespulse.catalog import Domain
 from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -53,31 +54,46 @@ class ReportResult:
 
 @dataclass(frozen=True)
 class ReportDomain:
-    """One domain's reports, named once (each domain module defines its ``REPORTS``).
+    """One domain's reports: its catalogue entry (``salespulse/catalog.py``:
+    tables, sources, topic) and the refresh that computes them. The Dagster
+    asset of the domain and its asset checks are derived from this."""
 
-    The Dagster asset of the domain (upstream tables, description, metadata)
-    and its asset checks are derived from this, so the report code stays the
-    only place that names its tables.
-    """
-
-    name: str
-    #: the raw table whose minutes the overview windows must cover (freshness, completeness)
-    raw_table: str
-    #: every raw table the refresh reads
-    sources: tuple[str, ...]
-    #: every report table the refresh writes, the overview first
-    tables: tuple[str, ...]
-    #: what the reports hold, in a sentence or two
-    summary: str
+    domain: Domain
     #: ``refresh(spark, settings, start, end, windows=None) -> ReportResult``
     #: (``windows``: only those minute windows of the range, see ``windows.py``)
     refresh: Callable[..., ReportResult]
-    #: the overview column counting ``raw_table``'s rows per window (restatements)
-    counted: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.domain.name
+
+    @property
+    def raw_table(self) -> str:
+        """The raw table whose minutes the overview windows must cover (freshness, completeness)."""
+        return self.domain.raw_table
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every raw table the refresh reads."""
+        return self.domain.raw_tables
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every report table the refresh writes, the overview first."""
+        return self.domain.tables
 
     @property
     def overview(self) -> str:
-        return self.tables[0]
+        return self.domain.overview
+
+    @property
+    def counted(self) -> str:
+        """The overview column counting ``raw_table``'s rows per window (restatements)."""
+        return self.domain.counted
+
+    @property
+    def summary(self) -> str:
+        return self.domain.summary
 
 
 # --- Spark Connect session -----------------------------------------------------
@@ -336,9 +352,10 @@ def record_refresh(cur, domain: str, ranges: Sequence[tuple[datetime, datetime]]
                     (domain, start, end, _RUN_ID.get()))
 
 
-#: one advisory lock per domain: concurrent refreshes of overlapping ranges
-#: (a sensor run and a backfill) serialise instead of failing on the primary key
-_LOCK_IDS = {"ecommerce": 74177020, "restaurant": 74177021}
+#: one advisory lock per domain (this class, the hash of the domain's name):
+#: concurrent refreshes of overlapping ranges (a sensor run and a backfill)
+#: serialise instead of failing on the primary key
+_LOCK_CLASS = 74177020
 
 
 def replace_windows(
@@ -367,7 +384,7 @@ def replace_windows(
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_IDS[domain],))
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, domain))
             ranges = list(ranges) if ranges is not None else [(start, end)]
             tables = [(table, columns, list(rows)) for table, columns, rows in tables]
             restated = _restatements(cur, ranges, tables, restate) if restate else []
@@ -402,3 +419,25 @@ class Stopwatch:
 
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def refresh_domain(domain: Domain, compute, spark, settings: Settings, start: datetime, end: datetime,
+                   windows=None) -> ReportResult:
+    """Recompute ``domain``'s reports of every minute window in ``[start, end)``
+    (UTC; widened to whole minutes) and replace their rows in one transaction;
+    with ``windows`` (minute starts), only those windows of the range
+    (``windows.py``). Restatements are recorded in the same transaction.
+
+    ``compute(spark, settings, start, end, ranges) -> (rows per report table,
+    source_rows)`` is the domain's Spark part."""
+    start, end = align_range(start, end)
+    ranges = window_ranges(windows, start, end)
+    watch = Stopwatch()
+    with shuffle_partitions_for(spark, start, end):
+        rows, source_rows = compute(spark, settings, start, end, ranges)
+    spark_seconds = watch.seconds()
+    watch = Stopwatch()
+    written = replace_windows(settings, domain.name, start, end,
+                              [(r.table, r.columns, rows[r.table]) for r in domain.reports],
+                              ranges=ranges, restate=(domain.overview, domain.counted))
+    return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())

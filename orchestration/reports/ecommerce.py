@@ -47,8 +47,6 @@ from datetime import datetime
 from orchestration.reports.common import (
     ReportDomain,
     ReportResult,
-    Stopwatch,
-    align_range,
     in_span,
     jdbc_for,
     minute_column,
@@ -56,26 +54,15 @@ from orchestration.reports.common import (
     money,
     ratio_money,
     read_query,
-    replace_windows,
+    refresh_domain,
     run_jobs,
-    shuffle_partitions_for,
-    window_ranges,
 )
+from salespulse.catalog import ECOMMERCE
 from salespulse.settings import Settings
 
-OVERVIEW = "report_ecommerce_overview_minute"
-CATEGORY = "report_ecommerce_category_minute"
-PRODUCT = "report_ecommerce_product_minute"
-TABLES = (OVERVIEW, CATEGORY, PRODUCT)
+OVERVIEW, CATEGORY, PRODUCT = ECOMMERCE.tables
 
 EVENT_TYPES = ("page_view", "search", "add_to_cart", "remove_from_cart", "purchase")
-OVERVIEW_COLUMNS = (
-    "window_start", "events", "page_views", "searches", "add_to_carts", "remove_from_carts", "purchases",
-    "active_users", "active_sessions", "sessions_viewed", "sessions_carted", "sessions_purchased",
-    "conversion_rate", "revenue", "units", "avg_order_value", "cart_abandonment_rate",
-)
-CATEGORY_COLUMNS = ("window_start", "category", "revenue", "units", "orders")
-PRODUCT_COLUMNS = ("window_start", "product_id", "product_name", "category", "revenue", "units", "orders")
 
 
 def events_query(start: datetime, end: datetime, ranges=None) -> str:
@@ -197,35 +184,8 @@ def compute_ecommerce_rows(spark, settings: Settings, start: datetime, end: date
 
 def refresh_ecommerce_reports(spark, settings: Settings, start: datetime, end: datetime,
                               windows=None) -> ReportResult:
-    """Recompute the e-commerce reports of every minute window in ``[start, end)``
-    (UTC; widened to whole minutes) and replace their rows in one transaction;
-    with ``windows`` (minute starts), only those windows of the range
-    (``windows.py``). Restatements are recorded in the same transaction."""
-    start, end = align_range(start, end)
-    ranges = window_ranges(windows, start, end)
-    watch = Stopwatch()
-    with shuffle_partitions_for(spark, start, end):
-        rows, source_rows = compute_ecommerce_rows(spark, settings, start, end, ranges)
-    spark_seconds = watch.seconds()
-    watch = Stopwatch()
-    written = replace_windows(settings, "ecommerce", start, end, [
-        (OVERVIEW, OVERVIEW_COLUMNS, rows[OVERVIEW]),
-        (CATEGORY, CATEGORY_COLUMNS, rows[CATEGORY]),
-        (PRODUCT, PRODUCT_COLUMNS, rows[PRODUCT]),
-    ], ranges=ranges, restate=(OVERVIEW, REPORTS.counted))
-    return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
+    """:func:`~orchestration.reports.common.refresh_domain` of the e-commerce reports."""
+    return refresh_domain(ECOMMERCE, compute_ecommerce_rows, spark, settings, start, end, windows)
 
 
-REPORTS = ReportDomain(
-    name="ecommerce",
-    raw_table="events",
-    sources=("events", "products", "transactions"),
-    tables=TABLES,
-    counted="events",
-    summary=(
-        "Per-minute e-commerce reports computed by Spark for the partition's hour: overview "
-        "(events by type, active users/sessions, funnel, conversion, revenue, units, average "
-        "order value, cart abandonment), sales by category and by product."
-    ),
-    refresh=refresh_ecommerce_reports,
-)
+REPORTS = ReportDomain(ECOMMERCE, refresh_ecommerce_reports)

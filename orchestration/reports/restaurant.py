@@ -25,7 +25,7 @@ the order's ``"timestamp"`` (UTC). Metric definitions, per window:
 * report_restaurant_channel_minute (per channel with >= 1 order): ``orders``,
   ``revenue`` = sum of total_amount, ``avg_ticket`` = revenue / orders.
 
-Peak hours: :func:`peak_hours` sums the overview table by UTC hour of day.
+Peak hours: ``salespulse.report_queries.peak_hours`` sums the overview table by hour of day.
 Revenue identity: sum(overview.revenue) = sum(channel.revenue) =
 ``sql_reference.sql_revenue(conn, "restaurant", start, end)``.
 """
@@ -37,8 +37,6 @@ from datetime import datetime
 from orchestration.reports.common import (
     ReportDomain,
     ReportResult,
-    Stopwatch,
-    align_range,
     in_span,
     jdbc_for,
     minute_column,
@@ -46,23 +44,14 @@ from orchestration.reports.common import (
     money,
     ratio_money,
     read_query,
-    replace_windows,
+    refresh_domain,
     run_jobs,
-    shuffle_partitions_for,
-    window_ranges,
 )
+from salespulse.catalog import RESTAURANT
 from salespulse.settings import Settings
 
-OVERVIEW = "report_restaurant_overview_minute"
-ITEM = "report_restaurant_item_minute"
-CATEGORY = "report_restaurant_category_minute"
-CHANNEL = "report_restaurant_channel_minute"
-TABLES = (OVERVIEW, ITEM, CATEGORY, CHANNEL)
-
-OVERVIEW_COLUMNS = ("window_start", "orders", "items_sold", "revenue", "avg_ticket")
-ITEM_COLUMNS = ("window_start", "item_id", "name", "category", "quantity", "revenue", "orders")
-CATEGORY_COLUMNS = ("window_start", "category", "quantity", "revenue", "orders")
-CHANNEL_COLUMNS = ("window_start", "channel", "orders", "revenue", "avg_ticket")
+OVERVIEW, ITEM, CATEGORY, CHANNEL = RESTAURANT.tables
+CHANNEL_COLUMNS = RESTAURANT.report("channel").columns
 
 MONEY = "decimal(38,2)"
 
@@ -165,55 +154,8 @@ def compute_restaurant_rows(spark, settings: Settings, start: datetime, end: dat
 
 def refresh_restaurant_reports(spark, settings: Settings, start: datetime, end: datetime,
                                windows=None) -> ReportResult:
-    """Recompute the restaurant reports of every minute window in ``[start, end)``
-    (UTC; widened to whole minutes) and replace their rows in one transaction;
-    with ``windows`` (minute starts), only those windows of the range
-    (``windows.py``). Restatements are recorded in the same transaction."""
-    start, end = align_range(start, end)
-    ranges = window_ranges(windows, start, end)
-    watch = Stopwatch()
-    with shuffle_partitions_for(spark, start, end):
-        rows, source_rows = compute_restaurant_rows(spark, settings, start, end, ranges)
-    spark_seconds = watch.seconds()
-    watch = Stopwatch()
-    written = replace_windows(settings, "restaurant", start, end, [
-        (OVERVIEW, OVERVIEW_COLUMNS, rows[OVERVIEW]),
-        (ITEM, ITEM_COLUMNS, rows[ITEM]),
-        (CATEGORY, CATEGORY_COLUMNS, rows[CATEGORY]),
-        (CHANNEL, CHANNEL_COLUMNS, rows[CHANNEL]),
-    ], ranges=ranges, restate=(OVERVIEW, REPORTS.counted))
-    return ReportResult(start, end, written, spark_seconds, source_rows, write_seconds=watch.seconds())
+    """:func:`~orchestration.reports.common.refresh_domain` of the restaurant reports."""
+    return refresh_domain(RESTAURANT, compute_restaurant_rows, spark, settings, start, end, windows)
 
 
-REPORTS = ReportDomain(
-    name="restaurant",
-    raw_table="orders",
-    sources=("orders", "order_items"),
-    tables=TABLES,
-    counted="orders",
-    summary=(
-        "Per-minute restaurant reports computed by Spark for the partition's hour: "
-        "orders, items sold, revenue and average ticket, and revenue by item, category and "
-        "channel."
-    ),
-    refresh=refresh_restaurant_reports,
-)
-
-
-PEAK_HOURS_SQL = """
-SELECT extract(hour FROM window_start AT TIME ZONE 'UTC')::int AS hour,
-       sum(orders)::bigint AS orders, sum(revenue) AS revenue,
-       CASE WHEN sum(orders) > 0 THEN round(sum(revenue) / sum(orders), 2) ELSE 0 END AS avg_ticket
-FROM report_restaurant_overview_minute
-WHERE window_start >= %s AND window_start < %s
-GROUP BY 1 ORDER BY 1
-"""
-
-
-def peak_hours(conn, start: datetime, end: datetime) -> list[tuple[int, int, object, object]]:
-    """``(hour_of_day_utc, orders, revenue, avg_ticket)`` from the overview
-    table over ``[start, end)``, hours without orders omitted; the peak hours are
-    the ones with the most orders."""
-    with conn.cursor() as cur:
-        cur.execute(PEAK_HOURS_SQL, (start, end))
-        return cur.fetchall()
+REPORTS = ReportDomain(RESTAURANT, refresh_restaurant_reports)

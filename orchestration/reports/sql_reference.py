@@ -16,10 +16,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+from salespulse.catalog import DOMAINS
+
 _REVENUE_SQL = {
-    "ecommerce": 'SELECT COALESCE(sum(total_amount), 0) FROM transactions WHERE "timestamp" >= %s AND "timestamp" < %s',
-    "restaurant": 'SELECT COALESCE(sum(total_amount), 0) FROM orders WHERE "timestamp" >= %s AND "timestamp" < %s',
-}
+    d.name: f'SELECT COALESCE(sum(total_amount), 0) FROM {d.revenue_table} WHERE "timestamp" >= %s AND "timestamp" < %s'
+    for d in DOMAINS.values()}
 
 
 def sql_revenue(conn, domain: str, start: datetime, end: datetime) -> Decimal:
@@ -33,10 +34,20 @@ def sql_revenue(conn, domain: str, start: datetime, end: datetime) -> Decimal:
         return Decimal(cur.fetchone()[0])
 
 
-#: The e-commerce per-minute aggregation in one SQL statement (bench baseline).
+#: The e-commerce per-minute aggregation in one SQL statement: the SQL
+#: baseline of ``bench/bench_reports.py`` and, through the columns it selects
+#: (events, purchases, add_to_carts, remove_from_carts, revenue, units,
+#: last_ingested), the reconciliation check (``orchestration/checks_reconcile.py``).
+#: One row per minute with events or transactions; ``last_ingested``: the
+#: newest ingestion of the minute's rows. Written so that a caller selecting
+#: fewer columns pays for fewer: ``funnel`` is LEFT JOINed on its unique
+#: ``minute`` (PostgreSQL drops the join when none of its columns is read),
+#: ``ev`` is not materialized (so only what is read scans ``events``) and
+#: unread aggregates of ``counts`` are not computed.
 ECOMMERCE_MINUTE_SQL = """
-WITH ev AS (
-    SELECT date_bin('1 minute', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS minute, *
+WITH ev AS NOT MATERIALIZED (
+    SELECT date_bin('1 minute', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS minute,
+           event_type, user_id, session_id, ingested_at
     FROM events WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s
 ), per_session AS (
     SELECT minute, session_id,
@@ -55,15 +66,24 @@ WITH ev AS (
            count(*) FILTER (WHERE event_type = 'add_to_cart') AS add_to_carts,
            count(*) FILTER (WHERE event_type = 'remove_from_cart') AS remove_from_carts,
            count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-           count(DISTINCT user_id) AS active_users, count(DISTINCT session_id) AS active_sessions
+           count(DISTINCT user_id) AS active_users, count(DISTINCT session_id) AS active_sessions,
+           max(ingested_at) AS last_ingested
     FROM ev GROUP BY 1
 ), sales AS (
-    SELECT date_bin('1 minute', "timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS minute,
-           sum(total_amount) AS revenue, sum(quantity) AS units, count(*) AS orders
-    FROM transactions WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s GROUP BY 1
+    SELECT date_bin('1 minute', t."timestamp", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS minute,
+           sum(t.total_amount) AS revenue, sum(t.quantity) AS units, count(*) AS orders,
+           max(e.ingested_at) AS last_ingested
+    FROM transactions t LEFT JOIN events e ON e."timestamp" = t."timestamp" AND e.event_id = t.event_id
+    WHERE t."timestamp" >= %(start)s AND t."timestamp" < %(end)s GROUP BY 1
 )
-SELECT c.*, f.viewed, f.carted, f.purchased, s.revenue, s.units, s.orders
-FROM counts c JOIN funnel f USING (minute) LEFT JOIN sales s USING (minute)
+SELECT minute, COALESCE(c.events, 0) AS events, COALESCE(c.page_views, 0) AS page_views,
+       COALESCE(c.searches, 0) AS searches, COALESCE(c.add_to_carts, 0) AS add_to_carts,
+       COALESCE(c.remove_from_carts, 0) AS remove_from_carts, COALESCE(c.purchases, 0) AS purchases,
+       COALESCE(c.active_users, 0) AS active_users, COALESCE(c.active_sessions, 0) AS active_sessions,
+       COALESCE(f.viewed, 0) AS viewed, COALESCE(f.carted, 0) AS carted, COALESCE(f.purchased, 0) AS purchased,
+       COALESCE(s.revenue, 0) AS revenue, COALESCE(s.units, 0) AS units, COALESCE(s.orders, 0) AS orders,
+       COALESCE(c.last_ingested, s.last_ingested) AS last_ingested
+FROM counts c LEFT JOIN funnel f USING (minute) FULL JOIN sales s USING (minute)
 ORDER BY minute
 """
 

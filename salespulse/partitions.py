@@ -105,16 +105,23 @@ def drop_expired(cur, keep_days: int, run_id: str | None = None, now: datetime |
     ``raw_partition_drops``) and commit; then, in a second transaction that
     locks no raw table, delete the dropped rows' keys and older dead letters;
     then the ingest ledger's ranges recorded before the dropped history, in
-    bounded transactions of their own (salespulse/ledger.py)."""
+    bounded transactions of their own (salespulse/ledger.py).
+
+    The second and third steps run on every call once anything was ever dropped,
+    not only after a drop of this call: a run that died after the drop's commit
+    (a killed job, a terminated backend) is finished by the next one, which has
+    no partition left to drop. Both are cheap when there is nothing to trim (the
+    keys' block-range indexes, the ledger's horizon)."""
     bound, why = drop_bound(cur, keep_days, now)
-    if bound is None:
-        return [], why
-    _set_lock_timeout(cur, lock_timeout_ms)
-    cur.execute("SELECT table_name, partition, range_start, range_end, rows "
-                "FROM salespulse_drop_raw_partitions(%s, %s)", (bound, run_id))
-    drops = [Drop(*row) for row in cur.fetchall()]
-    cur.connection.commit()
-    if drops:
+    drops: list[Drop] = []
+    if bound is not None:
+        _set_lock_timeout(cur, lock_timeout_ms)
+        cur.execute("SELECT table_name, partition, range_start, range_end, rows "
+                    "FROM salespulse_drop_raw_partitions(%s, %s)", (bound, run_id))
+        drops = [Drop(*row) for row in cur.fetchall()]
+        cur.connection.commit()
+    cur.execute("SELECT EXISTS (SELECT 1 FROM raw_partition_drops)")
+    if cur.fetchone()[0]:
         cur.execute("SELECT salespulse_trim_dropped_history()")
         cur.connection.commit()
         from salespulse.ledger import trim_dropped

@@ -119,8 +119,7 @@ CADENCE = {
     "raw_partitions_job": (60, 7),
 }
 #: sensor -> interval in seconds (minimum_interval_seconds)
-SENSOR_INTERVAL = {"new_data_sensor": 30, "kafka_lag_sensor": 30, "freshness_sensor": 60,
-                   "reports_current_sensor": 60}
+SENSOR_INTERVAL = {"new_data_sensor": 30, "kafka_lag_sensor": 30, "freshness_sensor": 60}
 
 
 def graphql(port: int, document: str, variables: dict | None = None) -> dict:

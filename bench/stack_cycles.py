@@ -4,9 +4,9 @@
 Starts ``salespulse stack up`` (own state directory and free ports, so a
 ``make run`` on this machine is never touched) and, for each cycle:
 
-1. waits until the reports are current: every domain's newest report window
-   within its target of the newest raw minute (``salespulse.dagster_runs.report_lags``,
-   what ``salespulse status`` and the ``reports_current`` check use), and both
+1. waits until the reports are current: every domain's reports ``ok`` by the
+   freshness rule (``salespulse.freshness``, what ``salespulse status`` and the
+   ``reports_current`` check use), and both
    overview tables written *after* this start (a refresh really ran);
 2. lets the stack run 0-60 s more, so the stop lands at a random moment of the
    minute (often while a minute run is in flight);
@@ -39,7 +39,8 @@ import psycopg2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salespulse.catalog import DOMAINS  # noqa: E402
-from salespulse.dagster_runs import report_lags  # noqa: E402
+from salespulse.freshness import Targets, cursor_query, measure_all  # noqa: E402
+from salespulse.settings import Settings  # noqa: E402
 from tests.support.stack import LocalStack  # noqa: E402
 
 REPAIRED_AT_START = re.compile(r"start: (\d+) orphaned run\(s\) repaired")
@@ -53,7 +54,7 @@ def reports_current(stack: LocalStack, started: datetime) -> bool:
         return False  # not up yet
     try:
         with conn.cursor() as cur:
-            lags = report_lags(cur)
+            found = measure_all(cursor_query(cur), Targets.from_settings(Settings()))
             written = []
             for domain in DOMAINS.values():
                 cur.execute(f"SELECT max(computed_at) FROM {domain.overview}")
@@ -62,7 +63,7 @@ def reports_current(stack: LocalStack, started: datetime) -> bool:
         return False  # migrations still running
     finally:
         conn.close()
-    return all(not lag.stale for lag in lags) and all(w is not None and w > started for w in written)
+    return all(d["reports"]["state"] in ("ok", "unknown") for d in found["domains"].values()) and all(w is not None and w > started for w in written)
 
 
 def stop(stack: LocalStack, kill: bool) -> tuple[float, list[int]]:

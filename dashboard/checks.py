@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from dashboard.db import Database
 from dashboard.params import PipelineParams
+from salespulse.freshness import RECORD_MAX_AGE_S  # the job runs every minute
 
 MAX_WINDOWS = 10
-#: an evaluation older than this is shown as not current (the job runs every minute)
-CURRENT_SECONDS = 180
 
 _WINDOWS = f"""jsonb_path_query_array(windows, '$[0 to {MAX_WINDOWS - 1}]') AS windows,
                jsonb_array_length(windows) AS windows_total"""
@@ -48,12 +47,12 @@ def pipeline_checks(db: Database, p: PipelineParams) -> dict:
            FROM pipeline_alert_notifications WHERE first_at >= %(start)s AND first_at < %(end)s
            ORDER BY first_at DESC LIMIT %(limit)s""", bounds)
     for row in latest:
-        row["current"] = row["age_seconds"] <= CURRENT_SECONDS
+        row["current"] = row["age_seconds"] <= RECORD_MAX_AGE_S
     return {
         "range": None if p.from_ else p.range, "from": start, "to": end,
         "checks": latest,
         "failing": sum(1 for r in latest if not r["passed"]),
         "failures": failures,
         "notifications": notifications,
-        "current_seconds": CURRENT_SECONDS,
+        "current_seconds": RECORD_MAX_AGE_S,
     }

@@ -15,14 +15,13 @@ from dashboard.params import (
     ItemParams, LimitParams, PeakHoursParams, PipelineParams, RangeAllParams, TimeRange, TimelineParams,
 )
 from salespulse.catalog import DOMAINS, ECOMMERCE, RESTAURANT
+from salespulse.freshness import RECORD_MAX_AGE_S
 from salespulse.report_queries import PEAK_HOURS_SQL
 
 E_OVERVIEW, E_CATEGORY, E_PRODUCT = ECOMMERCE.tables
 R_OVERVIEW, R_ITEM, R_CATEGORY, R_CHANNEL = RESTAURANT.tables
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
-#: reports_current_sensor records every minute; a record older than this means it is not running
-FRESHNESS_CHECK_MAX_AGE_S = 180
 
 
 def _window(p: TimeRange) -> dict:
@@ -336,13 +335,14 @@ def pipeline_status(db: Database, p: PipelineParams, dagster_ui_url: str) -> dic
 
 
 def freshness(db: Database, now: datetime) -> dict:
-    """What ``reports_current_sensor`` last recorded (sql/050): each domain's
-    newest report window against its target, and whether runs are queued
+    """What ``freshness_sensor`` last recorded (sql/050, sql/150): each domain's
+    newest report window and its state by the freshness rule
+    (``salespulse.freshness``; ``stale`` is state = stale), whether runs are queued
     behind runs making no progress; plus how old that record is, since a
     record nobody refreshes says nothing about now. Both tables hold one row
     per domain / one row, so the LIMITs only guard against surprises."""
     reports = db.query(
-        """SELECT domain, observed_at, newest_raw_minute, newest_window, minutes_behind, target_minutes, stale
+        """SELECT domain, observed_at, newest_raw_minute, newest_window, minutes_behind, target_minutes, stale, state
            FROM pipeline_report_freshness ORDER BY domain LIMIT 20""")
     queue = db.query(
         """SELECT observed_at, in_flight, queued, oldest_queued_seconds, stalled, blocked
@@ -354,8 +354,8 @@ def freshness(db: Database, now: datetime) -> dict:
     return {
         "checked_at": checked_at,
         "check_age_seconds": age,
-        "check_max_age_seconds": FRESHNESS_CHECK_MAX_AGE_S,
-        "check_current": age is not None and age <= FRESHNESS_CHECK_MAX_AGE_S,
+        "check_max_age_seconds": RECORD_MAX_AGE_S,
+        "check_current": age is not None and age <= RECORD_MAX_AGE_S,
         "reports": reports,
         "queue": queue,
         "stale": any(r["stale"] for r in reports) or bool(queue and queue["blocked"]),

@@ -18,6 +18,7 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 from orchestration.assets import all_assets
 from orchestration.assets.jobs import health_checks_job, minute_checks, pipeline_checks_job, refresh_job
+from orchestration.assets.reports import with_freshness_policy
 from orchestration.checks import all_checks
 from orchestration.resources import KafkaResource, PostgresResource, SparkResource
 from orchestration.retention import (
@@ -26,10 +27,9 @@ from orchestration.retention import (
     store_retention_every_10_minutes,
     store_retention_job,
 )
-from orchestration.run_checks import reports_current_sensor
 from orchestration.schedules import all_schedules
 from orchestration.sensors import all_sensors
-from salespulse.settings import Settings, set_in_environment
+from salespulse.settings import get_settings, set_in_environment
 
 
 def _env(field: str):
@@ -38,8 +38,8 @@ def _env(field: str):
 
 
 def build_resources() -> dict:
-    lag_threshold = (EnvVar.int("KAFKA_LAG_THRESHOLD") if set_in_environment("kafka_lag_threshold")
-                     else Settings.model_fields["kafka_lag_threshold"].default)
+    lag_threshold = EnvVar.int("FRESHNESS_LAG_TARGET_MESSAGES") if set_in_environment(
+        "freshness_lag_target_messages") else None
     return {
         "postgres": PostgresResource(
             database_url=_env("database_url"),
@@ -55,11 +55,11 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
-    assets=all_assets,
+    assets=with_freshness_policy(all_assets, get_settings()),
     asset_checks=[*all_checks, *minute_checks],
     jobs=[refresh_job, health_checks_job, pipeline_checks_job, raw_partitions_job, store_retention_job],
     schedules=[*all_schedules, raw_partitions_hourly, store_retention_every_10_minutes],
-    sensors=[*all_sensors, reports_current_sensor],
+    sensors=all_sensors,
     resources=build_resources(),
     executor=in_process_executor,
 )

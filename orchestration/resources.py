@@ -89,7 +89,12 @@ class KafkaResource(ConfigurableResource):
 
     bootstrap_servers: Optional[str] = None
     consumer_group: Optional[str] = None
-    lag_threshold: int = 10_000
+    #: lag above this is flagged; unset: ``FRESHNESS_LAG_TARGET_MESSAGES`` (the freshness rule's lag target)
+    lag_threshold: Optional[int] = None
+
+    @property
+    def lag_limit(self) -> int:
+        return self.lag_threshold if self.lag_threshold is not None else get_settings().freshness_lag_target_messages
 
     @property
     def bootstrap(self) -> str:

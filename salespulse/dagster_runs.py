@@ -21,7 +21,7 @@ This module uses Dagster's own APIs to end them:
 * :func:`end_in_flight` — a stop: each in-flight run is terminated through
   the run launcher (the code server interrupts its worker) and whatever has
   not finished within a few seconds is reported canceled, "stack stopping".
-* :func:`queue_health` — what ``salespulse status`` and the ``runs_progressing``
+* :func:`queue_health` — what ``salespulse status`` and the ``reports_current``
   asset check show: runs in flight, how long since each last logged an event,
   and runs queued behind runs making no progress.
 
@@ -35,11 +35,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from salespulse.catalog import DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -237,63 +236,23 @@ def queue_health(instance: DagsterInstance, now: float | None = None) -> QueueHe
                                                        .timestamp(), 0.0))
 
 
-#: the newest report window may trail the newest raw minute by this much (the
-#: minute schedule's tick, the queue and one run)
-REPORT_TARGET_MINUTES = 3
-
-
-@dataclass
-class ReportLag:
-    domain: str
-    newest_raw_minute: datetime | None
-    newest_window: datetime | None
-    target_minutes: int = REPORT_TARGET_MINUTES
-
-    @property
-    def behind_minutes(self) -> float:
-        if self.newest_raw_minute is None:
-            return 0.0
-        if self.newest_window is None:
-            return float("inf")
-        return max((self.newest_raw_minute - self.newest_window).total_seconds() / 60, 0.0)
-
-    @property
-    def stale(self) -> bool:
-        return self.behind_minutes > self.target_minutes
-
-    def summary(self) -> str:
-        if self.newest_raw_minute is None:
-            return f"{self.domain}: no raw rows yet"
-        window = self.newest_window.isoformat() if self.newest_window else "none"
-        return (f"{self.domain}: newest report window {window}, {self.behind_minutes:.0f} min behind the newest "
-                f"raw minute (target {self.target_minutes})" + (" STALE" if self.stale else ""))
-
-
-def report_lags(cur, now: datetime | None = None) -> list[ReportLag]:
-    """How far each domain's newest report window trails its newest raw minute
-    (raw rows stamped in the future count as now)."""
-    now = now or datetime.now(timezone.utc)
-    lags = []
-    for domain in DOMAINS.values():
-        cur.execute(f'SELECT max("timestamp") FROM {domain.raw_table}')  # the index answers it
-        newest_raw = cur.fetchone()[0]
-        if newest_raw is not None:
-            newest_raw = min(newest_raw, now).replace(second=0, microsecond=0)
-        cur.execute(f"SELECT max(window_start) FROM {domain.overview}")
-        lags.append(ReportLag(domain.name, newest_raw, cur.fetchone()[0]))
-    return lags
-
-
 def status_lines(settings) -> list[tuple[str, bool, str]]:
-    """(name, ok, detail) for ``salespulse status``: each domain's report lag and the run queue."""
+    """(name, ok, detail) for ``salespulse status``: each domain's reports by the
+    freshness rule (``salespulse.freshness``: ok while current, not ok when late
+    or stale) and the run queue."""
     import psycopg2
+
+    from salespulse.freshness import Targets, cursor_query, measure_all, reports_verdict
 
     lines = []
     try:
         conn = psycopg2.connect(settings.database_url, connect_timeout=3)
         try:
             with conn.cursor() as cur:
-                lines += [(f"reports {lag.domain}", not lag.stale, lag.summary()) for lag in report_lags(cur)]
+                found = measure_all(cursor_query(cur), Targets.from_settings(settings))
+            for domain, measured in found["domains"].items():
+                state, sentence = reports_verdict(measured)
+                lines.append((f"reports {domain}", state in ("ok", "unknown"), sentence))
         finally:
             conn.close()
     except psycopg2.Error as exc:

@@ -1,9 +1,13 @@
 """Freshness: how old the data behind each domain's numbers is, and its state.
 
-The one rule shared by the dashboard (``GET /api/pipeline/freshness``, the
-pipeline page, the "data as of" line under each chart) and Dagster (the
-``reports_fresh`` check of each report asset), so the two always agree on the
-same database state. Targets come from the settings (``FRESHNESS_*``).
+The one rule. It drives the dashboard (``GET /api/pipeline/freshness`` and its
+table, the pipeline page's notice through what ``freshness_sensor`` records,
+the "data as of" line under each chart), ``salespulse status``, the Dagster
+``reports_fresh`` and ``reports_current`` checks of each report asset, the
+report assets' Dagster freshness policy and ``kafka_lag_sensor``'s flag, so
+they all agree on the same database state. Targets come from the settings
+(``FRESHNESS_*``); :data:`RECORD_MAX_AGE_S` is how long a record of the
+Dagster daemon stays current.
 
 Per domain, three measures, each judged against its own target:
 
@@ -28,7 +32,7 @@ Per domain, three measures, each judged against its own target:
   ``unknown``.
 * ``lag`` — the consumer lag of the domain's topic as last recorded by the
   Dagster ``kafka_lag_sensor`` (``pipeline_observations``, every 30 s). A
-  record older than :data:`LAG_OBSERVATION_MAX_AGE_S` says nothing about now:
+  record older than :data:`RECORD_MAX_AGE_S` says nothing about now:
   ``unknown`` (the sensor or the daemon is not running).
 
 State rule (:func:`state`): ``ok`` while the value is at most the target,
@@ -49,8 +53,11 @@ from salespulse.catalog import DOMAINS
 
 #: rows stored in the last this many seconds make the latency sample
 WINDOW_S = 60
-#: a lag observation older than this is ``unknown`` (kafka_lag_sensor records every 30 s)
-LAG_OBSERVATION_MAX_AGE_S = 180
+#: a record the Dagster daemon refreshes every minute or more often (the lag
+#: observations of kafka_lag_sensor every 30 s, what freshness_sensor records for
+#: the pipeline page, the minute checks' results) older than this says nothing
+#: about now: the daemon or the sensor is not running (three missed minutes)
+RECORD_MAX_AGE_S = 180
 #: states from the least to the most severe (``unknown`` never outweighs a known state)
 STATES = ("unknown", "ok", "late", "stale")
 
@@ -161,10 +168,10 @@ def measure(query: Query, domain: str, targets: Targets, now: datetime) -> dict:
 
     observed_at = row["observed_at"]
     observation_age = _seconds(now - observed_at) if observed_at else None
-    current = observation_age is not None and observation_age <= LAG_OBSERVATION_MAX_AGE_S
+    current = observation_age is not None and observation_age <= RECORD_MAX_AGE_S
     lag = {
         "topic": d.topic, "messages": row["lag"], "observed_at": observed_at,
-        "observation_age_s": observation_age, "observation_max_age_s": LAG_OBSERVATION_MAX_AGE_S,
+        "observation_age_s": observation_age, "observation_max_age_s": RECORD_MAX_AGE_S,
         "target_messages": targets.lag_messages, "stale_after_messages": targets.lag_messages * factor,
         "state": state(row["lag"] if current else None, targets.lag_messages, factor),
     }
@@ -179,3 +186,23 @@ def measure_all(query: Query, targets: Targets, domains: list[str] | None = None
     found = {name: measure(query, name, targets, now) for name in (domains or DOMAINS)}
     return {"as_of": now, "state": worst(m["state"] for m in found.values()),
             "targets": asdict(targets), "domains": found}
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min"
+
+
+def reports_verdict(measured: dict) -> tuple[str, str]:
+    """``(state, sentence)`` of a domain's reports measure (:func:`measure`):
+    what ``salespulse status``, the ``reports_current`` check and the pipeline
+    page's notice say."""
+    r = measured["reports"]
+    bounds = f"ok ≤ {minutes(r['target_s'])}, stale > {minutes(r['stale_after_s'])}"
+    if not r["has_window"]:
+        what = ("no report window yet, though raw rows arrived" if r["state"] == "stale"
+                else "no raw rows and no report window yet")
+    else:
+        behind = r["behind_s"] or 0.0
+        what = (f"newest report window {r['newest_window_start']:%Y-%m-%d %H:%M} UTC, {behind / 60:.1f} min "
+                "behind the newest event")
+    return r["state"], f"{measured['domain']} reports {r['state']}: {what} ({bounds})"

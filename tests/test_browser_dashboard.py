@@ -233,7 +233,7 @@ def test_a_page_whose_session_ended_with_a_token_change_goes_to_the_login_form(b
 
 
 def test_pipeline_notice_for_stale_reports_a_blocked_queue_and_an_old_check(browser, served):
-    """The notice follows what reports_current_sensor recorded (rows as it writes them,
+    """The notice follows what freshness_sensor recorded (rows as it writes them,
     see tests/test_report_freshness.py): hidden while current, then each problem in words."""
     server, url = served
 

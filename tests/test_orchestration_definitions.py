@@ -112,7 +112,7 @@ def test_checks_schedules_and_sensors_run_by_default():
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name: s for s in repo.sensor_defs}
     assert set(sensors) == {"new_data_sensor", "kafka_lag_sensor", "record_run_failures", "record_run_successes",
-                            "reports_current_sensor", "freshness_sensor"}
+                            "freshness_sensor"}
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
 
 
@@ -120,7 +120,7 @@ def test_resources_come_from_environment_variables(monkeypatch):
     monkeypatch.setenv("SPARK_REMOTE", "sc://spark.example:15002")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
     monkeypatch.setenv("DATABASE_URL", "postgresql://a:b@db.example:5432/sp")
-    monkeypatch.setenv("KAFKA_LAG_THRESHOLD", "123")
+    monkeypatch.setenv("FRESHNESS_LAG_TARGET_MESSAGES", "123")
     load_defs()
     from orchestration.definitions import build_resources
 

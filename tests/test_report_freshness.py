@@ -1,4 +1,4 @@
-"""Stale is visible on the dashboard: ``reports_current_sensor`` (a tick built
+"""Stale is visible on the dashboard: ``freshness_sensor`` (a tick built
 with ``build_sensor_context`` on a Dagster instance holding a blocked queue)
 records what it found in the app database, and the dashboard's
 ``/api/pipeline/status`` reads it back as the read-only dashboard role —
@@ -18,7 +18,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from dashboard import create_app
 from orchestration.resources import PostgresResource
-from orchestration.run_checks import reports_current_sensor
+from orchestration.sensors.freshness import freshness_sensor
 from salespulse.settings import ROLE_DASHBOARD, Settings
 from tests.support.orchestration import query, seed_ecommerce
 
@@ -39,7 +39,7 @@ def add_run(instance, status, silent_for: float = 0.0) -> str:
 
 
 def tick(instance, url):
-    return reports_current_sensor(build_sensor_context(instance=instance,
+    return freshness_sensor(build_sensor_context(instance=instance,
                                                        resources={"postgres": PostgresResource(database_url=url)}))
 
 

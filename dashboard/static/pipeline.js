@@ -15,16 +15,18 @@ document.addEventListener("DOMContentLoaded", function () {
     return Math.round(seconds / 3600) + " h ago";
   }
   function hhmm(iso) { return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }); }
-  // What reports_current_sensor last recorded (d.freshness): one line per problem, hidden when all is well.
+  // What freshness_sensor last recorded (d.freshness): one line per problem, hidden when all is well.
+  // A domain's state is the freshness rule's (salespulse/freshness.py), the freshness table's too.
   function freshnessLines(fr) {
     var lines = [];
     (fr.reports || []).forEach(function (r) {
-      if (!r.stale) { return; }
+      var word = r.stale ? "stale" : r.state === "late" ? "late" : null;
+      if (!word) { return; }
       var name = DOMAINS[r.domain] || r.domain;
       lines.push(r.newest_window
-        ? "Reports are stale: newest " + name + " window " + hhmm(r.newest_window) + ", " +
+        ? "Reports are " + word + ": newest " + name + " window " + hhmm(r.newest_window) + ", " +
           Math.round(r.minutes_behind) + " min behind the newest data (target " + r.target_minutes + " min)."
-        : "Reports are stale: no " + name + " report window at all, though data arrived (target " +
+        : "Reports are " + word + ": no " + name + " report window at all, though data arrived (target " +
           r.target_minutes + " min).");
     });
     var q = fr.queue;
@@ -34,10 +36,10 @@ document.addEventListener("DOMContentLoaded", function () {
         q.queued + " queued; silent: " + q.stalled.map(function (r) { return String(r.run_id).slice(0, 8); }).join(", ") + ").");
     }
     if (!fr.checked_at) {
-      lines.push("Report freshness has not been checked yet: reports_current_sensor (Dagster daemon) has recorded nothing.");
+      lines.push("Report freshness has not been checked yet: freshness_sensor (Dagster daemon) has recorded nothing.");
     } else if (!fr.check_current) {
       lines.push("Report freshness was last checked " + ago(fr.check_age_seconds) + " (every minute when running): " +
-        "the Dagster daemon or reports_current_sensor is not running, so this may be out of date.");
+        "the Dagster daemon or freshness_sensor is not running, so this may be out of date.");
     }
     return lines;
   }
@@ -54,7 +56,8 @@ document.addEventListener("DOMContentLoaded", function () {
     var lines = down.concat(freshnessLines(fr));
     box.replaceChildren.apply(box, lines.map(function (t) { var p = document.createElement("p"); p.textContent = t; return p; }));
     box.hidden = lines.length === 0;
-    box.dataset.state = fr.stale ? "stale" : down.length ? "processes" : lines.length ? "unchecked" : "ok";
+    var late = (fr.reports || []).some(function (r) { return !r.stale && r.state === "late"; });
+    box.dataset.state = fr.stale ? "stale" : down.length ? "processes" : late ? "late" : lines.length ? "unchecked" : "ok";
   }
   function render(d) {
     renderNotice(d);

@@ -14,8 +14,18 @@ upstream raw tables, description and the tables it writes.
 
 
 import warnings
+from datetime import timedelta
 
-from dagster import AssetExecutionContext, BackfillPolicy, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    Failure,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 from dagster_shared.utils.warnings import BetaWarning
 
 from orchestration.assets.partitions import HOURLY
@@ -92,3 +102,25 @@ REPORT_ASSET_BY_DOMAIN = {name: report_asset(reports) for name, reports in REPOR
 REPORT_ASSETS = list(REPORT_ASSET_BY_DOMAIN.values())
 ecommerce_reports = REPORT_ASSET_BY_DOMAIN["ecommerce"]
 restaurant_reports = REPORT_ASSET_BY_DOMAIN["restaurant"]
+
+
+def freshness_policy(settings) -> FreshnessPolicy:
+    """Dagster's own freshness policy for the report assets (the UI's freshness
+    badge; Dagster 1.13 evaluates it in the daemon), driven by the settings of
+    the freshness rule (``salespulse.freshness``): warn once the asset has not
+    been materialized for ``FRESHNESS_REPORTS_TARGET_S``, fail after the target
+    times ``FRESHNESS_STALE_FACTOR``. Dagster judges the time since the last
+    materialization, the rule how far the newest report data trails the newest
+    event: with the minute schedule refreshing every minute they fail
+    together, except that Dagster also fails an idle stream's reports (nothing
+    new to report) when the schedule stops."""
+    target = timedelta(seconds=settings.freshness_reports_target_s)
+    fail = target * settings.freshness_stale_factor
+    return FreshnessPolicy.time_window(fail_window=fail, warn_window=target if fail > target else None)
+
+
+def with_freshness_policy(assets: list, settings) -> list:
+    """``assets`` with :func:`freshness_policy` on the report assets (the others as they are)."""
+    policy = freshness_policy(settings)
+    return [a.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=policy))
+            if isinstance(a, AssetsDefinition) and a in REPORT_ASSETS else a for a in assets]

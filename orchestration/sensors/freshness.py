@@ -1,30 +1,35 @@
-"""``freshness_sensor``: the ``reports_fresh`` checks evaluated every minute.
+"""``freshness_sensor``: the freshness rule evaluated every minute, outside the run queue.
 
-The health job runs the ``reports_fresh`` checks every five minutes; this
-sensor (daemon, outside the run queue) records the same evaluation of both
-report assets every minute, so the Dagster UI shows what the dashboard's
-``/api/pipeline/freshness`` shows (same rule, same ``FRESHNESS_*`` targets:
-``salespulse.freshness``), and even while the run queue is full.
+The health job runs the ``reports_fresh`` and ``reports_current`` checks every
+five minutes, inside the run queue; this sensor (daemon) measures once per
+tick (``salespulse.freshness``, the ``FRESHNESS_*`` targets; the Dagster run
+queue) and
+
+* records both checks of every report asset, so the Dagster UI shows what the
+  dashboard's ``/api/pipeline/freshness`` shows, even while the run queue is
+  full or blocked;
+* writes what it found for the dashboard's pipeline page
+  (``orchestration.run_checks.record``).
+
+Its tick message names what is not current (``reports_current``: reports late
+or stale, a blocked queue); the rows and lag measures are in the
+``reports_fresh`` evaluations.
 """
 
 from dagster import AssetCheckEvaluation, DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
-from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.checks import freshness_result
 from orchestration.resources import PostgresResource
-from salespulse.freshness import Targets, cursor_query, measure_all
+from orchestration.run_checks import CHECK_NAME, REPORT_KEYS, Observed, evaluate, observe, record, severity
 
 
-def freshness_evaluations(postgres: PostgresResource) -> list[AssetCheckEvaluation]:
-    """One ``reports_fresh`` evaluation per report asset, measured at one instant."""
-    with postgres.connection() as conn, conn.cursor() as cur:
-        found = measure_all(cursor_query(cur), Targets.from_settings(postgres.settings()),
-                            list(REPORT_ASSET_BY_DOMAIN))
+def freshness_evaluations(observed: Observed) -> list[AssetCheckEvaluation]:
+    """One ``reports_fresh`` evaluation per report asset, from one measurement."""
     evaluations = []
-    for domain, measured in found["domains"].items():
+    for domain, measured in observed.freshness["domains"].items():
         result = freshness_result(measured)
         evaluations.append(AssetCheckEvaluation(
-            asset_key=REPORT_ASSET_BY_DOMAIN[domain].key, check_name="reports_fresh", passed=result.passed,
+            asset_key=REPORT_KEYS[domain], check_name="reports_fresh", passed=result.passed,
             severity=result.severity, description=result.description, metadata=result.metadata))
     return evaluations
 
@@ -32,11 +37,18 @@ def freshness_evaluations(postgres: PostgresResource) -> list[AssetCheckEvaluati
 @sensor(
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description=("Every minute, outside the run queue: records the reports_fresh check of both report assets "
-                 "(the dashboard's freshness rule and FRESHNESS_* targets)."),
+    description=("Every minute, outside the run queue: records the reports_fresh and reports_current checks of "
+                 "every report asset (the freshness rule and FRESHNESS_* targets of the dashboard), and what it "
+                 "found in pipeline_report_freshness / pipeline_run_queue for the dashboard's pipeline page."),
 )
 def freshness_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
-    evaluations = freshness_evaluations(postgres)
-    failing = [e.description for e in evaluations if not e.passed]
-    return SensorResult(asset_events=evaluations,
-                        skip_reason=("NOT FRESH: " + " | ".join(failing)) if failing else "fresh")
+    observed = observe(context.instance, postgres)
+    record(postgres, observed)
+    current = evaluate(context.instance, postgres, observed)
+    events = [*freshness_evaluations(observed), *(
+        AssetCheckEvaluation(asset_key=REPORT_KEYS[domain], check_name=CHECK_NAME, passed=passed,
+                             severity=severity(metadata), description=description, metadata=metadata)
+        for domain, (passed, description, metadata) in current.items())]
+    failing = [f"{domain}: {description}" for domain, (passed, description, _m) in current.items() if not passed]
+    return SensorResult(asset_events=events,
+                        skip_reason=("NOT CURRENT: " + " | ".join(failing)) if failing else "reports current")

@@ -11,7 +11,8 @@
 
 Each tick reports an ``AssetObservation`` per topic asset, inserts one row per
 data topic into ``pipeline_observations`` (the dashboard's lag chart) and flags
-a lag above ``KafkaResource.lag_threshold`` (warning log + ``lag_exceeded``).
+a lag above ``FRESHNESS_LAG_TARGET_MESSAGES`` (``KafkaResource.lag_limit``,
+where the freshness rule turns the lag late) (warning log + ``lag_exceeded``).
 """
 
 
@@ -111,9 +112,9 @@ def kafka_lag_sensor(context: SensorEvaluationContext, kafka: KafkaResource, pos
     flagged = []
     events = []
     for obs in observations:
-        exceeded = obs.consumed and obs.lag > kafka.lag_threshold
+        exceeded = obs.consumed and obs.lag > kafka.lag_limit
         if exceeded:
-            flagged.append(f"{obs.topic} lag {obs.lag} > {kafka.lag_threshold}")
+            flagged.append(f"{obs.topic} lag {obs.lag} > {kafka.lag_limit}")
         metadata = {
             "high_watermark": MetadataValue.int(obs.high_watermark),
             "partitions": MetadataValue.json({str(p): v for p, v in obs.partitions.items()}),
@@ -123,7 +124,7 @@ def kafka_lag_sensor(context: SensorEvaluationContext, kafka: KafkaResource, pos
             metadata.update({
                 "committed": MetadataValue.int(obs.committed),
                 "consumer_lag": MetadataValue.int(obs.lag),
-                "lag_threshold": MetadataValue.int(kafka.lag_threshold),
+                "lag_threshold": MetadataValue.int(kafka.lag_limit),
                 "lag_exceeded": MetadataValue.bool(exceeded),
                 "consumer_group": MetadataValue.text(kafka.group),
             })

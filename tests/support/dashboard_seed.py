@@ -135,7 +135,7 @@ def seed_pipeline(cur, now: datetime) -> None:
              "partition": (minute(now) - timedelta(minutes=i + 1)).strftime("%Y-%m-%d-%H:%M"), "message": None,
              "recorded_at": now - timedelta(minutes=i)} for i in range(5)]
     insert_rows(cur, "pipeline_runs", runs)
-    # reports_current_sensor's record: current reports, a queue that moves
+    # freshness_sensor's record: current reports, a queue that moves
     insert_rows(cur, "pipeline_report_freshness", [
         {"domain": domain, "observed_at": now, "newest_raw_minute": minute(now),
          "newest_window": minute(now) - timedelta(minutes=1), "minutes_behind": 1.0, "target_minutes": 3,

@@ -189,7 +189,7 @@ def dagster_ui(postgres, tmp_path_factory):
         assert kind == "CMD-SHELL"
         probe = ["/bin/sh", "-c", script.replace(f"127.0.0.1:{container_port(proxy)}", f"127.0.0.1:{proxy_port}")]
         yield {"url": f"http://127.0.0.1:{proxy_port}", "htpasswd": htpasswd, "probe": probe, "env": proxy_env,
-               "logs": logs, "run": run}
+               "logs": logs, "run": run, "webserver": f"http://127.0.0.1:{web_port}"}
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -261,3 +261,83 @@ def test_config_and_entry_point_name_the_same_password_file():
     (named,) = re.findall(r"auth_basic_user_file\s+(\S+);", conf.read_text())
     script = mounts["/usr/local/bin/dagster-ui-start.sh"].read_text()
     assert f"DAGSTER_UI_HTPASSWD:-{named}}}" in script
+
+
+# ---------------------------------------------------------------- cross-site requests
+def send(url: str, method: str = "POST", headers: dict | None = None, data: bytes | None = None,
+         auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, bytes]:
+    """One request with exactly these headers (and the basic-auth credentials a
+    browser would add by itself for this origin)."""
+    headers = dict(headers or {})
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method=method),
+                                    timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+QUERY = json.dumps({"query": "{ version }"}).encode()
+JSON = {"Content-Type": "application/json"}
+ATTACKER = "http://attacker.example"
+#: What a page on another site can make a browser send (with the operator's basic
+#: auth attached): method, path + query string, headers, body.
+CROSS_SITE = {
+    "JSON POST from another origin": ("POST", "/graphql", {**JSON, "Origin": ATTACKER}, QUERY),
+    "JSON POST marked cross-site": ("POST", "/graphql", {**JSON, "Sec-Fetch-Site": "cross-site"}, QUERY),
+    # the dashboard is another port of the same host: same-site, not same-origin
+    "JSON POST from a sibling port": ("POST", "/graphql", {**JSON, "Sec-Fetch-Site": "same-site"}, QUERY),
+    "form POST (text/plain)": ("POST", "/graphql", {"Content-Type": "text/plain"}, QUERY),
+    "text/plain naming JSON in a parameter": ("POST", "/graphql",
+                                              {"Content-Type": "text/plain; charset=application/json"}, QUERY),
+    "form POST (urlencoded)": ("POST", "/graphql", {"Content-Type": "application/x-www-form-urlencoded"},
+                               b"query=%7B%20version%20%7D"),
+    "GraphQL in a GET query string": ("GET", "/graphql?query=%7B%20version%20%7D", {}, None),
+    "GraphQL in a POST query string": ("POST", "/graphql?query=%7B%20version%20%7D",
+                                       {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--"),
+    "websocket from another origin": ("GET", "/graphql", {"Upgrade": "websocket", "Connection": "Upgrade",
+                                                           "Sec-WebSocket-Version": "13",
+                                                           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                           "Origin": ATTACKER}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CROSS_SITE))
+def test_cross_site_requests_are_refused_before_they_reach_dagster(dagster_ui, case):
+    method, path, headers, body = CROSS_SITE[case]
+    status, answer = send(dagster_ui["url"] + path, method, headers, body)
+    assert status == 403 and b"cross-site" in answer, (case, status, answer[:200])
+
+
+def test_without_the_proxy_dagster_would_run_them(dagster_ui):
+    """The same requests straight to the webserver run the query: the refusal is the proxy's."""
+    runs = [case for case, (method, path, headers, body) in CROSS_SITE.items()
+            if "websocket" not in case
+            and (lambda r: r[0] == 200 and b'"version"' in r[1])(
+                send(dagster_ui["webserver"] + path, method, headers, body, auth=None))]
+    assert {"JSON POST from another origin", "text/plain naming JSON in a parameter",
+            "GraphQL in a GET query string", "GraphQL in a POST query string"} <= set(runs), runs
+
+
+def test_the_ui_own_requests_and_navigation_still_pass(dagster_ui):
+    url = dagster_ui["url"]
+    host = url.split("//", 1)[1]
+    for headers in (JSON, {**JSON, "Origin": url, "Sec-Fetch-Site": "same-origin"},
+                    {"Content-Type": "application/json; charset=utf-8", "Origin": f"https://{host}"},  # TLS in front
+                    {**JSON, "Sec-Fetch-Site": "none"}):
+        status, body = send(url + "/graphql", "POST", headers, QUERY)
+        assert status == 200 and json.loads(body)["data"]["version"], headers
+    # a link from the dashboard (another site or port) opens the UI
+    status, _ = send(url + "/", "GET", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                                        "Accept": "text/html"})
+    assert status == 200
+    # the UI's run-log subscription: a same-origin websocket goes through to Dagster
+    status, _ = send(url + "/graphql", "GET", {"Upgrade": "websocket", "Connection": "Upgrade",
+                                               "Sec-WebSocket-Version": "13",
+                                               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                               "Sec-WebSocket-Protocol": "graphql-ws", "Origin": url})
+    assert status != 403
+    # and credentials are still needed first
+    assert send(url + "/graphql", "POST", JSON, QUERY, auth=None)[0] == 401

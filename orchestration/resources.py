@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Optional
+from typing import ClassVar, Optional
 
 import psycopg2.extensions
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
 from salespulse.db import connect
 from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
@@ -28,6 +28,23 @@ class PostgresResource(ConfigurableResource):
 
     database_url: Optional[str] = None
     analytics_database_url: Optional[str] = None
+
+    #: Fixed where the resource is defined (the environment, through ``EnvVar``):
+    #: run config may not change them, or a run could send the analytics role's
+    #: password (swapped into ``database_url``) to any host it names.
+    FIXED_FIELDS: ClassVar[tuple[str, ...]] = ("database_url", "analytics_database_url")
+
+    def _with_updated_values(self, values):
+        """Dagster builds the resource a run uses from its run config here; a run
+        config that names another URL than the definition's is refused (None,
+        which a run config naming other fields gives the rest, means the
+        environment's: see :meth:`settings`)."""
+        for name in self.FIXED_FIELDS:
+            given = (values or {}).get(name)
+            if given is not None and given != _resolved(getattr(self, name)):
+                raise ValueError(f"run config may not set the postgres resource's {name}: it comes from the "
+                                 "code location's environment only")
+        return super()._with_updated_values(values)
 
     def settings(self) -> Settings:
         """The process settings with this resource's URLs applied."""
@@ -65,6 +82,11 @@ class PostgresResource(ConfigurableResource):
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall()
+
+
+def _resolved(value):
+    """A field's value as run config would carry it (an ``EnvVar`` resolved)."""
+    return value.get_value() if isinstance(value, EnvVar) else value
 
 
 class SparkResource(ConfigurableResource):

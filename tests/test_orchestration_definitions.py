@@ -121,6 +121,8 @@ def test_resources_come_from_environment_variables(monkeypatch):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
     monkeypatch.setenv("DATABASE_URL", "postgresql://a:b@db.example:5432/sp")
     monkeypatch.setenv("FRESHNESS_LAG_TARGET_MESSAGES", "123")
+    monkeypatch.setenv("ANALYTICS_DB_PASSWORD", "analytics-role-password")  # another server: no local default
+    get_settings.cache_clear()  # the password is read through the settings
     load_defs()
     from orchestration.definitions import build_resources
 

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC
 from salespulse.kafka import producer_config
 from salespulse.stack.broker import tansu_binary, wait_port
+from tests.conftest import free_port
 from tests.support.db import query
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,7 +218,7 @@ class GatedBroker:
     again. tansu keeps its messages and committed offsets meanwhile."""
 
     def __init__(self, log_file: Path | None = None):
-        self.port, self._internal = _free_port(), _free_port()
+        self.port, self._internal = free_port(), free_port()
         self.log_file = log_file
         self._open = True
         self._sockets: list[socket.socket] = []
@@ -282,12 +283,6 @@ class GatedBroker:
                 self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _shut(s: socket.socket) -> None:

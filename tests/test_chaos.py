@@ -96,6 +96,15 @@ def test_oracle_window_storage_limits_and_what_stays_valid():
         assert _fate(recipe)[1].fate == DEAD_LETTER
 
 
+def test_oracle_an_amount_no_decimal_can_round_is_refused_by_the_contract():
+    """1e50 once escaped the contract as an InvalidOperation; now the oracle,
+    which accepts only a ContractError as a refusal, sees a contract refusal."""
+    for field in range(3):
+        for number in ("1e50", "1" + "0" * 400, "123456789012345678901234567890.5"):
+            message, fate = _fate(Recipe("huge_number", False, {"field": field, "number": number}))
+            assert fate.fate == DEAD_LETTER and fate.model is None, message.value
+
+
 def test_recipes_are_seeded_and_cover_every_kind():
     first = draw_recipes(len(KINDS) + 20, seed=5)
     assert first == draw_recipes(len(KINDS) + 20, seed=5)

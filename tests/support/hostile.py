@@ -32,7 +32,14 @@ from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, setti
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, EcommerceEvent, RestaurantOrder, parse_message
+from salespulse.contracts import (
+    ECOMMERCE_TOPIC,
+    RESTAURANT_TOPIC,
+    ContractError,
+    EcommerceEvent,
+    RestaurantOrder,
+    parse_message,
+)
 
 STORED, DUPLICATE, DEAD_LETTER = "stored", "duplicate", "dead_letter"
 WINDOW_REASON = "timestamp outside the accepted window"
@@ -353,7 +360,7 @@ class Oracle:
     def fate(self, topic: str, value: bytes | None) -> Fate:
         try:
             model = parse_message(topic, value)
-        except Exception:  # the consumer's parse turns any exception into a dead letter too
+        except ContractError:  # anything else is a contract bug: a refusal must name its field and rule
             return Fate(DEAD_LETTER)
         ts = model.timestamp
         if ts > datetime.now(timezone.utc) + self.max_future or ts < self.earliest:

@@ -1,7 +1,9 @@
 """The SalesPulse Dagster code location (``workspace.yaml`` loads this module).
 
-Composes the asset graph, asset checks, jobs, schedules, sensors and resources
-defined in the small modules of this package. Resources are configured from
+Composes the lists of the package, each kind in one place (the layout of
+Dagster's ``project_fully_featured`` example): ``assets/`` (``all_assets``),
+``checks/`` (``all_checks``), ``jobs.py`` (``all_jobs``), ``schedules.py``
+(``all_schedules``), ``sensors/`` (``all_sensors``), and the resources below. Resources are configured from
 environment variables where they are set (``EnvVar``: resolved when a run or
 tick uses them); unset ones fall back to ``salespulse.settings`` defaults
 (``salespulse.settings.set_in_environment`` tells which are set: only the
@@ -17,16 +19,10 @@ from __future__ import annotations
 from dagster import Definitions, EnvVar, in_process_executor
 
 from orchestration.assets import all_assets
-from orchestration.assets.jobs import health_checks_job, minute_checks, pipeline_checks_job, refresh_job
 from orchestration.assets.reports import with_freshness_policy
 from orchestration.checks import all_checks
+from orchestration.jobs import all_jobs
 from orchestration.resources import KafkaResource, PostgresResource, SparkResource
-from orchestration.retention import (
-    raw_partitions_hourly,
-    raw_partitions_job,
-    store_retention_every_10_minutes,
-    store_retention_job,
-)
 from orchestration.schedules import all_schedules
 from orchestration.sensors import all_sensors
 from salespulse.settings import get_settings, set_in_environment
@@ -55,10 +51,13 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
+    # the report assets' Dagster freshness policy is an attribute of the
+    # definition, so the freshness settings are read here, once, when the code
+    # location loads; everything that runs reads them through the resources
     assets=with_freshness_policy(all_assets, get_settings()),
-    asset_checks=[*all_checks, *minute_checks],
-    jobs=[refresh_job, health_checks_job, pipeline_checks_job, raw_partitions_job, store_retention_job],
-    schedules=[*all_schedules, raw_partitions_hourly, store_retention_every_10_minutes],
+    asset_checks=all_checks,
+    jobs=all_jobs,
+    schedules=all_schedules,
     sensors=all_sensors,
     resources=build_resources(),
     executor=in_process_executor,

@@ -1,8 +1,9 @@
-"""Retention jobs.
+"""Retention ops (their jobs are in ``orchestration/jobs.py``, their schedules
+in ``orchestration/schedules.py``).
 
-``raw_partitions_job``: the raw tables' month partitions, created ahead, and
-dropped after ``RAW_RETENTION_DAYS`` once their reports exist
-(``salespulse/partitions.py``).
+``maintain_raw_partitions`` (``raw_partitions_job``): the raw tables' month
+partitions, created ahead, and dropped after ``RAW_RETENTION_DAYS`` once their
+reports exist (``salespulse/partitions.py``).
 
 One op in its own job, every hour: creating next month's partitions does not
 wait for a day boundary, and a retention drop that had to wait for a report
@@ -11,17 +12,7 @@ run's id; the op's output metadata lists what it did and why it stopped where
 it did.
 """
 
-from dagster import (
-    DefaultScheduleStatus,
-    MetadataValue,
-    OpExecutionContext,
-    Output,
-    RunRequest,
-    ScheduleEvaluationContext,
-    job,
-    op,
-    schedule,
-)
+from dagster import MetadataValue, OpExecutionContext, Output, op
 
 from orchestration.resources import PostgresResource
 from salespulse.bounded_stores import trim_all
@@ -50,19 +41,6 @@ def maintain_raw_partitions(context: OpExecutionContext, postgres: PostgresResou
         "dropped": MetadataValue.md("| table | partition | from | to | rows |\n|---|---|---|---|---|\n" + "\n".join(rows)
                                     if rows else "nothing dropped"),
     })
-
-
-@job(description="Raw table partitions: create the coming months', drop expired ones (RAW_RETENTION_DAYS).",
-     tags={"salespulse/job": "partitions", "dagster/max_runtime": "1800"})
-def raw_partitions_job():
-    maintain_raw_partitions()
-
-
-@schedule(cron_schedule="7 * * * *", job=raw_partitions_job, execution_timezone="UTC",
-          default_status=DefaultScheduleStatus.RUNNING,
-          description="Hourly at :07: raw_partitions_job (month partitions ahead; retention when RAW_RETENTION_DAYS > 0).")
-def raw_partitions_hourly(context: ScheduleEvaluationContext):
-    return RunRequest(run_key=f"partitions:{context.scheduled_execution_time.strftime('%Y-%m-%dT%H')}")
 
 
 # --- store_retention_job: every store that grows with time has a bound ----------
@@ -154,18 +132,3 @@ def trim_ingest_ledger(context: OpExecutionContext, postgres: PostgresResource) 
 
 #: the ops of store_retention_job (each independent; other stores add theirs here)
 STORE_TRIMS = [trim_pipeline_records, trim_dagster_storage, trim_ingest_ledger]
-
-
-@job(description="Every store that grows with time stays bounded: old dead letters, pipeline records "
-                 "(and the others listed in STORE_TRIMS), each trimmed in bounded batches.",
-     tags={"salespulse/job": "retention", "dagster/max_runtime": "900"})
-def store_retention_job():
-    for trim in STORE_TRIMS:
-        trim()
-
-
-@schedule(cron_schedule="*/10 * * * *", job=store_retention_job, execution_timezone="UTC",
-          default_status=DefaultScheduleStatus.RUNNING,
-          description="Every 10 minutes: store_retention_job (dead letters, pipeline records, ...).")
-def store_retention_every_10_minutes(context: ScheduleEvaluationContext):
-    return RunRequest(run_key=f"stores:{context.scheduled_execution_time.strftime('%Y-%m-%dT%H:%M')}")

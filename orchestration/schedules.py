@@ -1,4 +1,5 @@
-"""Schedules: the minute refresh of the current hour, and the health checks."""
+"""Every schedule: the minute refresh of the current hour, the health checks,
+the minute checks, and the two retention jobs."""
 
 
 from datetime import timedelta
@@ -12,8 +13,15 @@ from dagster import (
     schedule,
 )
 
-from orchestration.assets.jobs import REPORT_ASSETS, health_checks_job, pipeline_checks_job, refresh_job
 from orchestration.assets.partitions import partition_key_for
+from orchestration.assets.reports import REPORT_ASSETS
+from orchestration.jobs import (
+    health_checks_job,
+    pipeline_checks_job,
+    raw_partitions_job,
+    refresh_job,
+    store_retention_job,
+)
 from orchestration.sensors.runs import (
     SCHEDULE_TRIGGER,
     TRIGGER_TAG,
@@ -93,4 +101,25 @@ def pipeline_checks_every_minute(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"checks:{context.scheduled_execution_time.strftime('%Y-%m-%dT%H:%M')}")
 
 
-all_schedules = [refresh_every_minute, health_checks_every_5_minutes, pipeline_checks_every_minute]
+def keyed_schedule(name: str, cron: str, job, key: str, description: str):
+    """A schedule that requests one run of ``job`` per tick, keyed ``<job's key>:<tick formatted by key>``
+    (the retention jobs: a tick's run is requested once)."""
+    prefix, time_format = key.split(":", 1)
+
+    @schedule(name=name, cron_schedule=cron, job=job, execution_timezone="UTC",
+              default_status=DefaultScheduleStatus.RUNNING, description=description)
+    def _schedule(context: ScheduleEvaluationContext):
+        return RunRequest(run_key=f"{prefix}:{context.scheduled_execution_time.strftime(time_format)}")
+
+    return _schedule
+
+
+raw_partitions_hourly = keyed_schedule(
+    "raw_partitions_hourly", "7 * * * *", raw_partitions_job, "partitions:%Y-%m-%dT%H",
+    "Hourly at :07: raw_partitions_job (month partitions ahead; retention when RAW_RETENTION_DAYS > 0).")
+store_retention_every_10_minutes = keyed_schedule(
+    "store_retention_every_10_minutes", "*/10 * * * *", store_retention_job, "stores:%Y-%m-%dT%H:%M",
+    "Every 10 minutes: store_retention_job (dead letters, pipeline records, ...).")
+
+all_schedules = [refresh_every_minute, health_checks_every_5_minutes, pipeline_checks_every_minute,
+                 raw_partitions_hourly, store_retention_every_10_minutes]

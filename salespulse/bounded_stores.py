@@ -48,7 +48,7 @@ BATCH_ROWS = 5_000
 MAX_BATCHES = 50
 
 #: the ledger reconciliation looks this far behind RECONCILE_MINUTES for a
-#: batch's rows (orchestration/checks_reconcile.py BATCH_SPAN), plus a margin
+#: batch's rows (orchestration/checks/reconcile.py BATCH_SPAN), plus a margin
 RECONCILE_SPAN = timedelta(minutes=15)
 #: dead_letter_rate (health checks and the minute alert) counts the last hour
 RATE_WINDOW = timedelta(hours=1, minutes=5)

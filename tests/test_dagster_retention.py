@@ -230,7 +230,8 @@ def test_old_runless_observations_go_except_each_assets_newest(instance):
 
 def test_the_op_in_store_retention_job_uses_the_settings(instance, database_url, monkeypatch):
     from orchestration.resources import PostgresResource
-    from orchestration.retention import STORE_TRIMS, store_retention_job, trim_dagster_storage
+    from orchestration.jobs import store_retention_job
+    from orchestration.retention import STORE_TRIMS, trim_dagster_storage
 
     assert trim_dagster_storage in STORE_TRIMS
     old = run(instance, [part], H[0])

@@ -302,7 +302,7 @@ def test_real_refresh_run_killed_with_the_stack_is_repaired_and_reports_are_exac
 # ------------------------------------------------------------------ stale is visible
 def test_reports_current_fails_on_stale_reports_and_passes_when_current(database_url):
     from orchestration.resources import PostgresResource
-    from orchestration.run_checks import evaluate
+    from orchestration.checks.current import evaluate
     from tests.support.orchestration import query
 
     postgres = PostgresResource(database_url=database_url)

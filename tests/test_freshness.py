@@ -16,7 +16,7 @@ from dagster import (
 
 from dashboard import create_app
 from orchestration.assets.partitions import HOURLY
-from orchestration.checks import ecommerce_reports_fresh, restaurant_reports_fresh
+from orchestration.checks.freshness import ecommerce_reports_fresh, restaurant_reports_fresh
 from orchestration.resources import PostgresResource
 from orchestration.sensors.freshness import freshness_sensor
 from salespulse.freshness import DOMAINS, RECORD_MAX_AGE_S, STATES, Targets, state, worst

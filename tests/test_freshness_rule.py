@@ -28,9 +28,9 @@ from dagster import (
 )
 
 from dashboard import create_app
-from orchestration.checks import REPORTS_FRESH
+from orchestration.checks.current import REPORTS_CURRENT
+from orchestration.checks.freshness import REPORTS_FRESH
 from orchestration.resources import PostgresResource
-from orchestration.run_checks import REPORTS_CURRENT
 from orchestration.sensors.freshness import freshness_sensor
 from salespulse.catalog import ECOMMERCE
 from salespulse.settings import Settings

@@ -25,7 +25,7 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
-from orchestration.checks import ingest_ledger_contiguous, raw_tables_consistent
+from orchestration.checks.integrity import ingest_ledger_contiguous, raw_tables_consistent
 from salespulse.integrity import consistency_violations, ledger_gaps, minute_ranges
 from tests.support.orchestration import BASE_HOUR, execute, seed_ecommerce, seed_restaurant
 from tests.test_orchestration_checks import ledger, run_checks_job

@@ -247,7 +247,8 @@ def test_the_op_in_store_retention_job_trims_with_the_soak_settings(urls, writer
     """LEDGER_ROLLUP_MINUTES / LEDGER_RETENTION_DAYS scaled down (the soak's path):
     ranges recorded 20 minutes ago are trimmed, the last minute's kept."""
     from orchestration.resources import PostgresResource
-    from orchestration.retention import STORE_TRIMS, store_retention_job, trim_ingest_ledger
+    from orchestration.jobs import store_retention_job
+    from orchestration.retention import STORE_TRIMS, trim_ingest_ledger
     from salespulse.settings import get_settings
 
     admin = urls[0]

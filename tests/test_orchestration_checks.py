@@ -14,14 +14,16 @@ from dagster import (
 )
 
 from orchestration.assets.partitions import HOURLY
-from orchestration.checks import (
+from orchestration.checks.freshness import ecommerce_reports_fresh
+from orchestration.checks.integrity import (
     dead_letter_rate_check,
-    ecommerce_reports_fresh,
-    ecommerce_revenue_reconciles,
-    ecommerce_windows_complete,
     ingest_ledger_contiguous,
     integrity_checks,
     raw_tables_consistent,
+)
+from orchestration.checks.window import (
+    ecommerce_revenue_reconciles,
+    ecommerce_windows_complete,
     restaurant_revenue_reconciles,
     restaurant_windows_complete,
 )

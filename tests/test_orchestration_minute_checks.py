@@ -19,15 +19,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
-from orchestration.alerts import (
+from orchestration.assets import all_assets
+from orchestration.checks import minute_checks
+from orchestration.checks.alerts import (
     dead_letter_rate_alert,
     ecommerce_funnel_break,
     ecommerce_revenue_drop,
     restaurant_revenue_drop,
 )
-from orchestration.assets import all_assets
-from orchestration.assets.jobs import minute_checks
-from orchestration.checks_reconcile import (
+from orchestration.checks.reconcile import (
     ecommerce_reports_reconcile,
     ledger_reconciles,
     restaurant_reports_reconcile,
@@ -486,7 +486,7 @@ def test_real_spark_reports_reconcile(database_url, spark_remote):
 def test_minute_schedule_skips_while_a_run_waits():
     from dagster import DagsterRun, DagsterRunStatus, build_schedule_context, instance_for_test
 
-    from orchestration.assets.jobs import pipeline_checks_job
+    from orchestration.jobs import pipeline_checks_job
     from orchestration.schedules import pipeline_checks_every_minute
 
     at = datetime(2026, 12, 6, 9, 17, tzinfo=timezone.utc)

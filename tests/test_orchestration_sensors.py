@@ -19,8 +19,8 @@ from dagster import (
     materialize,
 )
 
-from orchestration.assets.jobs import refresh_job
 from orchestration.assets.views import VIEW_KEYS
+from orchestration.jobs import refresh_job
 from orchestration.resources import KafkaResource, PostgresResource
 from orchestration.schedules import refresh_every_minute
 from orchestration.sensors.kafka_lag import kafka_lag_sensor, observe_topics

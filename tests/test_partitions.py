@@ -17,7 +17,7 @@ from dagster import materialize
 from orchestration.assets.reports import ecommerce_reports
 from orchestration.reports import REPORT_DOMAINS
 from orchestration.resources import PostgresResource, SparkResource
-from orchestration.retention import raw_partitions_job
+from orchestration.jobs import raw_partitions_job
 from salespulse.contracts import ECOMMERCE_TOPIC, RESTAURANT_TOPIC, TimestampWindow
 from salespulse.daily_aggregates import rebuild_views
 from salespulse.db import SQL_DIR, apply_migrations, migrate

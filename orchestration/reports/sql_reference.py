@@ -37,7 +37,7 @@ def sql_revenue(conn, domain: str, start: datetime, end: datetime) -> Decimal:
 #: The e-commerce per-minute aggregation in one SQL statement: the SQL
 #: baseline of ``bench/bench_reports.py`` and, through the columns it selects
 #: (events, purchases, add_to_carts, remove_from_carts, revenue, units,
-#: last_ingested), the reconciliation check (``orchestration/checks_reconcile.py``).
+#: last_ingested), the reconciliation check (``orchestration/checks/reconcile.py``).
 #: One row per minute with events or transactions; ``last_ingested``: the
 #: newest ingestion of the minute's rows. Written so that a caller selecting
 #: fewer columns pays for fewer: ``funnel`` is LEFT JOINed on its unique

@@ -9,7 +9,7 @@ queue) and
   dashboard's ``/api/pipeline/freshness`` shows, even while the run queue is
   full or blocked;
 * writes what it found for the dashboard's pipeline page
-  (``orchestration.run_checks.record``).
+  (``orchestration.checks.current.record``).
 
 Its tick message names what is not current (``reports_current``: reports late
 or stale, a blocked queue); the rows and lag measures are in the
@@ -18,9 +18,9 @@ or stale, a blocked queue); the rows and lag measures are in the
 
 from dagster import AssetCheckEvaluation, DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
-from orchestration.checks import freshness_result
+from orchestration.checks.current import CHECK_NAME, REPORT_KEYS, Observed, evaluate, observe, record, severity
+from orchestration.checks.freshness import freshness_result
 from orchestration.resources import PostgresResource
-from orchestration.run_checks import CHECK_NAME, REPORT_KEYS, Observed, evaluate, observe, record, severity
 
 
 def freshness_evaluations(observed: Observed) -> list[AssetCheckEvaluation]:

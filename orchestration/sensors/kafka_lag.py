@@ -34,7 +34,6 @@ from orchestration.resources import KafkaResource, PostgresResource
 from salespulse.broker_rotation import RotationFiles
 from salespulse.contracts import TOPICS, all_topic_partitions
 from salespulse.lag import group_lag, partition_lag
-from salespulse.settings import get_settings
 
 
 @dataclass
@@ -108,7 +107,7 @@ def kafka_lag_sensor(context: SensorEvaluationContext, kafka: KafkaResource, pos
             obs.messages_per_s = round((obs.high_watermark - before) / elapsed, 3)
     record_observations(postgres, observations)
 
-    rotation = RotationFiles(get_settings().salespulse_state_dir).load_state()
+    rotation = RotationFiles(postgres.settings().salespulse_state_dir).load_state()
     flagged = []
     events = []
     for obs in observations:

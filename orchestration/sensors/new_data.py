@@ -56,11 +56,11 @@ from dagster import (
     sensor,
 )
 
-from orchestration.assets.jobs import refresh_job
 from orchestration.assets.partitions import FIRST_PARTITION, partition_hour, partition_key_for
 from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.assets.sources import RAW_TABLE_KEYS
 from orchestration.assets.views import VIEW_KEYS
+from orchestration.jobs import refresh_job
 from orchestration.reports import REPORT_DOMAINS
 from orchestration.resources import PostgresResource
 from orchestration.restatement import encode_minutes, tag_name, windows_from_tags
@@ -73,7 +73,6 @@ from orchestration.sensors.late_rows import (
     windows_to_restate,
 )
 from orchestration.sensors.runs import PARTITION_TAG, TRIGGER_TAG, schedule_is_covering
-from salespulse.settings import get_settings
 
 #: tables observed by max(id) only
 OBSERVED_ONLY = ("products", "transactions", "order_items", "dead_letters")
@@ -152,7 +151,7 @@ def utc_now() -> datetime:
 )
 def new_data_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
     previous = Cursor.from_json(context.cursor)
-    margin = timedelta(seconds=get_settings().late_rows_margin_seconds)
+    margin = timedelta(seconds=postgres.settings().late_rows_margin_seconds)
     wrong: dict[str, list[datetime]] = {}  # domain -> windows whose reports differ
     with postgres.connection() as conn:
         with conn.cursor() as cur:

@@ -1,17 +1,14 @@
-"""Asset jobs the schedules and sensors launch."""
+"""Every job the schedules and sensors launch: three asset jobs (the refresh,
+the health checks, the minute checks) and two op jobs (retention)."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job, job
 
 from orchestration.assets.reports import REPORT_ASSETS
 from orchestration.assets.views import materialized_views
-from orchestration.alerts import alert_checks
-from orchestration.checks import health_checks
-from orchestration.checks_reconcile import reconcile_checks
-
-#: reconciliation and alerts: their own minute job (not part of every refresh run)
-minute_checks = [*reconcile_checks, *alert_checks]
+from orchestration.checks import health_checks, minute_checks
+from orchestration.retention import STORE_TRIMS, maintain_raw_partitions
 
 #: both domains' reports for one hourly partition, then the materialized views;
 #: the partition's window checks (reconciliation, complete windows) run with them
@@ -49,3 +46,20 @@ pipeline_checks_job = define_asset_job(
                  "in pipeline_check_results for the dashboard and failing windows POSTed to ALERT_WEBHOOK_URL."),
     tags={"salespulse/job": "checks", "dagster/max_runtime": "300"},
 )
+
+
+@job(description="Raw table partitions: create the coming months', drop expired ones (RAW_RETENTION_DAYS).",
+     tags={"salespulse/job": "partitions", "dagster/max_runtime": "1800"})
+def raw_partitions_job():
+    maintain_raw_partitions()
+
+
+@job(description="Every store that grows with time stays bounded: old dead letters, pipeline records "
+                 "(and the others listed in STORE_TRIMS), each trimmed in bounded batches.",
+     tags={"salespulse/job": "retention", "dagster/max_runtime": "900"})
+def store_retention_job():
+    for trim in STORE_TRIMS:
+        trim()
+
+
+all_jobs = [refresh_job, health_checks_job, pipeline_checks_job, raw_partitions_job, store_retention_job]

@@ -1,6 +1,6 @@
 """Alerts as asset checks (every minute, ``pipeline_checks_job``), severity WARN.
 Failing ones show on the dashboard's pipeline page and are POSTed to
-``ALERT_WEBHOOK_URL`` once per window (``orchestration.check_outcomes``).
+``ALERT_WEBHOOK_URL`` once per window (``orchestration.checks.outcomes``).
 
 * ``revenue_drop`` (each report asset): the revenue of the newest complete
   block of ``ALERT_REVENUE_WINDOW_MINUTES`` (5) minutes — blocks aligned on the
@@ -21,7 +21,7 @@ Failing ones show on the dashboard's pipeline page and are POSTed to
   (more removals than additions so far). The producer's sessions only take
   what they carted, so any is a defect upstream (or a lost event); a minute
   with more than ``ALERT_FUNNEL_MAX_BROKEN`` (0) fails.
-* ``dead_letter_rate_alert`` (``dead_letters``): ``checks.dead_letter_rate``
+* ``dead_letter_rate_alert`` (``dead_letters``): ``checks.integrity.dead_letter_rate``
   (the 5-minute health check's measure, last hour vs ``DEAD_LETTER_MAX_RATE``)
   every minute, recorded and notified; its window is the clock hour, so a
   lasting rate is notified once an hour.
@@ -34,11 +34,12 @@ from decimal import Decimal
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
 
 from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
-from orchestration.check_outcomes import Verdict, conclude
-from orchestration.checks import CUTOFF_GRACE, DEAD_LETTER_MAX_RATE, dead_letter_rate
+from orchestration.checks.integrity import dead_letter_rate
+from orchestration.checks.outcomes import Verdict, conclude
+from orchestration.checks.window import CUTOFF_GRACE
 from orchestration.resources import PostgresResource
 from salespulse.catalog import DOMAINS
-from salespulse.settings import get_settings
+from salespulse.settings import Settings
 
 FUNNEL_MINUTES = 10
 FUNNEL_LOOKBACK = timedelta(hours=24)
@@ -57,7 +58,7 @@ def _floor_block(moment: datetime, minutes: int) -> datetime:
 
 def revenue_drop(postgres: PostgresResource, domain: str, *, drop: float | None = None,
                  block_minutes: int | None = None, history_days: int | None = None) -> Verdict:
-    settings = get_settings()
+    settings = postgres.settings()
     drop = settings.alert_revenue_drop if drop is None else drop
     block = timedelta(minutes=block_minutes or settings.alert_revenue_window_minutes)
     days = history_days or settings.alert_history_days
@@ -158,7 +159,7 @@ FROM judged GROUP BY 1 ORDER BY 1
 
 def funnel_break(postgres: PostgresResource, *, max_broken: int | None = None,
                  minutes: int = FUNNEL_MINUTES) -> Verdict:
-    max_broken = get_settings().alert_funnel_max_broken if max_broken is None else max_broken
+    max_broken = postgres.settings().alert_funnel_max_broken if max_broken is None else max_broken
     with postgres.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT now()")
         now = cur.fetchone()[0]
@@ -197,8 +198,8 @@ def ecommerce_funnel_break(context: AssetCheckExecutionContext, postgres: Postgr
 
 # --- dead-letter rate ------------------------------------------------------------
 
-def dead_letter_alert(postgres: PostgresResource, max_rate: float = DEAD_LETTER_MAX_RATE) -> Verdict:
-    result = dead_letter_rate(postgres, max_rate)
+def dead_letter_alert(postgres: PostgresResource, max_rate: float | None = None) -> Verdict:
+    result = dead_letter_rate(postgres, postgres.settings().dead_letter_max_rate if max_rate is None else max_rate)
     figures = {k: v.value for k, v in result.metadata.items()}
     now = datetime.now(timezone.utc)
     hour = now.replace(minute=0, second=0, microsecond=0)
@@ -208,7 +209,8 @@ def dead_letter_alert(postgres: PostgresResource, max_rate: float = DEAD_LETTER_
 
 
 @asset_check(asset="dead_letters", name="dead_letter_rate_alert", description=(
-    f"Alert: dead letters above DEAD_LETTER_MAX_RATE ({DEAD_LETTER_MAX_RATE:.0%}) of the last hour's messages, "
+    f"Alert: dead letters above DEAD_LETTER_MAX_RATE (default {Settings.model_fields['dead_letter_max_rate'].default:.0%}) "
+    "of the last hour's messages, "
     "every minute (the measure of dead_letter_rate), recorded for the dashboard and notified once an hour."))
 def dead_letter_rate_alert(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
     return conclude(context, postgres, AssetKey("dead_letters"), "dead_letter_rate_alert",

@@ -1,4 +1,4 @@
-"""What the minute checks (``checks_reconcile.py``, ``alerts.py``) found, kept
+"""What the minute checks (``reconcile.py``, ``alerts.py``) found, kept
 where the dashboard can read it, and sent to a webhook when one is set.
 
 :func:`conclude` turns a check's verdict into its ``AssetCheckResult`` and, on
@@ -30,7 +30,6 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValu
 
 from orchestration.resources import PostgresResource
 from orchestration.webhook import post_json
-from salespulse.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def conclude(context, postgres: PostgresResource, asset_key: AssetKey, check_nam
 def notify(postgres: PostgresResource, check_name: str, asset: str, severity: str, description: str,
            windows: list[dict], run_id: str | None) -> int:
     """POST the windows of a failing check not notified yet; the number sent."""
-    settings = get_settings()
+    settings = postgres.settings()
     url = settings.alert_webhook_url
     if not url:
         return 0

@@ -112,7 +112,6 @@ def _check(domain: str):
 
 #: domain -> its check
 REPORTS_CURRENT = {domain: _check(domain) for domain in REPORT_KEYS}
-run_checks = list(REPORTS_CURRENT.values())
 
 
 def record(postgres: PostgresResource, observed: Observed) -> None:

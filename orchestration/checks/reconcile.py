@@ -50,23 +50,23 @@ compared like the others.
 """
 
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSpec, asset_check, multi_asset_check
 
 from orchestration.assets.reports import REPORT_ASSET_BY_DOMAIN
 from orchestration.assets.sources import RAW_TABLE_KEYS
-from orchestration.check_outcomes import Verdict, conclude
-from orchestration.checks import CUTOFF_GRACE
+from orchestration.checks.outcomes import Verdict, conclude
+from orchestration.checks.window import CUTOFF_GRACE, floor_minute
 from orchestration.reports.sql_reference import ECOMMERCE_MINUTE_SQL
 from orchestration.resources import PostgresResource
 from salespulse.catalog import DOMAINS
 from salespulse.ledger import detail_since
-from salespulse.settings import get_settings
+from salespulse.settings import Settings
 
-RECONCILE_MINUTES = get_settings().reconcile_minutes
-PENDING_MINUTES = get_settings().reconcile_pending_minutes
+#: the default of RECONCILE_MINUTES, for the descriptions (the checks read the resource's settings)
+_MINUTES_DEFAULT = Settings.model_fields["reconcile_minutes"].default
 
 # --- reports vs raw tables -----------------------------------------------------
 
@@ -92,10 +92,6 @@ FIGURES = {
 }
 
 
-def _floor_minute(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
-
-
 def _number(value):
     """Figures as JSON numbers: counts as int, money as float (compared as Decimal)."""
     if value is None:
@@ -107,15 +103,18 @@ def _snapshot(conn):
     conn.set_session(readonly=True, isolation_level="REPEATABLE READ")
 
 
-def reconcile_reports(postgres: PostgresResource, domain: str, minutes: int = RECONCILE_MINUTES,
-                      pending_minutes: int = PENDING_MINUTES) -> Verdict:
+def reconcile_reports(postgres: PostgresResource, domain: str, minutes: int | None = None,
+                      pending_minutes: int | None = None) -> Verdict:
+    settings = postgres.settings()
+    minutes = settings.reconcile_minutes if minutes is None else minutes
+    pending_minutes = settings.reconcile_pending_minutes if pending_minutes is None else pending_minutes
     figures = FIGURES[domain]
     with postgres.connection() as conn:
         _snapshot(conn)
         with conn.cursor() as cur:
             cur.execute("SELECT now()")
             now = cur.fetchone()[0]
-            end = _floor_minute(now)
+            end = floor_minute(now)
             start = end - timedelta(minutes=minutes)
             params = {"start": start, "end": end}
             cur.execute(_RAW_SQL[domain], params)
@@ -163,7 +162,7 @@ def reports_reconcile_check(domain: str):
     report_asset = REPORT_ASSET_BY_DOMAIN[domain]
 
     @asset_check(asset=report_asset, name="reports_reconcile", description=(
-        f"Every minute: each settled minute of the last RECONCILE_MINUTES ({RECONCILE_MINUTES}) of "
+        f"Every minute: each settled minute of the last RECONCILE_MINUTES (default {_MINUTES_DEFAULT}) of "
         f"{DOMAINS[domain].overview} equals plain SQL over the raw tables ({', '.join(FIGURES[domain])}); a late "
         f"row not restated within RECONCILE_PENDING_MINUTES fails it too."))
     def check(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
@@ -236,21 +235,22 @@ def ledger_problems(row: dict) -> list[str]:
     return problems
 
 
-def reconcile_ledger(postgres: PostgresResource, name: str, minutes: int = RECONCILE_MINUTES) -> Verdict:
+def reconcile_ledger(postgres: PostgresResource, name: str, minutes: int | None = None) -> Verdict:
+    settings = postgres.settings()
+    minutes = settings.reconcile_minutes if minutes is None else minutes
     topic, table = LEDGER_TABLES[name]
     with postgres.connection() as conn:
         _snapshot(conn)
         with conn.cursor() as cur:
             cur.execute("SELECT now()")
             now = cur.fetchone()[0]
-            start = _floor_minute(now) - timedelta(minutes=minutes)
+            start = floor_minute(now) - timedelta(minutes=minutes)
             # ranges rolled up or trimmed (sql/130) no longer carry their batch's
             # transaction: only the minutes still held one range per batch
-            settings = get_settings()
-            start = max(start, _floor_minute(detail_since(settings, now)) + timedelta(minutes=1))
+            start = max(start, floor_minute(detail_since(settings, now)) + timedelta(minutes=1))
             cur.execute(_LEDGER_SQL.format(table=table), {"topic": topic, "start": start,
                                                          "scan_from": start - BATCH_SPAN,
-                                                         "group": get_settings().consumer_group})
+                                                         "group": settings.consumer_group})
             rows = [dict(zip(("minute", *_LEDGER_COLUMNS), r)) for r in cur.fetchall()]
     windows = []
     for row in rows:

@@ -279,6 +279,28 @@ def test_pipeline_notice_for_stale_reports_a_blocked_queue_and_an_old_check(brow
         ctx.close()
 
 
+def test_pipeline_notice_says_late_where_the_freshness_table_does(browser, served):
+    """Reports late by the freshness rule (freshness_sensor records the state, sql/150)
+    are a line of the notice in the table's word, not "stale"."""
+    server, url = served
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("""UPDATE pipeline_report_freshness SET observed_at = now(), state = 'late', stale = false,
+                           minutes_behind = 4, newest_window = newest_raw_minute - interval '4 minutes'
+                       WHERE domain = 'ecommerce'""")
+    conn.close()
+    ctx, page, errors = open_page(browser, server.url + "/pipeline")
+    try:
+        wait_js(page, "document.querySelectorAll('#freshness-notice p').length === 1")
+        assert page.get_attribute("#freshness-notice", "data-state") == "late"
+        (line,) = page.eval_on_selector_all("#freshness-notice p", "ps => ps.map(p => p.textContent)")
+        assert re.fullmatch(r"Reports are late: newest e-commerce window \d\d:\d\d, 4 min behind the newest data "
+                            r"\(target 3 min\)\.", line), line
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
 def test_pipeline_notice_names_a_local_stack_process_that_is_restarting(browser, database_url, tmp_path):
     """Under a real supervisord (as `make run` has): a program that keeps exiting is in back-off,
     and the pipeline page says so; one that runs is not mentioned."""

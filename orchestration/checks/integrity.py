@@ -199,28 +199,31 @@ def dead_letter_rate_check(postgres: PostgresResource) -> AssetCheckResult:
     return dead_letter_rate(postgres, postgres.settings().dead_letter_max_rate)
 
 
-@multi_asset_check(
-    specs=[AssetCheckSpec("ingest_ledger_contiguous", asset=RAW_TABLE_KEYS[name],
-                          description=f"The consumer's ingest_ledger ranges of {topic} follow each other per "
-                                      "partition, without a gap or an overlap: the ranges recorded since the "
-                                      "last evaluation and their neighbours (see docs/audit.md).")
-           for name, (topic, _tables) in INTEGRITY_ASSETS.items()],
-    name="ingest_ledger_contiguous",
-)
-def ingest_ledger_contiguous(postgres: PostgresResource):
-    yield from ledger_gap_results(postgres)
+def per_raw_table_check(name: str, describe, results):
+    """The check ``name`` on every raw table of :data:`INTEGRITY_ASSETS`, in one
+    evaluation: ``describe(topic, tables)`` gives each spec's description,
+    ``results(postgres)`` the results of all of them."""
+
+    @multi_asset_check(specs=[AssetCheckSpec(name, asset=RAW_TABLE_KEYS[table], description=describe(topic, tables))
+                              for table, (topic, tables) in INTEGRITY_ASSETS.items()], name=name)
+    def check(postgres: PostgresResource):
+        yield from results(postgres)
+
+    return check
 
 
-@multi_asset_check(
-    specs=[AssetCheckSpec("raw_tables_consistent", asset=RAW_TABLE_KEYS[name],
-                          description=f"{' / '.join(sorted(tables))} agree: every purchase has its transaction, "
-                                      "every order its items, counts and totals match, in the event-time minutes "
-                                      "of the rows ingested since the last evaluation (see docs/audit.md).")
-           for name, (_topic, tables) in INTEGRITY_ASSETS.items()],
-    name="raw_tables_consistent",
-)
-def raw_tables_consistent(postgres: PostgresResource):
-    yield from consistency_results(postgres)
+ingest_ledger_contiguous = per_raw_table_check(
+    "ingest_ledger_contiguous",
+    lambda topic, _tables: (f"The consumer's ingest_ledger ranges of {topic} follow each other per partition, "
+                            "without a gap or an overlap: the ranges recorded since the last evaluation and "
+                            "their neighbours (see docs/audit.md)."),
+    ledger_gap_results)
+raw_tables_consistent = per_raw_table_check(
+    "raw_tables_consistent",
+    lambda _topic, tables: (f"{' / '.join(sorted(tables))} agree: every purchase has its transaction, every order "
+                            "its items, counts and totals match, in the event-time minutes of the rows ingested "
+                            "since the last evaluation (see docs/audit.md)."),
+    consistency_results)
 
 
 integrity_checks = [ingest_ledger_contiguous, raw_tables_consistent]

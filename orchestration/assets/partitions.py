@@ -36,7 +36,8 @@ from datetime import datetime, timedelta, timezone
 
 from dagster import HourlyPartitionsDefinition
 
-from salespulse.settings import ROLE_ANALYTICS, Settings, get_settings
+from salespulse.catalog import DOMAINS
+from salespulse.settings import ROLE_ANALYTICS, SecretError, Settings, get_settings
 
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 log = logging.getLogger(__name__)
@@ -49,20 +50,20 @@ def _hour(moment: datetime) -> datetime:
 
 
 def first_data(settings: Settings) -> datetime | None:
-    """The earliest raw row or report window in the database (None: none, or unreachable)."""
+    """The earliest raw row or report window in the database (None: none, or
+    unreachable, or no password for the analytics role: the code location must
+    load without its database)."""
     import psycopg2
 
-    from orchestration.reports import REPORT_DOMAINS
-
-    parts = [f'(SELECT min("timestamp") FROM {d.raw_table})' for d in REPORT_DOMAINS.values()]
-    parts += [f"(SELECT min(window_start) FROM {d.overview})" for d in REPORT_DOMAINS.values()]
+    parts = [f'(SELECT min("timestamp") FROM {d.raw_table})' for d in DOMAINS.values()]
+    parts += [f"(SELECT min(window_start) FROM {d.overview})" for d in DOMAINS.values()]
     try:
         with psycopg2.connect(settings.role_url(ROLE_ANALYTICS), connect_timeout=3,
                               options="-c statement_timeout=10000") as conn, conn.cursor() as cur:
             cur.execute(f"SELECT least({', '.join(parts)})")
             found = cur.fetchone()[0]
         conn.close()
-    except psycopg2.Error as exc:
+    except (psycopg2.Error, SecretError) as exc:
         log.warning(f"report partitions: first data not read ({str(exc).strip()}); starting an hour ago")
         return None
     return found

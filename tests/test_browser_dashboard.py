@@ -13,6 +13,7 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
+from salespulse.settings import LOCAL_ADMIN_PASSWORD, LOCAL_ADMIN_USER
 from tests.conftest import free_port
 from tests.support.browser import Server, open_page, settings_for, shot, wait_js
 from tests.support.dashboard_seed import ecommerce_minute, insert_rows, minute, seed_all
@@ -166,7 +167,9 @@ def test_empty_state_on_an_empty_database(browser, database_url):
 
 
 def test_error_state_when_database_is_down(browser):
-    server = Server(settings_for(f"postgresql://x:y@127.0.0.1:{free_port()}/none"))
+    # the embedded cluster's account (its service roles' local passwords apply), on a port
+    # where no PostgreSQL listens
+    server = Server(settings_for(f"postgresql://{LOCAL_ADMIN_USER}:{LOCAL_ADMIN_PASSWORD}@127.0.0.1:{free_port()}/none"))
     try:
         ctx, page, _ = open_page(browser, server.url + "/")
         assert page.get_attribute('[data-panel="timeline"]', "data-state") == "error"

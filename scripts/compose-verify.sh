@@ -55,14 +55,18 @@ while :; do
 done
 
 set -a; . ./.env; set +a
-dash="http://localhost:${DASHBOARD_HOST_PORT:-5000}"
-dagster="http://localhost:${DAGSTER_HOST_PORT:-3000}"
+# the published ports bind to BIND_ADDRESS (127.0.0.1 unless .env names another)
+host="${BIND_ADDRESS:-127.0.0.1}"
+[ "$host" = 0.0.0.0 ] && host=127.0.0.1
+dash="http://$host:${DASHBOARD_HOST_PORT:-5000}"
+dagster="http://$host:${DAGSTER_HOST_PORT:-3000}"
 code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 
 status=$(code "$dash/api/pipeline/status")
 if [ "${DASHBOARD_AUTH:-token}" = token ]; then
   [ "$status" = 401 ] || { echo "compose-verify: dashboard answered $status without credentials (want 401)" >&2; exit 1; }
-  status=$(code -H "Authorization: Bearer $DASHBOARD_TOKEN" "$dash/api/pipeline/status")
+  # the token through curl's config on stdin (printf is a builtin): never in a process's arguments
+  status=$(printf 'header = "Authorization: Bearer %s"\n' "$DASHBOARD_TOKEN" | code -K - "$dash/api/pipeline/status")
 fi
 [ "$status" = 200 ] || { echo "compose-verify: dashboard API answered $status with the token" >&2; exit 1; }
 status=$(code "$dagster/server_info")

@@ -20,6 +20,7 @@ service added later is covered without touching this file.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,6 +185,29 @@ def test_long_running_services_pass_their_compose_healthcheck(compose_stack):
     assert {"consumer", "dashboard", "dagster-code", "dagster-webserver", "dagster-daemon"} <= started
     for name, proc in compose_stack.procs.items():
         assert proc.poll() is None, f"{name} exited:\n{compose_stack.log_tail(name)}"
+
+
+def test_no_secret_is_in_any_process_arguments(compose_stack):
+    """`ps` shows every process's arguments to every local user: with every compose
+    service running (Redis through its entry point), none of the .env secrets, nor
+    a URL holding one, is in the arguments of any process on this machine."""
+    from tests.support.cmdline import arguments_holding, process_count
+    from tests.support.compose_local import COMPOSE_SECRETS
+
+    secrets = list(COMPOSE_SECRETS.values())
+    pids = [proc.pid for proc in compose_stack.procs.values()]
+    assert process_count(pids) == len(pids) >= 7  # the services are running and readable
+    assert arguments_holding(secrets) == {}
+    # the check can see one: a process given a secret as an argument is found
+    probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", COMPOSE_SECRETS["REDIS_PASSWORD"]])
+    try:
+        cmdline = Path(f"/proc/{probe.pid}/cmdline")
+        while probe.poll() is None and b"time.sleep" not in cmdline.read_bytes():  # until the fork has exec'd
+            time.sleep(0.05)
+        assert list(arguments_holding(secrets)) == [probe.pid]
+    finally:
+        probe.kill()
+        probe.wait()
 
 
 def test_compose_dashboard_refuses_requests_without_credentials(compose_stack):

@@ -4,6 +4,7 @@ stack; tests 2-4 start it themselves if no earlier test left it running).
 1. a client that produces before the stack exists: the topics still get their
    partition counts and none of its messages is lost;
 2. every part reports healthy in ``salespulse status``; "what runs where" is printed;
+   no process's arguments hold a password (``ps`` shows them to every local user);
 3. a SIGKILLed consumer is restarted, and status says so while it is;
 4. SIGTERM stops the processes group by group in the documented order, none
    left behind; then the same stack is started and stopped twice more.
@@ -24,7 +25,7 @@ from confluent_kafka import Producer
 
 from salespulse.contracts import all_topic_partitions
 from salespulse.stack.supervise import describe_process
-from tests.support.stack import LocalStack, count_rows
+from tests.support.stack import LocalStack, count_rows, marked_processes
 from tests.support.consumer import ecommerce_event, restaurant_order
 
 pytestmark = pytest.mark.slow(reason='whole stack: three `salespulse stack up` cycles of every process, a SIGKILL, ordered SIGTERM stops')
@@ -117,6 +118,21 @@ def test_every_part_is_healthy_and_the_summary_printed(stack):
                    interval=2)
     assert _all_running(stack)
     assert "what runs where" in stack.tail(10**7)
+
+
+def test_no_secret_is_in_the_stack_processes_arguments(stack):
+    """Every process of the local stack (embedded PostgreSQL, broker, Spark, Dagster,
+    dashboard, consumer, producers): its arguments hold neither a role's password
+    nor a URL with the admin password (`ps` shows arguments to every local user)."""
+    from salespulse.settings import LOCAL_ADMIN_PASSWORD, LOCAL_ADMIN_USER, LOCAL_ROLE_PASSWORDS
+    from tests.support.cmdline import arguments_holding, process_count
+
+    _started(stack)
+    stack.wait_for(lambda: _all_running(stack), 240, "every process running")
+    pids = marked_processes(stack.marker)
+    assert process_count(pids) >= len(STOP_RANK)
+    secrets = [*LOCAL_ROLE_PASSWORDS.values(), f"{LOCAL_ADMIN_USER}:{LOCAL_ADMIN_PASSWORD}@"]
+    assert arguments_holding(secrets, pids) == {}
 
 
 def _pipeline_status(stack) -> dict:

@@ -25,7 +25,7 @@ from services.consumer import replay as replay_mod
 from salespulse.lag import partition_lag, position_lag
 from salespulse.ops.lag import consumer_lag
 from salespulse.ops.pg import split_password
-from salespulse.settings import get_settings
+from salespulse.settings import ROLE_PASSWORD_VARIABLES, get_settings
 from tests.support.db import query as rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -400,6 +400,8 @@ def test_unreachable_services_give_one_clear_line(capsys, monkeypatch):
     closed = free_port()  # nothing listens there
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{closed}")
     monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@127.0.0.1:{closed}/nowhere")
+    for variable in ROLE_PASSWORD_VARIABLES.values():  # not the local stack: its role passwords must be given
+        monkeypatch.setenv(variable, f"{variable.lower()}-not-a-published-value")
     get_settings.cache_clear()
     try:
         code, _, err = run_cli(["lag"], capsys)

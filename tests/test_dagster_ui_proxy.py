@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import yaml
 
 from salespulse.settings import Settings
 from salespulse.stack.dagster_home import prepare_dagster_home
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_group
 from tests.test_compose import COMPOSE_FILE, command_of, interpolate, read_env_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,16 +101,6 @@ def local_config(text: str, services: dict, ports: dict[tuple[str, int], int], l
     for image_path, local in paths.items():
         text = text.replace(image_path, local)
     return text
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def get(url: str, auth: tuple[str, str] | None = None, body: dict | None = None) -> tuple[int, dict, bytes]:
@@ -192,7 +181,7 @@ def dagster_ui(postgres, tmp_path_factory):
                "logs": logs, "run": run, "webserver": f"http://127.0.0.1:{web_port}"}
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_group(proc)
         shutil.rmtree(run, ignore_errors=True)
 
 

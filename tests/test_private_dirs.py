@@ -81,14 +81,19 @@ def run_stack_up(state: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("how", ["mode 0777", "another owner"])
-def test_the_stack_refuses_to_start_in_a_folder_it_cannot_trust(place, how):
+def make_untrusted(place, how: str) -> None:
+    """A folder another local user could have prepared: open to all, or not ours."""
     place.mkdir()
     if how == "mode 0777":
         place.chmod(0o777)
     else:
         place.chmod(0o700)
         os.chown(place, NOBODY, NOBODY)
+
+
+@pytest.mark.parametrize("how", ["mode 0777", "another owner"])
+def test_the_stack_refuses_to_start_in_a_folder_it_cannot_trust(place, how):
+    make_untrusted(place, how)
     result = run_stack_up(place)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"state folder {place}" in result.stderr and "SALESPULSE_STATE_DIR" in result.stderr
@@ -97,12 +102,7 @@ def test_the_stack_refuses_to_start_in_a_folder_it_cannot_trust(place, how):
 
 @pytest.mark.parametrize("how", ["mode 0777", "another owner"])
 def test_the_runtime_venv_refuses_a_folder_it_cannot_trust(place, how):
-    place.mkdir()
-    if how == "mode 0777":
-        place.chmod(0o777)
-    else:
-        place.chmod(0o700)
-        os.chown(place, NOBODY, NOBODY)
+    make_untrusted(place, how)
     result = subprocess.run(["bash", str(REPO / "scripts" / "runtime-venv.sh")], cwd=REPO, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "RUNTIME_VENV_ROOT": str(place)})
     assert result.returncode != 0 and result.stdout == ""

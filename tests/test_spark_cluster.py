@@ -21,7 +21,7 @@ from orchestration.reports import refresh_ecommerce_reports, refresh_restaurant_
 from orchestration.reports.common import close_sessions
 from salespulse.settings import Settings
 from salespulse.stack.spark import SPARK_HOME, SparkConnectServer, _port_open
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_group
 from tests.test_reports import ECOM_TABLES, END, REST_TABLES, T0, Seeder, seed_ecommerce, seed_restaurant
 
 pytestmark = pytest.mark.slow(reason='Spark cluster: its own Spark Connect JVMs (stopped, restarted, killed) and a standalone master + worker')
@@ -84,16 +84,6 @@ def wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float 
         time.sleep(0.3)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_foreground_server_stops_cleanly_on_sigterm(tmp_path):
     """``python -m salespulse.stack.spark`` (what the local stack supervises): ready line, serves
     queries, SIGTERM -> exit 0 and no JVM left behind."""
@@ -117,7 +107,7 @@ def test_foreground_server_stops_cleanly_on_sigterm(tmp_path):
         assert not _port_open("127.0.0.1", port)
     finally:
         close_sessions()
-        kill_group(proc)
+        stop_group(proc, grace=20)
         for pid in jvm_pids(marker):
             os.kill(pid, signal.SIGKILL)
 
@@ -221,7 +211,7 @@ def test_reports_on_standalone_cluster_equal_local_run(database_url, tmp_path, m
         close_sessions()
         server.stop()
         for proc in reversed(procs):
-            kill_group(proc)
+            stop_group(proc, grace=20)
     # master, worker, executors (launched in the worker's work dir) and the driver: all gone
     wait_jvms_gone_under(tmp_path, 30)
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.conftest import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,10 +72,4 @@ def gunicorn_dashboard(port: int, env: dict[str, str], workers: int = 2):
             time.sleep(0.2)
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc)

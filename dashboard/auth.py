@@ -47,6 +47,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from limits import parse
 
 from dashboard.errors import json_error
+from salespulse.secret_check import GENERATE, PLACEHOLDER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,8 @@ def required_token(settings) -> str | None:
     if not settings.dashboard_token:
         raise RuntimeError("DASHBOARD_AUTH=token needs DASHBOARD_TOKEN (or set DASHBOARD_AUTH=none "
                            "for a dashboard only reachable from a private network)")
-    if settings.dashboard_token.startswith("change-me"):
-        raise RuntimeError("DASHBOARD_TOKEN is still the .env.example placeholder: generate one "
-                           "(python3 -c \"import secrets;print(secrets.token_urlsafe(32))\")")
+    if settings.dashboard_token.startswith(PLACEHOLDER_PREFIX):
+        raise RuntimeError(f"DASHBOARD_TOKEN is still the .env.example placeholder: generate one ({GENERATE})")
     return settings.dashboard_token
 
 

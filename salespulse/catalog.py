@@ -138,5 +138,3 @@ RESTAURANT = Domain(
 
 #: domain name -> domain
 DOMAINS: dict[str, Domain] = {d.name: d for d in (ECOMMERCE, RESTAURANT)}
-#: the raw table of each topic's messages -> its domain
-BY_RAW_TABLE: dict[str, Domain] = {d.raw_table: d for d in DOMAINS.values()}

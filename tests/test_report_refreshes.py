@@ -8,10 +8,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from orchestration.reports.common import computed_by, replace_windows
-from orchestration.reports.restaurant import CHANNEL_COLUMNS, CHANNEL
+from orchestration.reports.restaurant import CHANNEL
+from salespulse.catalog import RESTAURANT
 from salespulse.settings import Settings
 from tests.support.db import query
 
+CHANNEL_COLUMNS = RESTAURANT.report("channel").columns
 HOUR = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 M = timedelta(minutes=1)
 

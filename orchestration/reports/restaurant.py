@@ -51,7 +51,6 @@ from salespulse.catalog import RESTAURANT
 from salespulse.settings import Settings
 
 OVERVIEW, ITEM, CATEGORY, CHANNEL = RESTAURANT.tables
-CHANNEL_COLUMNS = RESTAURANT.report("channel").columns
 
 MONEY = "decimal(38,2)"
 
